@@ -1,0 +1,25 @@
+"""The decision core: pure functions and frozen values, no I/O and no asyncio."""
+
+from .decide import EMPTY, Keys, Outcome, Snapshot, decide, keys_for, on_start, on_success
+from .events import Decision, FailureEvent, StartEvent, SuccessEvent
+from .loader import PolicyError, load_policy, parse_policy
+from .model import Policy
+
+__all__ = [
+    "EMPTY",
+    "Decision",
+    "FailureEvent",
+    "Keys",
+    "Outcome",
+    "Policy",
+    "PolicyError",
+    "Snapshot",
+    "StartEvent",
+    "SuccessEvent",
+    "decide",
+    "keys_for",
+    "load_policy",
+    "on_start",
+    "on_success",
+    "parse_policy",
+]

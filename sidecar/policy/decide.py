@@ -1,0 +1,277 @@
+"""decide(): a failure event, the policy, a snapshot of state, the clock and an rng in;
+the decision and the state changes to apply out. No I/O, no globals.
+
+The service loads the snapshot for the event's keys (`keys_for`), calls `decide`, answers
+the worker with `outcome.decision`, and applies `outcome.changes` to its stores. A change is
+itself a pure function of the stored state, so a store can re-apply it atomically when
+another sidecar of the fleet changed that state in between.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from . import adaptive, backoff, breaker, offpeak, priority
+from .breaker import BreakerState, Status
+from .classify import Classification
+from .durations import format_duration
+from .events import (
+    BreakerOut,
+    ClassificationOut,
+    Decision,
+    FailureEvent,
+    StartAnswer,
+    StartEvent,
+    SuccessEvent,
+)
+from .model import BreakerSettings, Exhausted, Policy
+from .window import Window
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """Where the state an event needs lives."""
+
+    classification: Classification
+    breaker: str | None  # None: this failure type has no breaker
+    outcomes: str  # retry outcomes of (task, failure type), for adaptive learning
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    breaker: BreakerState | None = None
+    outcomes: Window | None = None
+
+
+EMPTY = Snapshot()
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerChange:
+    key: str
+    settings: BreakerSettings
+    event: str  # "failure" | "success" | "start" | "reset"
+    now: float
+
+    def apply(self, state: BreakerState | None) -> tuple[BreakerState, Status | None]:
+        state = state or breaker.CLOSED
+        match self.event:
+            case "failure":
+                return breaker.on_failure(state, self.settings, self.now)
+            case "success":
+                return breaker.on_success(state, self.settings, self.now)
+            case "start":
+                _, _, new, moved = breaker.on_start(state, self.settings, self.now)
+                return new, moved
+            case _:
+                return breaker.reset(state, self.settings, self.now)
+
+
+@dataclass(frozen=True, slots=True)
+class OutcomeChange:
+    """One retry outcome of (task, failure type) for adaptive learning."""
+
+    key: str
+    success: bool
+    window: float
+    now: float
+
+    def apply(self, outcomes: Window | None) -> Window:
+        return (outcomes or Window()).add(self.now, self.window, success=self.success)
+
+
+@dataclass(frozen=True, slots=True)
+class Effects:
+    """What the decision did, for metrics and the changes to store."""
+
+    breaker: BreakerChange | None = None
+    breaker_moved: Status | None = None
+    outcome: OutcomeChange | None = None
+    deferrals: tuple[str, ...] = ()  # "off_peak" | "breaker" | "load"
+    adaptive: str | None = None  # "faster" | "slower"
+    sla_breach_tier: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    decision: Decision
+    effects: Effects
+
+
+def outcomes_key(task_name: str, failure_type: str) -> str:
+    return f"{task_name}:{failure_type}"
+
+
+def keys_for(event: FailureEvent, policy: Policy) -> Keys:
+    classification = policy.classify(event.exception, event.task_name)
+    failure_type = classification.failure_type
+    has_breaker = policy.retry_policy(event.task_name, failure_type).breaker is not None
+    return Keys(
+        classification=classification,
+        breaker=policy.breaker_key(event.task_name, failure_type) if has_breaker else None,
+        outcomes=outcomes_key(event.task_name, failure_type),
+    )
+
+
+def decide(
+    event: FailureEvent,
+    policy: Policy,
+    state: Snapshot,
+    now: float,
+    rng: random.Random,
+) -> Outcome:
+    keys = keys_for(event, policy)
+    found = keys.classification
+    retry = policy.retry_policy(event.task_name, found.failure_type)
+    context, attempt = event.context, event.attempt
+    why = [f"{found.failure_type} by rule {found.rule} ({found.confidence:g})"]
+
+    learned = adaptive.learn(policy.adaptive, state.outcomes, now)
+    max_retries = max(0, retry.max_retries + learned.retry_delta)
+    outcome = None
+    if attempt > 0 and policy.adaptive.enabled:  # a retry failed again
+        outcome = OutcomeChange(keys.outcomes, False, policy.adaptive.window, now)
+
+    breaker_change, breaker_out, moved, breaker_wait = None, None, None, 0.0
+    if keys.breaker is not None and retry.breaker is not None:
+        breaker_change = BreakerChange(keys.breaker, retry.breaker, "failure", now)
+        after, moved = breaker_change.apply(state.breaker)
+        breaker_out = BreakerOut(keys.breaker, after.current(retry.breaker, now).value)
+        breaker_wait = after.reopens_in(retry.breaker, now)
+
+    assigned = priority.assign(
+        policy.priority,
+        policy.base_level(event.task_name),
+        context,
+        policy.failure_types.get(found.failure_type),
+        attempt,
+        now,
+    )
+    level = assigned.level
+
+    deferrals: list[str] = []
+    if attempt >= max_retries:
+        action = "dead_letter" if retry.when_exhausted is Exhausted.DEAD_LETTER else "discard"
+        why.append(
+            f"no retry: {attempt} of {max_retries} retries made" if max_retries else "not retried"
+        )
+        delay = 0.0
+    else:
+        action = "retry"
+        why.append(f"retry {attempt + 1}/{max_retries}")
+        base = backoff.backoff_delay(retry, attempt)
+        delay = backoff.jitter(retry, attempt, base, rng)
+        why.append(f"{backoff.describe(retry, attempt)} = {format_duration(base)}")
+        if retry.jitter.value != "none":
+            why.append(f"{retry.jitter.value} jitter → {delay:.1f}s")
+        factor = learned.delay_factor
+        if learned.note:
+            why.append(learned.note)
+        if adaptive.under_load(policy.load, context.queue_depth):
+            factor *= policy.load.delay_factor
+            deferrals.append("load")
+            why.append(f"queue depth {context.queue_depth}: delays x{policy.load.delay_factor:g}")
+        if factor != 1.0:
+            delay = min(delay * factor, retry.max_delay)
+        if context.retry_after_seconds is not None:
+            asked = min(context.retry_after_seconds, policy.retry_after_cap)
+            if asked > delay:
+                delay = asked
+                why.append(f"Retry-After {format_duration(round(asked))}")
+        if breaker_wait > delay:
+            delay = breaker_wait
+            deferrals.append("breaker")
+            why.append(f"breaker open: wait {format_duration(round(breaker_wait))}")
+        if policy.off_peak.enabled and level.name in policy.off_peak.priorities:
+            wait = offpeak.seconds_until_open(policy.off_peak, now)
+            if wait > delay:
+                delay = wait
+                deferrals.append("off_peak")
+                why.append(f"{level.name}: deferred {format_duration(round(wait))} to off-peak")
+    why.append("priority " + ", ".join(assigned.factors))
+
+    decision = Decision(
+        action=action,
+        delay_seconds=round(delay, 3),
+        queue=level.queue,
+        priority=level.name,
+        priority_value=level.value,
+        classification=ClassificationOut(
+            found.failure_type, found.category, found.confidence, found.remediation, found.rule
+        ),
+        breaker=breaker_out,
+        rationale=" | ".join(why),
+    )
+    effects = Effects(
+        breaker=breaker_change,
+        breaker_moved=moved,
+        outcome=outcome,
+        deferrals=tuple(deferrals),
+        adaptive=learned.direction if action == "retry" else None,
+        sla_breach_tier=assigned.sla_breach_tier,
+    )
+    return Outcome(decision, effects)
+
+
+# --- the other hooks ------------------------------------------------------------------------
+
+
+def breaker_settings(policy: Policy, task_name: str, breaker_key: str) -> BreakerSettings | None:
+    """Settings of one of a task's breakers (its key ends in `:FAILURE_TYPE`)."""
+    failure_type = breaker_key.rpartition(":")[2]
+    return policy.retry_policy(task_name, failure_type).breaker
+
+
+def task_breakers(policy: Policy, task_name: str) -> list[tuple[str, BreakerSettings]]:
+    """Every breaker a run of this task passes through, with its settings."""
+    out = []
+    for failure_type in policy.failure_types:
+        settings = policy.retry_policy(task_name, failure_type).breaker
+        if settings is not None:
+            out.append((policy.breaker_key(task_name, failure_type), settings))
+    return out
+
+
+def on_start(
+    event: StartEvent,
+    policy: Policy,
+    breakers: dict[str, BreakerState],
+    now: float,
+) -> tuple[StartAnswer, list[tuple[BreakerChange, Status | None]]]:
+    """May the task run now? Refused while any of its breakers is open (or its half-open
+    probes are taken), with the delay before asking again."""
+    changes = []
+    for key, settings in task_breakers(policy, event.task_name):
+        state = breakers.get(key)
+        if state is None:
+            continue
+        allow, delay, _, moved = breaker.on_start(state, settings, now)
+        if not allow:
+            status = state.current(settings, now).value
+            return StartAnswer(False, round(delay, 3), BreakerOut(key, status)), []
+        change = BreakerChange(key, settings, "start", now)
+        if moved is not None or state.status is Status.HALF_OPEN:
+            changes.append((change, moved))
+    return StartAnswer(True), changes
+
+
+def on_success(
+    event: SuccessEvent,
+    policy: Policy,
+    breakers: dict[str, BreakerState],
+    last_failure_type: str | None,
+    now: float,
+) -> tuple[list[BreakerChange], OutcomeChange | None]:
+    """A success closes half-open breakers of the task and, when it was a retry, counts as
+    a successful retry of the failure type that caused it."""
+    changes = [
+        BreakerChange(key, settings, "success", now)
+        for key, settings in task_breakers(policy, event.task_name)
+        if key in breakers
+    ]
+    outcome = None
+    if event.attempt > 0 and last_failure_type is not None and policy.adaptive.enabled:
+        key = outcomes_key(event.task_name, last_failure_type)
+        outcome = OutcomeChange(key, True, policy.adaptive.window, now)
+    return changes, outcome

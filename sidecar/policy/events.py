@@ -1,0 +1,140 @@
+"""Wire types of the v1 contract (DESIGN §3.1), shared by the core, the service and the CLI.
+
+msgspec decodes and validates a request body into these in one pass; its errors carry the
+JSON path of the bad field (`$.exception.type`), which `decode_error_path` turns into the
+dotted form of our problem documents. Unknown fields are ignored.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta
+
+# Bounds keep a hostile client from making us hash or match megabytes, and reject values
+# (NaN, 1e400 → inf, negative attempts) that would poison arithmetic.
+Name = Annotated[str, Meta(min_length=1, max_length=512)]
+ShortText = Annotated[str, Meta(max_length=512)]
+Message = Annotated[str, Meta(max_length=65536)]
+Traceback = Annotated[str, Meta(max_length=262144)]
+Seconds = Annotated[float, Meta(ge=0, le=1e11)]
+Count = Annotated[int, Meta(ge=0, le=1_000_000_000)]
+Attempt = Annotated[int, Meta(ge=0, le=100_000)]
+
+
+class ExceptionInfo(msgspec.Struct, frozen=True):
+    type: Name
+    module: ShortText | None = None
+    mro: tuple[Name, ...] = ()
+    message: Message = ""
+    traceback: Traceback | None = None
+    errno: Annotated[int, Meta(ge=-(2**31), le=2**31)] | None = None
+    http_status: Annotated[int, Meta(ge=100, le=599)] | None = None
+    sqlstate: Annotated[str, Meta(min_length=5, max_length=5)] | None = None
+
+
+class Context(msgspec.Struct, frozen=True):
+    customer_tier: ShortText | None = None
+    enqueued_at: Seconds | None = None
+    age_seconds: Seconds | None = None
+    safety_critical: bool = False
+    queue_depth: Count | None = None
+    retry_after_seconds: Seconds | None = None
+    user_id: ShortText | None = None
+    device_id: ShortText | None = None
+
+    def age(self, now: float) -> float | None:
+        """Seconds since the task was first enqueued, when the worker told us."""
+        if self.age_seconds is not None:
+            return self.age_seconds
+        if self.enqueued_at is not None:
+            return max(0.0, now - self.enqueued_at)
+        return None
+
+
+EMPTY_CONTEXT = Context()
+
+
+class FailureEvent(msgspec.Struct, frozen=True):
+    task_id: Name
+    task_name: Name
+    exception: ExceptionInfo
+    queue: ShortText | None = None
+    attempt: Attempt = 0
+    context: Context = EMPTY_CONTEXT
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = msgspec.field(default_factory=dict)
+    dlq_id: ShortText | None = None
+
+
+class SuccessEvent(msgspec.Struct, frozen=True):
+    task_id: Name
+    task_name: Name
+    attempt: Attempt = 0
+    runtime_seconds: Seconds | None = None
+    dlq_id: ShortText | None = None
+
+
+class StartEvent(msgspec.Struct, frozen=True):
+    task_id: Name
+    task_name: Name
+    attempt: Attempt = 0
+    queue: ShortText | None = None
+
+
+# --- answers ------------------------------------------------------------------------------
+
+Action = Literal["retry", "dead_letter", "discard"]
+
+
+class ClassificationOut(msgspec.Struct, frozen=True):
+    failure_type: str
+    category: str
+    confidence: float
+    remediation: str
+    rule: str
+
+
+class BreakerOut(msgspec.Struct, frozen=True):
+    key: str
+    state: str
+
+
+class Decision(msgspec.Struct, frozen=True):
+    """The answer to a failure hook: what the worker does next, and why."""
+
+    action: Action
+    delay_seconds: float
+    queue: str
+    priority: str
+    priority_value: int
+    classification: ClassificationOut
+    breaker: BreakerOut | None
+    rationale: str
+    dlq_id: str | None = None
+
+
+class StartAnswer(msgspec.Struct, frozen=True):
+    allow: bool
+    delay_seconds: float = 0.0
+    breaker: BreakerOut | None = None
+
+
+def decode_error_path(error: msgspec.ValidationError) -> tuple[str, str]:
+    """Split msgspec's "Expected `int`, got `str` - at `$.exception.errno`" into
+    ("exception.errno", "Expected `int`, got `str`")."""
+    text = str(error)
+    message, sep, where = text.rpartition(" - at `")
+    if not sep:
+        return "", text
+    path = where.rstrip("`").removeprefix("$").lstrip(".")
+    missing = _MISSING.fullmatch(message)
+    if missing:  # name the missing field itself, not the object that lacks it
+        path = f"{path}.{missing[1]}".lstrip(".")
+        message = "required field is missing"
+    return path, message
+
+
+_MISSING = re.compile(r"Object missing required field `([^`]*)`")

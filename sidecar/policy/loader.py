@@ -1,0 +1,771 @@
+"""Load and validate policies.yaml into a frozen `Policy`.
+
+Every problem is collected (not only the first) and names the YAML path and line, like
+`retry.policies.TRANSIENT_DATABASE.max_delay: line 41: expected a duration like 30s, got
+"soon"`. Unknown keys are errors, with a "did you mean" when one is close.
+"""
+
+from __future__ import annotations
+
+import difflib
+import errno as errno_names
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from fnmatch import fnmatchcase
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from . import model as m
+from .durations import parse_duration
+
+MAX_POLICY_BYTES = 1024 * 1024
+_SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_scalars = yaml.constructor.SafeConstructor()
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    path: str
+    line: int | None
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.path}: " if self.path else ""
+        line = f"line {self.line}: " if self.line else ""
+        return f"{where}{line}{self.message}"
+
+
+class PolicyError(Exception):
+    """The policy file is invalid; `problems` lists every problem found."""
+
+    def __init__(self, problems: list[Problem], source: str = "policies") -> None:
+        self.problems = problems
+        self.source = source
+        super().__init__(f"{source}: {len(problems)} problem(s)\n" + "\n".join(map(str, problems)))
+
+
+class _Invalid(Exception):
+    """A value is unusable; the problem is already recorded."""
+
+
+class Node:
+    """A YAML node with its dotted path; reports problems to a shared list."""
+
+    def __init__(self, node: yaml.Node, path: str, problems: list[Problem]) -> None:
+        self.node, self.path, self.problems = node, path, problems
+
+    @property
+    def line(self) -> int:
+        return self.node.start_mark.line + 1
+
+    def fail(self, message: str) -> _Invalid:
+        self.problems.append(Problem(self.path, self.line, message))
+        return _Invalid()
+
+    def child(self, node: yaml.Node, key: str | int) -> Node:
+        path = f"{self.path}[{key}]" if isinstance(key, int) else f"{self.path}.{key}"
+        return Node(node, path.lstrip("."), self.problems)
+
+    # --- shapes -----------------------------------------------------------------------
+
+    def mapping(self) -> dict[str, Node]:
+        if not isinstance(self.node, yaml.MappingNode):
+            raise self.fail(f"expected a mapping, got {self._kind()}")
+        out: dict[str, Node] = {}
+        for key_node, value_node in self.node.value:
+            key = _scalars.construct_object(key_node) if key_node.id == "scalar" else None
+            if not isinstance(key, str):
+                self.child(key_node, "?").fail(f"keys must be strings, got {key!r}")
+                continue
+            if key in out:
+                self.child(key_node, key).fail("duplicate key")
+            out[key] = self.child(value_node, key)
+        return out
+
+    def fields(self, required: set[str], optional: set[str]) -> dict[str, Node]:
+        """The mapping, checked for missing and unknown keys."""
+        found = self.mapping()
+        for key in sorted(required - found.keys()):
+            self.fail(f"missing required key '{key}'")
+        for key, node in found.items():
+            if key not in required and key not in optional:
+                known = sorted(required | optional)
+                close = difflib.get_close_matches(key, known, n=1)
+                hint = f"; did you mean '{close[0]}'?" if close else f"; expected one of {known}"
+                node.fail(f"unknown key '{key}'{hint}")
+        return found
+
+    def sequence(self) -> list[Node]:
+        if not isinstance(self.node, yaml.SequenceNode):
+            raise self.fail(f"expected a list, got {self._kind()}")
+        return [self.child(item, i) for i, item in enumerate(self.node.value)]
+
+    def items(self) -> list[Node]:
+        """A list, or a single value standing for a list of one."""
+        if isinstance(self.node, yaml.SequenceNode):
+            return self.sequence()
+        return [self]
+
+    def scalar(self) -> Any:
+        if not isinstance(self.node, yaml.ScalarNode):
+            raise self.fail(f"expected a single value, got {self._kind()}")
+        return _scalars.construct_object(self.node)
+
+    def _kind(self) -> str:
+        if isinstance(self.node, yaml.MappingNode):
+            return "a mapping"
+        if isinstance(self.node, yaml.SequenceNode):
+            return "a list"
+        return repr(_scalars.construct_object(self.node))
+
+    # --- typed values -------------------------------------------------------------------
+
+    def str(self) -> str:
+        value = self.scalar()
+        if not isinstance(value, str) or not value:
+            raise self.fail(f"expected a non-empty string, got {value!r}")
+        return value
+
+    def bool(self) -> bool:
+        value = self.scalar()
+        if not isinstance(value, bool):
+            raise self.fail(f"expected true or false, got {value!r}")
+        return value
+
+    def int(self, low: int | None = None, high: int | None = None) -> int:
+        value = self.scalar()
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.fail(f"expected a whole number, got {value!r}")
+        return self._bounded(value, low, high)
+
+    def number(self, low: float | None = None, high: float | None = None) -> float:
+        value = self.scalar()
+        if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+            raise self.fail(f"expected a number, got {value!r}")
+        return self._bounded(float(value), low, high)
+
+    def duration(self) -> float:
+        try:
+            return parse_duration(self.scalar())
+        except ValueError as exc:
+            raise self.fail(str(exc)) from None
+
+    def choice(self, options: list[str] | dict[str, Any], what: str = "one of") -> str:
+        value = self.scalar()
+        if value not in options:
+            close = difflib.get_close_matches(str(value), list(options), n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise self.fail(f"expected {what} {sorted(options)}, got {value!r}{hint}")
+        return value
+
+    def _bounded(self, value: Any, low: Any, high: Any) -> Any:
+        if low is not None and value < low:
+            raise self.fail(f"expected at least {low}, got {value}")
+        if high is not None and value > high:
+            raise self.fail(f"expected at most {high}, got {value}")
+        return value
+
+
+def _optional(fields: dict[str, Node], key: str, read: Callable[[Node], Any], default: Any) -> Any:
+    node = fields.get(key)
+    if node is None:
+        return default
+    try:
+        return read(node)
+    except _Invalid:
+        return default
+
+
+def _each(nodes: dict[str, Node] | list[Node]) -> Iterator[tuple[Any, Node]]:
+    yield from nodes.items() if isinstance(nodes, dict) else enumerate(nodes)
+
+
+# --- the sections ------------------------------------------------------------------------
+
+
+class _PolicyReader:
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+
+    def read(self, root: Node) -> m.Policy:
+        top = root.fields(
+            required={"failure_types", "remediations", "taxonomy", "retry", "priority"},
+            optional={
+                "version",
+                "breakers",
+                "adaptive",
+                "load",
+                "off_peak",
+                "idempotency",
+                "schedules",
+            },
+        )
+        if "version" in top:
+            _optional(top, "version", lambda n: n.choice([1], "version"), 1)
+        remediations = self.remediations(top["remediations"]) if "remediations" in top else {}
+        failure_types = (
+            self.failure_types(top["failure_types"], remediations) if "failure_types" in top else {}
+        )
+        refs = _Refs(failure_types, remediations)
+        rules, fallback = self.taxonomy(top.get("taxonomy"), refs)
+        priority = self.priority(top["priority"]) if "priority" in top else _default_priority()
+        breaker_defaults, dependencies = self.breakers(top.get("breakers"))
+        retry = self.retry(top.get("retry"), refs, breaker_defaults)
+        adaptive = self.adaptive(top.get("adaptive"))
+        load = self.load(top.get("load"))
+        off_peak = self.off_peak(top.get("off_peak"), priority)
+        idempotency = self.idempotency(top.get("idempotency"))
+        schedules = self.schedules(top.get("schedules"))
+        if self.problems:
+            raise _Invalid
+        return m.Policy(
+            failure_types=failure_types,
+            remediations=remediations,
+            rules=rules,
+            fallback=fallback,
+            retry_default=retry[0],
+            retry_policies=retry[1],
+            retry_overrides=retry[2],
+            retry_after_cap=retry[3],
+            dependencies=dependencies,
+            adaptive=adaptive,
+            load=load,
+            off_peak=off_peak,
+            priority=priority,
+            idempotency=idempotency,
+            schedules=schedules,
+        )
+
+    def remediations(self, node: Node) -> dict[str, str]:
+        out = {}
+        for name, item in _each(node.mapping()):
+            _check_name(item, name)
+            out[name] = _optional({"d": item}, "d", Node.str, "")
+        return out
+
+    def failure_types(self, node: Node, remediations: dict[str, str]) -> dict[str, m.FailureType]:
+        out = {}
+        for name, item in _each(node.mapping()):
+            _check_name(item, name)
+            try:
+                f = item.fields({"category", "remediation"}, {"urgency", "description"})
+                out[name] = m.FailureType(
+                    name=name,
+                    category=m.Category(f["category"].choice([c.value for c in m.Category])),
+                    remediation=f["remediation"].choice(remediations, "a remediation from"),
+                    urgency=_optional(f, "urgency", lambda n: n.number(-10, 10), 0.0),
+                    description=_optional(f, "description", Node.str, ""),
+                )
+            except (_Invalid, KeyError):
+                continue
+        return out
+
+    def taxonomy(self, node: Node | None, refs: _Refs) -> tuple[tuple[m.Rule, ...], m.Fallback]:
+        fallback = m.Fallback("PERMANENT_LOGIC", 0.3, "INVESTIGATE")
+        if node is None:
+            return (), fallback
+        try:
+            f = node.fields({"rules"}, {"fallback"})
+        except _Invalid:
+            return (), fallback
+        if "fallback" in f:
+            try:
+                fb = f["fallback"].fields({"failure_type"}, {"confidence", "remediation"})
+                fallback = m.Fallback(
+                    failure_type=refs.failure_type(fb["failure_type"]),
+                    confidence=_optional(fb, "confidence", lambda n: n.number(0, 1), 0.3),
+                    remediation=_optional(fb, "remediation", refs.remediation, "INVESTIGATE"),
+                )
+            except (_Invalid, KeyError):
+                pass
+        rules: list[m.Rule] = []
+        names: set[str] = set()
+        for order, item in _each(_optional(f, "rules", Node.sequence, [])):
+            try:
+                rule = self.rule(item, refs, order)
+            except (_Invalid, KeyError):
+                continue
+            if rule.name in names:
+                item.fail(f"duplicate rule name '{rule.name}'")
+            names.add(rule.name)
+            rules.append(rule)
+        return tuple(rules), fallback
+
+    def rule(self, node: Node, refs: _Refs, order: int) -> m.Rule:
+        f = node.fields({"name", "failure_type", "match"}, {"confidence", "remediation"})
+        match = f["match"]
+        c = match.fields(set(), {"exception", "message", "errno", "http_status", "sqlstate", "task"})
+        if not c:
+            raise match.fail("a rule needs at least one condition")
+        return m.Rule(
+            name=f["name"].str(),
+            failure_type=refs.failure_type(f["failure_type"]),
+            confidence=_optional(f, "confidence", lambda n: n.number(0, 1), 0.5),
+            remediation=_optional(f, "remediation", refs.remediation, None),
+            order=order,
+            match=m.Match(
+                exception=tuple(_optional(c, "exception", _globs, ())),
+                message=_optional(c, "message", _regex, None),
+                errno=frozenset(_optional(c, "errno", _errnos, ())),
+                http_status=tuple(_optional(c, "http_status", _statuses, ())),
+                sqlstate=tuple(_optional(c, "sqlstate", _globs, ())),
+                task=tuple(_optional(c, "task", _globs, ())),
+            ),
+        )
+
+    def breakers(self, node: Node | None) -> tuple[dict[str, Any], tuple[m.Dependency, ...]]:
+        defaults: dict[str, Any] = {"window": 300.0, "min_calls": 20, "half_open_probes": 1}
+        if node is None:
+            return defaults, ()
+        try:
+            f = node.fields(set(), {"window", "min_calls", "half_open_probes", "dependencies"})
+        except _Invalid:
+            return defaults, ()
+        defaults = {
+            "window": _optional(f, "window", _positive_duration, 300.0),
+            "min_calls": _optional(f, "min_calls", lambda n: n.int(1), 20),
+            "half_open_probes": _optional(f, "half_open_probes", lambda n: n.int(1, 1000), 1),
+        }
+        dependencies = []
+        for _, item in _each(_optional(f, "dependencies", Node.sequence, [])):
+            try:
+                d = item.fields({"task", "name"}, set())
+                dependencies.append(m.Dependency(task=d["task"].str(), name=d["name"].str()))
+            except (_Invalid, KeyError):
+                continue
+        return defaults, tuple(dependencies)
+
+    def retry(
+        self, node: Node | None, refs: _Refs, breaker_defaults: dict[str, Any]
+    ) -> tuple[m.RetryPolicy, dict[str, m.RetryPolicy], tuple[m.RetryOverride, ...], float]:
+        base = m.RetryPolicy(3, 60.0, m.Backoff.EXPONENTIAL, 2.0, 1800.0, m.Jitter.FULL)
+        if node is None:
+            return base, {}, (), 21600.0
+        try:
+            f = node.fields({"default"}, {"policies", "overrides", "retry_after_cap"})
+        except _Invalid:
+            return base, {}, (), 21600.0
+        cap = _optional(f, "retry_after_cap", Node.duration, 21600.0)
+        if "default" in f:
+            base = self.retry_policy(f["default"], base, breaker_defaults)
+        policies = {}
+        for name, item in _each(_optional(f, "policies", Node.mapping, {})):
+            try:
+                refs.failure_type(item, name)
+                policies[name] = self.retry_policy(item, base, breaker_defaults)
+            except _Invalid:
+                continue
+        overrides = []
+        for _, item in _each(_optional(f, "overrides", Node.sequence, [])):
+            try:
+                o = item.mapping()
+                task = o.pop("task", None)
+                if task is None:
+                    raise item.fail("missing required key 'task'")
+                pattern = o.pop("failure_type", None)
+                failure_type = pattern.str() if pattern else "*"
+                if pattern and not any(fnmatchcase(t, failure_type) for t in refs.failure_types):
+                    pattern.fail(f"'{failure_type}' matches no failure type")
+                changes = self.retry_changes(item, o, breaker_defaults)
+                overrides.append(m.RetryOverride(task.str(), failure_type, changes))
+            except _Invalid:
+                continue
+        return base, policies, tuple(overrides), cap
+
+    _RETRY_KEYS = (
+        "max_retries",
+        "initial_delay",
+        "backoff",
+        "multiplier",
+        "max_delay",
+        "jitter",
+        "when_exhausted",
+        "breaker",
+    )
+
+    def retry_changes(
+        self, node: Node, fields: dict[str, Node], breaker_defaults: dict[str, Any]
+    ) -> dict[str, Any]:
+        readers: dict[str, Callable[[Node], Any]] = {
+            "max_retries": lambda n: n.int(0, 100),
+            "initial_delay": Node.duration,
+            "backoff": lambda n: m.Backoff(n.choice([b.value for b in m.Backoff])),
+            "multiplier": lambda n: n.number(1, 100),
+            "max_delay": Node.duration,
+            "jitter": lambda n: m.Jitter(n.choice([j.value for j in m.Jitter])),
+            "when_exhausted": lambda n: m.Exhausted(n.choice([e.value for e in m.Exhausted])),
+            "breaker": lambda n: self.breaker(n, breaker_defaults),
+        }
+        changes = {}
+        for key, value in fields.items():
+            if key not in readers:
+                close = difflib.get_close_matches(key, self._RETRY_KEYS, n=1)
+                hint = f"; did you mean '{close[0]}'?" if close else ""
+                value.fail(f"unknown key '{key}'{hint}")
+                continue
+            try:
+                changes[key] = readers[key](value)
+            except _Invalid:
+                continue
+        return changes
+
+    def retry_policy(
+        self, node: Node, base: m.RetryPolicy, breaker_defaults: dict[str, Any]
+    ) -> m.RetryPolicy:
+        changes = self.retry_changes(node, node.mapping(), breaker_defaults)
+        policy = replace(base, **{"breaker": None, **changes})  # breakers are not inherited
+        if policy.max_delay < policy.initial_delay:
+            node.fail(
+                f"max_delay ({policy.max_delay:g}s) is shorter than initial_delay "
+                f"({policy.initial_delay:g}s)"
+            )
+        return policy
+
+    def breaker(self, node: Node, defaults: dict[str, Any]) -> m.BreakerSettings:
+        f = node.fields(
+            {"failures", "open_for"},
+            {"window", "failure_rate", "min_calls", "half_open_probes"},
+        )
+        if "failures" not in f or "open_for" not in f:
+            raise _Invalid
+        return m.BreakerSettings(
+            failures=f["failures"].int(1, 1_000_000),
+            open_for=_positive_duration(f["open_for"]),
+            window=_optional(f, "window", _positive_duration, defaults.get("window", 300.0)),
+            failure_rate=_optional(f, "failure_rate", lambda n: n.number(0.01, 1), None),
+            min_calls=_optional(f, "min_calls", lambda n: n.int(1), defaults.get("min_calls", 20)),
+            half_open_probes=_optional(
+                f, "half_open_probes", lambda n: n.int(1, 1000), defaults.get("half_open_probes", 1)
+            ),
+        )
+
+    def adaptive(self, node: Node | None) -> m.Adaptive:
+        default = m.Adaptive(True, 3600.0, 10, 0.8, 0.7, 0.3, 1.5, -1)
+        if node is None:
+            return default
+        try:
+            f = node.fields(set(), {"enabled", "window", "min_samples", "faster", "slower"})
+            fast = _optional(f, "faster", lambda n: n.fields({"above", "delay_factor"}, set()), {})
+            slow = _optional(
+                f, "slower", lambda n: n.fields({"below", "delay_factor"}, {"retries"}), {}
+            )
+        except _Invalid:
+            return default
+        return m.Adaptive(
+            enabled=_optional(f, "enabled", Node.bool, True),
+            window=_optional(f, "window", _positive_duration, 3600.0),
+            min_samples=_optional(f, "min_samples", lambda n: n.int(1), 10),
+            fast_above=_optional(fast, "above", lambda n: n.number(0, 1), 0.8),
+            fast_delay_factor=_optional(fast, "delay_factor", lambda n: n.number(0.01, 1), 0.7),
+            slow_below=_optional(slow, "below", lambda n: n.number(0, 1), 0.3),
+            slow_delay_factor=_optional(slow, "delay_factor", lambda n: n.number(1, 100), 1.5),
+            slow_retry_delta=_optional(slow, "retries", lambda n: n.int(-100, 0), -1),
+        )
+
+    def load(self, node: Node | None) -> m.Load:
+        if node is None:
+            return m.Load(100, 1.3)
+        try:
+            f = node.fields(set(), {"queue_depth_threshold", "delay_factor"})
+        except _Invalid:
+            return m.Load(100, 1.3)
+        return m.Load(
+            queue_depth_threshold=_optional(f, "queue_depth_threshold", lambda n: n.int(0), 100),
+            delay_factor=_optional(f, "delay_factor", lambda n: n.number(1, 100), 1.3),
+        )
+
+    def off_peak(self, node: Node | None, priority: m.Priority) -> m.OffPeak:
+        default = m.OffPeak(False, 22 * 60, 6 * 60, "UTC", frozenset())
+        if node is None:
+            return default
+        try:
+            f = node.fields(set(), {"enabled", "start", "end", "timezone", "priorities"})
+        except _Invalid:
+            return default
+        levels = [level.name for level in priority.levels]
+        return m.OffPeak(
+            enabled=_optional(f, "enabled", Node.bool, True),
+            start_minute=_optional(f, "start", _clock, 22 * 60),
+            end_minute=_optional(f, "end", _clock, 6 * 60),
+            timezone=_optional(f, "timezone", _timezone, "UTC"),
+            priorities=frozenset(
+                _optional(
+                    f,
+                    "priorities",
+                    lambda n: [i.choice(levels, "a priority level from") for i in n.items()],
+                    [],
+                )
+            ),
+        )
+
+    def priority(self, node: Node) -> m.Priority:
+        f = node.fields(
+            {"levels"},
+            {
+                "default_level",
+                "tasks",
+                "tier_sla",
+                "sla_breach_boost",
+                "aging",
+                "retry_escalation",
+                "safety_critical_level",
+            },
+        )
+        levels = []
+        for name, item in _each(_optional(f, "levels", Node.mapping, {})):
+            try:
+                level = item.fields({"value", "queue"}, set())
+                levels.append(m.Level(name, level["value"].int(0, 1000), level["queue"].str()))
+            except (_Invalid, KeyError):
+                continue
+        if not levels:
+            raise node.fail("priority.levels needs at least one level")
+        levels.sort(key=lambda level: -level.value)
+        if len({level.value for level in levels}) != len(levels):
+            f["levels"].fail("two levels have the same value")
+        names = [level.name for level in levels]
+
+        def level_name(n: Node) -> str:
+            return n.choice(names, "a priority level from")
+
+        tasks = []
+        for _, item in _each(_optional(f, "tasks", Node.sequence, [])):
+            try:
+                t = item.fields({"task", "level"}, set())
+                tasks.append(m.TaskPriority(t["task"].str(), level_name(t["level"])))
+            except (_Invalid, KeyError):
+                continue
+        aging = []
+        for _, item in _each(_optional(f, "aging", Node.sequence, [])):
+            try:
+                a = item.fields({"after", "boost"}, set())
+                aging.append(m.Aging(a["after"].duration(), a["boost"].number(0, 100)))
+            except (_Invalid, KeyError):
+                continue
+        escalation = _optional(f, "retry_escalation", lambda n: n.fields({"after", "boost"}, set()), {})
+        return m.Priority(
+            levels=tuple(levels),
+            default_level=_optional(f, "default_level", level_name, names[len(names) // 2]),
+            tasks=tuple(tasks),
+            tier_sla={
+                tier: sla
+                for tier, item in _each(_optional(f, "tier_sla", Node.mapping, {}))
+                if (sla := _optional({"t": item}, "t", _positive_duration, None)) is not None
+            },
+            sla_breach_boost=_optional(f, "sla_breach_boost", lambda n: n.number(0, 100), 1.0),
+            aging=tuple(sorted(aging, key=lambda a: a.after)),
+            retry_escalation_after=_optional(escalation, "after", lambda n: n.int(1), 5),
+            retry_escalation_boost=_optional(escalation, "boost", lambda n: n.number(0, 100), 1.0),
+            safety_critical_level=_optional(f, "safety_critical_level", level_name, names[0]),
+        )
+
+    def idempotency(self, node: Node | None) -> m.Idempotency:
+        scopes = ["global", "user", "device", "task"]
+        default = m.Idempotency("global", {scope: 86400.0 for scope in scopes})
+        if node is None:
+            return default
+        try:
+            f = node.fields(set(), {"default_scope", "ttl"})
+            ttl = _optional(f, "ttl", lambda n: n.fields(set(), set(scopes)), {})
+        except _Invalid:
+            return default
+        return m.Idempotency(
+            default_scope=_optional(f, "default_scope", lambda n: n.choice(scopes), "global"),
+            ttl={scope: _optional(ttl, scope, _positive_duration, 86400.0) for scope in scopes},
+        )
+
+    def schedules(self, node: Node | None) -> tuple[m.Schedule, ...]:
+        if node is None:
+            return ()
+        out = []
+        for _, item in _each(_optional({"s": node}, "s", Node.sequence, [])):
+            try:
+                s = item.fields({"name", "cron"}, {"queue", "expected_duration", "timezone"})
+                cron = s["cron"].str()
+                if len(cron.split()) != 5:
+                    s["cron"].fail(f"expected a 5-field cron expression, got {cron!r}")
+                out.append(
+                    m.Schedule(
+                        name=s["name"].str(),
+                        cron=cron,
+                        queue=_optional(s, "queue", Node.str, None),
+                        expected_duration=_optional(s, "expected_duration", Node.duration, None),
+                        timezone=_optional(s, "timezone", _timezone, None),
+                    )
+                )
+            except (_Invalid, KeyError):
+                continue
+        return tuple(out)
+
+
+@dataclass(frozen=True, slots=True)
+class _Refs:
+    """Names other sections may refer to."""
+
+    failure_types: dict[str, m.FailureType]
+    remediations: dict[str, str]
+
+    def failure_type(self, node: Node, name: str | None = None) -> str:
+        if name is not None:
+            if name not in self.failure_types:
+                close = difflib.get_close_matches(name, list(self.failure_types), n=1)
+                hint = f"; did you mean '{close[0]}'?" if close else ""
+                raise node.fail(f"unknown failure type '{name}'{hint}")
+            return name
+        return node.choice(self.failure_types, "a failure type from")
+
+    def remediation(self, node: Node) -> str:
+        return node.choice(self.remediations, "a remediation from")
+
+
+_NAME = re.compile(r"[A-Z][A-Z0-9_]*")
+
+
+def _check_name(node: Node, name: str) -> None:
+    if not _NAME.fullmatch(name):
+        node.fail(f"names are UPPER_SNAKE_CASE, got '{name}'")
+
+
+def _globs(node: Node) -> list[str]:
+    return [item.str() for item in node.items()]
+
+
+def _regex(node: Node) -> re.Pattern[str]:
+    pattern = node.str()
+    try:
+        return re.compile(pattern)
+    except re.error as exc:
+        raise node.fail(f"invalid regular expression: {exc}") from None
+
+
+def _errnos(node: Node) -> list[int]:
+    out = []
+    for item in node.items():
+        value = item.scalar()
+        if isinstance(value, str) and isinstance(getattr(errno_names, value, None), int):
+            out.append(getattr(errno_names, value))
+        elif isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            out.append(value)
+        else:
+            item.fail(f"expected an errno number or name such as ENOSPC, got {value!r}")
+    return out
+
+
+_RANGE = re.compile(r"(\d{3})\s*-\s*(\d{3})")
+
+
+def _statuses(node: Node) -> list[m.StatusRange]:
+    out = []
+    for item in node.items():
+        value = item.scalar()
+        if isinstance(value, int) and not isinstance(value, bool) and 100 <= value <= 599:
+            out.append(m.StatusRange(value, value))
+        elif isinstance(value, str) and (found := _RANGE.fullmatch(value.strip())):
+            low, high = int(found[1]), int(found[2])
+            if not 100 <= low <= high <= 599:
+                item.fail(f"expected a range within 100-599, got {value!r}")
+            out.append(m.StatusRange(low, high))
+        else:
+            item.fail(f'expected an HTTP status (404) or range ("500-599"), got {value!r}')
+    return out
+
+
+def _positive_duration(node: Node) -> float:
+    seconds = node.duration()
+    if seconds <= 0:
+        raise node.fail("expected a duration above zero")
+    return seconds
+
+
+_CLOCK = re.compile(r"([01]?\d|2[0-3]):([0-5]\d)")
+
+
+def _clock(node: Node) -> int:
+    value = node.scalar()
+    # YAML 1.1 reads 22:00 unquoted as a sexagesimal number; accept it as minutes.
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 24 * 60:
+        return value
+    if isinstance(value, str) and (found := _CLOCK.fullmatch(value.strip())):
+        return int(found[1]) * 60 + int(found[2])
+    raise node.fail(f'expected a time of day like "22:00", got {value!r}')
+
+
+def _timezone(node: Node) -> str:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    name = node.str()
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise node.fail(f"unknown time zone {name!r}") from None
+    return name
+
+
+def _default_priority() -> m.Priority:
+    return m.Priority(levels=(m.Level("MEDIUM", 6, "default"),), default_level="MEDIUM",
+                      tasks=(), tier_sla={})
+
+
+# --- entry points -------------------------------------------------------------------------
+
+
+def _compose(text: str, source: str) -> yaml.Node:
+    try:
+        root = yaml.compose(text, Loader=_SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark else None
+        reason = getattr(exc, "problem", None) or str(exc)
+        raise PolicyError([Problem("", line, f"invalid YAML: {reason}")], source) from None
+    if root is None:
+        raise PolicyError([Problem("", None, "the file is empty")], source)
+    _refuse_aliases(root, source)
+    return root
+
+
+def _refuse_aliases(root: yaml.Node, source: str) -> None:
+    """Aliases make a small file expand into a huge one (the 'billion laughs')."""
+    seen: set[int] = set()
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            line = node.start_mark.line + 1
+            raise PolicyError([Problem("", line, "anchors and aliases are not allowed")], source)
+        seen.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                stack.extend((key, value))
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend(node.value)
+
+
+def parse_policy(text: str, source: str = "policies") -> m.Policy:
+    """Validate policy text; raises PolicyError listing every problem."""
+    if len(text.encode()) > MAX_POLICY_BYTES:
+        raise PolicyError([Problem("", None, f"larger than {MAX_POLICY_BYTES} bytes")], source)
+    problems: list[Problem] = []
+    root = Node(_compose(text, source), "", problems)
+    try:
+        policy = _PolicyReader(problems).read(root)
+    except _Invalid:
+        raise PolicyError(problems, source) from None
+    if problems:
+        raise PolicyError(problems, source)
+    return policy
+
+
+def load_policy(path: str | Path) -> m.Policy:
+    """Read and validate a policy file."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        if size > MAX_POLICY_BYTES:
+            raise PolicyError([Problem("", None, f"larger than {MAX_POLICY_BYTES} bytes")], str(path))
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PolicyError([Problem("", None, f"cannot read the file: {exc}")], str(path)) from None
+    return parse_policy(text, str(path))
