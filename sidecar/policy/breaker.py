@@ -18,6 +18,8 @@ from enum import StrEnum
 from .model import BreakerSettings
 from .window import Window
 
+EMPTY_WINDOW = Window()
+
 
 class Status(StrEnum):
     CLOSED = "closed"
@@ -29,7 +31,7 @@ class Status(StrEnum):
 class BreakerState:
     status: Status = Status.CLOSED
     opened_at: float = 0.0
-    window: Window = Window()  # calls while closed
+    window: Window = EMPTY_WINDOW  # calls while closed
     probes: int = 0  # probe runs let through while half-open
     probe_at: float = 0.0  # when the last one was let through
 
@@ -75,7 +77,9 @@ def on_failure(
         and calls >= settings.min_calls
         and failures / calls >= settings.failure_rate
     )
-    return _moved(status, _open(now) if tripped else replace(state, window=window))
+    if tripped:
+        return _moved(status, _open(now))
+    return BreakerState(state.status, state.opened_at, window, state.probes, state.probe_at), None
 
 
 def on_success(

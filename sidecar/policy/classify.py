@@ -13,10 +13,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from fnmatch import translate
-
 from typing import TYPE_CHECKING
 
-from .events import ExceptionInfo
+from .events import Classification, ExceptionInfo
 
 if TYPE_CHECKING:
     from .model import Policy, Rule
@@ -24,15 +23,6 @@ if TYPE_CHECKING:
 # Messages can be huge; the words that identify a failure come first.
 MESSAGE_SCAN_CHARS = 4096
 _NEVER = re.compile(r"(?!)")
-
-
-@dataclass(frozen=True, slots=True)
-class Classification:
-    failure_type: str
-    category: str
-    confidence: float
-    remediation: str
-    rule: str
 
 
 def glob_regex(patterns: tuple[str, ...] | list[str]) -> re.Pattern[str]:
@@ -51,8 +41,9 @@ class _CompiledRule:
     sqlstate: re.Pattern[str] | None
     task: re.Pattern[str] | None
 
-    def matches_static(self, bare: tuple[str, ...], qualified: tuple[str, ...], exc: ExceptionInfo,
-                       task_name: str) -> bool:
+    def matches_static(
+        self, bare: tuple[str, ...], qualified: tuple[str, ...], exc: ExceptionInfo, task_name: str
+    ) -> bool:
         """Every condition except the message."""
         match = self.rule.match
         if match.exception and not (

@@ -14,28 +14,27 @@ from dataclasses import dataclass
 
 from . import adaptive, backoff, breaker, offpeak, priority
 from .breaker import BreakerState, Status
-from .classify import Classification
 from .durations import format_duration
 from .events import (
     BreakerOut,
-    ClassificationOut,
+    Classification,
     Decision,
     FailureEvent,
     StartAnswer,
     StartEvent,
     SuccessEvent,
 )
-from .model import BreakerSettings, Exhausted, Policy
+from .model import BreakerSettings, Exhausted, Jitter, Policy, Route
 from .window import Window
 
 
 @dataclass(frozen=True, slots=True)
 class Keys:
-    """Where the state an event needs lives."""
+    """Where the state an event needs lives: `route.breaker_key` (None: no breaker) and
+    `route.outcomes_key` (retry outcomes for adaptive learning)."""
 
     classification: Classification
-    breaker: str | None  # None: this failure type has no breaker
-    outcomes: str  # retry outcomes of (task, failure type), for adaptive learning
+    route: Route
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,19 +98,9 @@ class Outcome:
     effects: Effects
 
 
-def outcomes_key(task_name: str, failure_type: str) -> str:
-    return f"{task_name}:{failure_type}"
-
-
 def keys_for(event: FailureEvent, policy: Policy) -> Keys:
     classification = policy.classify(event.exception, event.task_name)
-    failure_type = classification.failure_type
-    has_breaker = policy.retry_policy(event.task_name, failure_type).breaker is not None
-    return Keys(
-        classification=classification,
-        breaker=policy.breaker_key(event.task_name, failure_type) if has_breaker else None,
-        outcomes=outcomes_key(event.task_name, failure_type),
-    )
+    return Keys(classification, policy.route(event.task_name, classification.failure_type))
 
 
 def decide(
@@ -121,9 +110,9 @@ def decide(
     now: float,
     rng: random.Random,
 ) -> Outcome:
-    keys = keys_for(event, policy)
-    found = keys.classification
-    retry = policy.retry_policy(event.task_name, found.failure_type)
+    found = policy.classify(event.exception, event.task_name)
+    route = policy.route(event.task_name, found.failure_type)
+    retry = route.retry
     context, attempt = event.context, event.attempt
     why = [f"{found.failure_type} by rule {found.rule} ({found.confidence:g})"]
 
@@ -131,22 +120,17 @@ def decide(
     max_retries = max(0, retry.max_retries + learned.retry_delta)
     outcome = None
     if attempt > 0 and policy.adaptive.enabled:  # a retry failed again
-        outcome = OutcomeChange(keys.outcomes, False, policy.adaptive.window, now)
+        outcome = OutcomeChange(route.outcomes_key, False, policy.adaptive.window, now)
 
     breaker_change, breaker_out, moved, breaker_wait = None, None, None, 0.0
-    if keys.breaker is not None and retry.breaker is not None:
-        breaker_change = BreakerChange(keys.breaker, retry.breaker, "failure", now)
+    if route.breaker_key is not None and retry.breaker is not None:
+        breaker_change = BreakerChange(route.breaker_key, retry.breaker, "failure", now)
         after, moved = breaker_change.apply(state.breaker)
-        breaker_out = BreakerOut(keys.breaker, after.current(retry.breaker, now).value)
+        breaker_out = BreakerOut(route.breaker_key, after.current(retry.breaker, now).value)
         breaker_wait = after.reopens_in(retry.breaker, now)
 
     assigned = priority.assign(
-        policy.priority,
-        policy.base_level(event.task_name),
-        context,
-        policy.failure_types.get(found.failure_type),
-        attempt,
-        now,
+        policy.priority, route.base_level, context, route.failure_type, attempt, now
     )
     level = assigned.level
 
@@ -163,7 +147,7 @@ def decide(
         base = backoff.backoff_delay(retry, attempt)
         delay = backoff.jitter(retry, attempt, base, rng)
         why.append(f"{backoff.describe(retry, attempt)} = {format_duration(base)}")
-        if retry.jitter.value != "none":
+        if retry.jitter is not Jitter.NONE:
             why.append(f"{retry.jitter.value} jitter → {delay:.1f}s")
         factor = learned.delay_factor
         if learned.note:
@@ -197,9 +181,7 @@ def decide(
         queue=level.queue,
         priority=level.name,
         priority_value=level.value,
-        classification=ClassificationOut(
-            found.failure_type, found.category, found.confidence, found.remediation, found.rule
-        ),
+        classification=found,
         breaker=breaker_out,
         rationale=" | ".join(why),
     )
@@ -272,6 +254,6 @@ def on_success(
     ]
     outcome = None
     if event.attempt > 0 and last_failure_type is not None and policy.adaptive.enabled:
-        key = outcomes_key(event.task_name, last_failure_type)
+        key = policy.route(event.task_name, last_failure_type).outcomes_key
         outcome = OutcomeChange(key, True, policy.adaptive.window, now)
     return changes, outcome

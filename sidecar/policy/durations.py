@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
@@ -25,6 +26,7 @@ def parse_duration(value: object) -> float:
     raise ValueError(f"expected a duration like 30s, got {shown}")
 
 
+@lru_cache(maxsize=1024)  # called with the policy's constants on the hot path
 def format_duration(seconds: float) -> str:
     """The shortest exact spelling of `seconds` (`90` → `1m30s`), for rationales."""
     if seconds != int(seconds) or seconds < 1:
@@ -35,3 +37,10 @@ def format_duration(seconds: float) -> str:
         if count:
             parts.append(f"{count}{unit}")
     return "".join(parts)
+
+
+def format_age(seconds: float) -> str:
+    """A task's age, to a tenth of an hour (cheap: ages differ on every event)."""
+    if seconds < 3600:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"

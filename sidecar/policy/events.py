@@ -89,7 +89,9 @@ class StartEvent(msgspec.Struct, frozen=True):
 Action = Literal["retry", "dead_letter", "discard"]
 
 
-class ClassificationOut(msgspec.Struct, frozen=True):
+class Classification(msgspec.Struct, frozen=True):
+    """What the taxonomy made of a failure, and the rule that said so."""
+
     failure_type: str
     category: str
     confidence: float
@@ -110,7 +112,7 @@ class Decision(msgspec.Struct, frozen=True):
     queue: str
     priority: str
     priority_value: int
-    classification: ClassificationOut
+    classification: Classification
     breaker: BreakerOut | None
     rationale: str
     dlq_id: str | None = None

@@ -252,15 +252,21 @@ class _PolicyReader:
             _check_name(item, name)
             try:
                 f = item.fields({"category", "remediation"}, {"urgency", "description"})
-                out[name] = m.FailureType(
-                    name=name,
-                    category=m.Category(f["category"].choice([c.value for c in m.Category])),
-                    remediation=f["remediation"].choice(remediations, "a remediation from"),
-                    urgency=_optional(f, "urgency", lambda n: n.number(-10, 10), 0.0),
-                    description=_optional(f, "description", Node.str, ""),
-                )
-            except (_Invalid, KeyError):
+            except _Invalid:
                 continue
+            category = _optional(
+                f, "category", lambda n: n.choice([c.value for c in m.Category]), None
+            )
+            remediation = _optional(f, "remediation", refs_remediation(remediations), None)
+            if category is None or remediation is None:
+                continue
+            out[name] = m.FailureType(
+                name=name,
+                category=m.Category(category),
+                remediation=remediation,
+                urgency=_optional(f, "urgency", lambda n: n.number(-10, 10), 0.0),
+                description=_optional(f, "description", Node.str, ""),
+            )
         return out
 
     def taxonomy(self, node: Node | None, refs: _Refs) -> tuple[tuple[m.Rule, ...], m.Fallback]:
@@ -297,7 +303,9 @@ class _PolicyReader:
     def rule(self, node: Node, refs: _Refs, order: int) -> m.Rule:
         f = node.fields({"name", "failure_type", "match"}, {"confidence", "remediation"})
         match = f["match"]
-        c = match.fields(set(), {"exception", "message", "errno", "http_status", "sqlstate", "task"})
+        c = match.fields(
+            set(), {"exception", "message", "errno", "http_status", "sqlstate", "task"}
+        )
         if not c:
             raise match.fail("a rule needs at least one condition")
         return m.Rule(
@@ -545,7 +553,9 @@ class _PolicyReader:
                 aging.append(m.Aging(a["after"].duration(), a["boost"].number(0, 100)))
             except (_Invalid, KeyError):
                 continue
-        escalation = _optional(f, "retry_escalation", lambda n: n.fields({"after", "boost"}, set()), {})
+        escalation = _optional(
+            f, "retry_escalation", lambda n: n.fields({"after", "boost"}, set()), {}
+        )
         return m.Priority(
             levels=tuple(levels),
             default_level=_optional(f, "default_level", level_name, names[len(names) // 2]),
@@ -564,7 +574,7 @@ class _PolicyReader:
 
     def idempotency(self, node: Node | None) -> m.Idempotency:
         scopes = ["global", "user", "device", "task"]
-        default = m.Idempotency("global", {scope: 86400.0 for scope in scopes})
+        default = m.Idempotency("global", dict.fromkeys(scopes, 86400.0))
         if node is None:
             return default
         try:
@@ -618,10 +628,14 @@ class _Refs:
         return node.choice(self.failure_types, "a failure type from")
 
     def remediation(self, node: Node) -> str:
-        return node.choice(self.remediations, "a remediation from")
+        return refs_remediation(self.remediations)(node)
 
 
 _NAME = re.compile(r"[A-Z][A-Z0-9_]*")
+
+
+def refs_remediation(remediations: dict[str, str]) -> Callable[[Node], str]:
+    return lambda node: node.choice(remediations, "a remediation from")
 
 
 def _check_name(node: Node, name: str) -> None:
@@ -705,8 +719,9 @@ def _timezone(node: Node) -> str:
 
 
 def _default_priority() -> m.Priority:
-    return m.Priority(levels=(m.Level("MEDIUM", 6, "default"),), default_level="MEDIUM",
-                      tasks=(), tier_sla={})
+    return m.Priority(
+        levels=(m.Level("MEDIUM", 6, "default"),), default_level="MEDIUM", tasks=(), tier_sla={}
+    )
 
 
 # --- entry points -------------------------------------------------------------------------
@@ -714,6 +729,14 @@ def _default_priority() -> m.Priority:
 
 def _compose(text: str, source: str) -> yaml.Node:
     try:
+        # Aliases let a small file expand into a huge one (the "billion laughs"): refuse
+        # them before anything is built.
+        for event in yaml.parse(text, Loader=_SafeLoader):
+            if isinstance(event, yaml.AliasEvent):
+                line = event.start_mark.line + 1
+                raise PolicyError(
+                    [Problem("", line, "anchors and aliases are not allowed")], source
+                )
         root = yaml.compose(text, Loader=_SafeLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
@@ -722,25 +745,7 @@ def _compose(text: str, source: str) -> yaml.Node:
         raise PolicyError([Problem("", line, f"invalid YAML: {reason}")], source) from None
     if root is None:
         raise PolicyError([Problem("", None, "the file is empty")], source)
-    _refuse_aliases(root, source)
     return root
-
-
-def _refuse_aliases(root: yaml.Node, source: str) -> None:
-    """Aliases make a small file expand into a huge one (the 'billion laughs')."""
-    seen: set[int] = set()
-    stack = [root]
-    while stack:
-        node = stack.pop()
-        if id(node) in seen:
-            line = node.start_mark.line + 1
-            raise PolicyError([Problem("", line, "anchors and aliases are not allowed")], source)
-        seen.add(id(node))
-        if isinstance(node, yaml.MappingNode):
-            for key, value in node.value:
-                stack.extend((key, value))
-        elif isinstance(node, yaml.SequenceNode):
-            stack.extend(node.value)
 
 
 def parse_policy(text: str, source: str = "policies") -> m.Policy:
@@ -764,7 +769,9 @@ def load_policy(path: str | Path) -> m.Policy:
     try:
         size = path.stat().st_size
         if size > MAX_POLICY_BYTES:
-            raise PolicyError([Problem("", None, f"larger than {MAX_POLICY_BYTES} bytes")], str(path))
+            raise PolicyError(
+                [Problem("", None, f"larger than {MAX_POLICY_BYTES} bytes")], str(path)
+            )
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise PolicyError([Problem("", None, f"cannot read the file: {exc}")], str(path)) from None

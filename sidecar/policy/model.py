@@ -7,15 +7,14 @@ only reads them.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field, replace
 from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
-from typing import TypeVar
 from fnmatch import fnmatchcase
+from typing import TypeVar
 
-from .classify import Classification, Classifier
-from .events import ExceptionInfo
-
+from .classify import Classifier
+from .events import Classification, ExceptionInfo
 
 T = TypeVar("T")
 
@@ -194,7 +193,10 @@ class Priority:
     safety_critical_level: str = "CRITICAL"
 
     def level(self, name: str) -> Level:
-        return next(level for level in self.levels if level.name == name)
+        for level in self.levels:
+            if level.name == name:
+                return level
+        raise KeyError(name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,6 +255,20 @@ class Policy:
                 policy = replace(policy, **override.changes)
         return policy
 
+    def route(self, task_name: str, failure_type: str) -> Route:
+        """Everything the policy fixes for one (task, failure type)."""
+        return self._memoised(("route", task_name, failure_type), self._route)
+
+    def _route(self, task_name: str, failure_type: str) -> Route:
+        retry = self.retry_policy(task_name, failure_type)
+        return Route(
+            retry=retry,
+            breaker_key=self.breaker_key(task_name, failure_type) if retry.breaker else None,
+            outcomes_key=f"{task_name}:{failure_type}",
+            failure_type=self.failure_types[failure_type],
+            base_level=self.priority.level(self.base_level(task_name)),
+        )
+
     def breaker_key(self, task_name: str, failure_type: str) -> str:
         """`task:failure_type`, or `dependency:failure_type` for tasks sharing one."""
         owner = self._memoised(("owner", task_name), self._breaker_owner)
@@ -285,3 +301,12 @@ class Policy:
 
 
 MEMO_SIZE = 8192
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    retry: RetryPolicy
+    breaker_key: str | None  # None: no breaker for this failure type
+    outcomes_key: str  # where retry outcomes are counted for adaptive learning
+    failure_type: FailureType
+    base_level: Level

@@ -5,8 +5,9 @@ level, ties upward (HIGH 8 + SLA breach 1 = 9 → CRITICAL)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import pairwise
 
-from .durations import format_duration
+from .durations import format_age, format_duration
 from .events import Context
 from .model import FailureType, Level, Priority
 
@@ -20,12 +21,16 @@ class Assigned:
 
 
 def nearest_level(priority: Priority, score: float) -> Level:
-    return min(priority.levels, key=lambda level: (abs(level.value - score), -level.value))
+    levels = priority.levels  # highest first
+    for upper, lower in pairwise(levels):
+        if score >= (upper.value + lower.value) / 2:  # the midpoint itself goes up
+            return upper
+    return levels[-1]
 
 
 def assign(
     priority: Priority,
-    base: str,
+    base: Level,
     context: Context,
     failure_type: FailureType | None,
     attempt: int,
@@ -34,7 +39,7 @@ def assign(
     if context.safety_critical:
         level = priority.level(priority.safety_critical_level)
         return Assigned(level, float(level.value), (f"safety-critical → {level.name}",))
-    base_level = priority.level(base)
+    base_level = base
     score = float(base_level.value)
     factors = [f"base {base_level.name} ({base_level.value})"]
     breached = None
@@ -46,14 +51,14 @@ def assign(
             breached = tier
             score += priority.sla_breach_boost
             factors.append(
-                f"SLA breach {tier} {format_duration(round(age))} > {format_duration(sla)} "
+                f"SLA breach {tier} {format_age(age)} > {format_duration(sla)} "
                 f"(+{priority.sla_breach_boost:g})"
             )
     if age is not None:
         reached = [a for a in priority.aging if age >= a.after]
         if reached and reached[-1].boost:
             score += reached[-1].boost
-            factors.append(f"aged {format_duration(round(age))} (+{reached[-1].boost:g})")
+            factors.append(f"aged {format_age(age)} (+{reached[-1].boost:g})")
     if attempt >= priority.retry_escalation_after and priority.retry_escalation_boost:
         score += priority.retry_escalation_boost
         factors.append(f"{attempt} retries (+{priority.retry_escalation_boost:g})")
