@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from sidecar.policy import Policy, load_policy
+from tests.services import PostgresService, RedisService, start_postgres, start_redis
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_POLICIES = ROOT / "policies.yaml"
@@ -14,3 +16,31 @@ DEFAULT_POLICIES = ROOT / "policies.yaml"
 def policy() -> Policy:
     """The default policy shipped in the repository."""
     return load_policy(DEFAULT_POLICIES)
+
+
+# --- real services: throw-away Redis and PostgreSQL on free loopback ports ---------------
+
+
+@pytest.fixture(scope="session")
+def redis_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisService]:
+    with start_redis(tmp_path_factory.mktemp("redis")) as service:
+        yield service
+
+
+@pytest.fixture(scope="session")
+def postgres_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresService]:
+    with start_postgres(tmp_path_factory.mktemp("postgres")) as service:
+        yield service
+
+
+@pytest.fixture
+def redis_url(redis_service: RedisService) -> str:
+    redis_service.start()  # a no-op unless an earlier test left it stopped (outage tests)
+    return redis_service.url
+
+
+@pytest.fixture
+def postgres_dsn(postgres_service: PostgresService) -> str:
+    """DSN of the database `sidecar_test` on a throw-away server shared by the session."""
+    postgres_service.start()
+    return postgres_service.dsn

@@ -53,7 +53,8 @@ HOST = "127.0.0.1"
 INSTALL_HINT = "run scripts/install-test-deps.sh to install the Redis and PostgreSQL servers"
 PG_BIN_GLOB = "/usr/lib/postgresql/*/bin"
 PG_DATABASE = "sidecar_test"
-PG_SUPERUSER = "postgres"
+PG_SUPERUSER = "postgres"  # database role in the DSN
+PG_OS_USER = "postgres"  # system account that runs the server when we are root
 # sun_path is 108 bytes on Linux; the socket file name adds at most len("/.s.PGSQL.65535").
 _MAX_SOCKET_DIR_LEN = 107 - len("/.s.PGSQL.65535")
 _POLL_INTERVAL = 0.02
@@ -206,7 +207,7 @@ class Service:
         log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         with open(self.log_path, "ab") as log:
             # Own process group: Ctrl-C in the terminal reaches pytest only (it then closes
-            # us cleanly via atexit), and stop() can signal the server and its children.
+            # us cleanly via atexit), and a last-resort SIGKILL can hit the whole group.
             self._proc = subprocess.Popen(
                 self._command(),
                 stdin=subprocess.DEVNULL,
@@ -501,10 +502,12 @@ def _server_account() -> pwd.struct_passwd | None:
     if os.geteuid() != 0:
         return None  # initdb/postgres run as ourselves
     try:
-        return pwd.getpwnam(PG_SUPERUSER)
+        return pwd.getpwnam(PG_OS_USER)
     except KeyError:
+        # The Debian postgresql package creates it; initdb/postgres refuse to run as root.
         raise MissingBinaryError(
-            f"running as root needs the {PG_SUPERUSER!r} system user; {INSTALL_HINT}"
+            f"running as root needs a {PG_OS_USER!r} system user to run PostgreSQL; "
+            "install the Debian postgresql package (scripts/install-test-deps.sh)"
         ) from None
 
 

@@ -16,7 +16,8 @@ from pathlib import Path
 import psycopg
 import pytest
 import redis
-import services
+
+from tests import services
 
 
 def _wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
@@ -226,7 +227,7 @@ def test_missing_postgres_points_to_install_script(
 
 _CHILD = """
 import json, sys
-sys.path.insert(0, sys.argv[1])
+sys.path.insert(0, sys.argv[1])  # the tests/ directory
 import services
 r = services.start_redis()
 p = services.start_postgres()
