@@ -3,30 +3,24 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import logging
 import os
 import random
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import IO
 
 import msgspec
 
+from . import settings
 from .policy import EMPTY, FailureEvent, PolicyError, decide, load_policy
 from .policy.events import decode_error_path
 
-DEFAULT_POLICIES = "policies.yaml"
-
 
 def default_policies() -> str:
-    """TASK_SIDECAR_POLICIES, else ./policies.yaml, else the copy shipped in the package."""
-    configured = os.environ.get("TASK_SIDECAR_POLICIES")
-    if configured:
-        return configured
-    if Path(DEFAULT_POLICIES).exists():
-        return DEFAULT_POLICIES
-    return str(Path(__file__).with_name("default_policies.yaml"))
+    return os.environ.get("TASK_SIDECAR_POLICIES") or settings.default_policies()
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -87,6 +81,72 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from .http import create_app
+
+    try:
+        config = settings.from_sources(args)
+        config.check()
+    except settings.SettingsError as exc:
+        print(f"task-sidecar: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=config.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    log = logging.getLogger("task_sidecar")
+    try:
+        app = create_app(config)
+    except PolicyError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    if not config.auth_enabled:
+        log.warning(
+            "no tokens configured: serving without authentication on loopback %s only",
+            config.host,
+        )
+    stores = "PostgreSQL" if config.postgres_dsn else f"SQLite in {config.data_dir}"
+    state = "Redis" if config.redis_url else "in-process state"
+    log.info(
+        "task-sidecar on http://%s:%d (%s, %s, policies %s)",
+        config.host,
+        config.port,
+        stores,
+        state,
+        config.policies,
+    )
+    web.run_app(
+        app,
+        host=config.host,
+        port=config.port,
+        shutdown_timeout=config.shutdown_grace,
+        access_log=None,
+        print=None,
+    )
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from .store.base import StoreUnavailable
+    from .store.migrations import migrate
+
+    dsn = args.postgres_dsn or os.environ.get("TASK_SIDECAR_POSTGRES_DSN")
+    if not dsn:
+        print(
+            "task-sidecar migrate: set --postgres-dsn or TASK_SIDECAR_POSTGRES_DSN", file=sys.stderr
+        )
+        return 2
+    try:
+        applied = asyncio.run(migrate(dsn))
+    except StoreUnavailable as exc:
+        print(f"task-sidecar migrate: {exc}", file=sys.stderr)
+        return 1
+    print(f"applied migrations {applied}" if applied else "the schema is up to date")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="task-sidecar",
@@ -105,6 +165,16 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--seed", type=int, default=None, help="seed the jitter (repeatable)")
     explain.add_argument("events", metavar="EVENTS", help="a file of events, or - for stdin")
     explain.set_defaults(run=cmd_explain)
+
+    serve = commands.add_parser(
+        "serve", help="run the sidecar (embedded stores unless URLs are set)"
+    )
+    settings.add_arguments(serve)
+    serve.set_defaults(run=cmd_serve)
+
+    migrate = commands.add_parser("migrate", help="apply PostgreSQL migrations")
+    migrate.add_argument("--postgres-dsn", default=None, help="[TASK_SIDECAR_POSTGRES_DSN]")
+    migrate.set_defaults(run=cmd_migrate)
     return parser
 
 

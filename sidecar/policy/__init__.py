@@ -1,6 +1,6 @@
 """The decision core: pure functions and frozen values, no I/O and no asyncio."""
 
-from .decide import EMPTY, Keys, Outcome, Snapshot, decide, keys_for, on_start, on_success
+from .decide import EMPTY, Keys, Outcome, Snapshot, decide, keys_for, on_success, task_breakers
 from .events import Decision, FailureEvent, StartEvent, SuccessEvent
 from .loader import PolicyError, load_policy, parse_policy
 from .model import Policy
@@ -19,7 +19,7 @@ __all__ = [
     "decide",
     "keys_for",
     "load_policy",
-    "on_start",
     "on_success",
     "parse_policy",
+    "task_breakers",
 ]

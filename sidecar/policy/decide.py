@@ -20,8 +20,6 @@ from .events import (
     Classification,
     Decision,
     FailureEvent,
-    StartAnswer,
-    StartEvent,
     SuccessEvent,
 )
 from .model import BreakerSettings, Exhausted, Jitter, Policy, Route
@@ -199,12 +197,6 @@ def decide(
 # --- the other hooks ------------------------------------------------------------------------
 
 
-def breaker_settings(policy: Policy, task_name: str, breaker_key: str) -> BreakerSettings | None:
-    """Settings of one of a task's breakers (its key ends in `:FAILURE_TYPE`)."""
-    failure_type = breaker_key.rpartition(":")[2]
-    return policy.retry_policy(task_name, failure_type).breaker
-
-
 def task_breakers(policy: Policy, task_name: str) -> list[tuple[str, BreakerSettings]]:
     """Every breaker a run of this task passes through, with its settings."""
     out = []
@@ -213,29 +205,6 @@ def task_breakers(policy: Policy, task_name: str) -> list[tuple[str, BreakerSett
         if settings is not None:
             out.append((policy.breaker_key(task_name, failure_type), settings))
     return out
-
-
-def on_start(
-    event: StartEvent,
-    policy: Policy,
-    breakers: dict[str, BreakerState],
-    now: float,
-) -> tuple[StartAnswer, list[tuple[BreakerChange, Status | None]]]:
-    """May the task run now? Refused while any of its breakers is open (or its half-open
-    probes are taken), with the delay before asking again."""
-    changes = []
-    for key, settings in task_breakers(policy, event.task_name):
-        state = breakers.get(key)
-        if state is None:
-            continue
-        allow, delay, _, moved = breaker.on_start(state, settings, now)
-        if not allow:
-            status = state.current(settings, now).value
-            return StartAnswer(False, round(delay, 3), BreakerOut(key, status)), []
-        change = BreakerChange(key, settings, "start", now)
-        if moved is not None or state.status is Status.HALF_OPEN:
-            changes.append((change, moved))
-    return StartAnswer(True), changes
 
 
 def on_success(

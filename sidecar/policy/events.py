@@ -129,8 +129,8 @@ def decode_error_path(error: msgspec.ValidationError) -> tuple[str, str]:
     ("exception.errno", "Expected `int`, got `str`")."""
     text = str(error)
     message, sep, where = text.rpartition(" - at `")
-    if not sep:
-        return "", text
+    if not sep:  # the top-level object itself
+        message, where = text, ""
     path = where.rstrip("`").removeprefix("$").lstrip(".")
     missing = _MISSING.fullmatch(message)
     if missing:  # name the missing field itself, not the object that lacks it

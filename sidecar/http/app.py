@@ -1,0 +1,122 @@
+"""The application factory: routes, middlewares, and one cleanup context per resource."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import signal
+import time
+from collections.abc import AsyncIterator, Callable
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from ..metrics import Metrics
+from ..service import Policies, Sidecar, Stores
+from ..settings import Settings
+from ..store import open_stores
+from ..store.base import StoreUnavailable
+from . import hooks
+from .auth import auth_middleware
+from .keys import METRICS, POLICIES, SETTINGS, SIDECAR, STORES
+from .problems import json_response, problem_middleware
+
+log = logging.getLogger("task_sidecar")
+PING_TIMEOUT = 1.0
+
+
+def create_app(
+    settings: Settings,
+    *,
+    stores: Stores | None = None,
+    registry: CollectorRegistry | None = None,
+    clock: Callable[[], float] = time.time,
+    rng: random.Random | None = None,
+) -> web.Application:
+    """The sidecar as an aiohttp app. Stores given here are used (and not closed);
+    otherwise they are opened from `settings` at start-up and closed at shutdown."""
+    app = web.Application(
+        client_max_size=settings.body_limit,
+        middlewares=[problem_middleware, auth_middleware],
+    )
+    metrics = Metrics(registry, task_limit=settings.task_label_limit)
+    app[SETTINGS] = settings
+    app[METRICS] = metrics
+    app[POLICIES] = Policies(settings.policies, metrics)
+
+    async def open_and_close_stores(app: web.Application) -> AsyncIterator[None]:
+        if stores is not None:
+            app[STORES] = stores
+        else:
+            app[STORES] = await open_stores(settings)
+        app[SIDECAR] = Sidecar(app[POLICIES], app[STORES], metrics, clock=clock, rng=rng)
+        yield
+        if stores is None:
+            for store in app[STORES].distinct():
+                await store.close()
+
+    app.cleanup_ctx.append(open_and_close_stores)
+    app.cleanup_ctx.append(watch_policies)
+    app.add_routes(hooks.routes())
+    app.add_routes(
+        [
+            web.get("/healthz", healthz),
+            web.get("/readyz", readyz),
+            web.get("/metrics", metrics_endpoint),
+        ]
+    )
+    return app
+
+
+async def watch_policies(app: web.Application) -> AsyncIterator[None]:
+    """Reload the policy on SIGHUP and when the file changes."""
+    policies, interval = app[POLICIES], app[SETTINGS].reload_interval
+    loop = asyncio.get_running_loop()
+    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+        # Only the main thread of a process can own signals (tests run apps elsewhere too).
+        loop.add_signal_handler(signal.SIGHUP, policies.reload)
+
+    async def poll() -> None:
+        while True:
+            await asyncio.sleep(interval)
+            if policies.changed():
+                policies.reload()
+
+    task = asyncio.create_task(poll()) if interval > 0 else None
+    yield
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+        loop.remove_signal_handler(signal.SIGHUP)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """The process is alive and its event loop answers."""
+    return json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Which backends answer and which do not; 503 while any does not."""
+    checks: dict[str, str] = {}
+    metrics = request.app[METRICS]
+    for store in request.app[STORES].distinct():
+        try:
+            await asyncio.wait_for(store.ping(), PING_TIMEOUT)
+            checks[store.name] = "ok"
+        except (StoreUnavailable, TimeoutError) as exc:
+            checks[store.name] = f"unavailable: {exc or 'timed out'}"
+        metrics.backend_up.labels(store.name).set(checks[store.name] == "ok")
+    ready = all(value == "ok" for value in checks.values())
+    return json_response(
+        {"status": "ready" if ready else "unavailable", "checks": checks},
+        status=200 if ready else 503,
+    )
+
+
+async def metrics_endpoint(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[METRICS].registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -1,0 +1,136 @@
+"""Worker-side endpoints: lifecycle hooks, dry runs and idempotency claims."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+from aiohttp import web
+from msgspec import Meta
+
+from ..policy import FailureEvent, StartEvent, SuccessEvent
+from ..policy.events import Seconds
+from .auth import requires
+from .keys import METRICS, SIDECAR
+from .problems import Problem, decode, json_response, read
+
+MAX_BATCH = 1000
+Scope = Literal["global", "user", "device", "task"]
+
+
+class ClaimRequest(msgspec.Struct, frozen=True):
+    key: Annotated[str, Meta(min_length=1, max_length=1024)]
+    scope: Scope = "global"
+    ttl_seconds: Annotated[float, Meta(gt=0, le=365 * 86400)] | None = None
+
+
+class KeyRequest(msgspec.Struct, frozen=True):
+    key: Annotated[str, Meta(min_length=1, max_length=1024)]
+    scope: Scope = "global"
+    ttl_seconds: Seconds | None = None
+
+
+class BatchItem(msgspec.Struct, frozen=True):
+    type: Literal["failure", "success", "start"]
+
+
+KINDS: dict[str, type] = {"failure": FailureEvent, "success": SuccessEvent, "start": StartEvent}
+
+
+@requires("hooks")
+async def failure(request: web.Request) -> web.Response:
+    event = await read(request, FailureEvent)
+    with request.app[METRICS].hook_duration.labels("failure").time():
+        return json_response(await request.app[SIDECAR].failure(event))
+
+
+@requires("hooks")
+async def success(request: web.Request) -> web.Response:
+    event = await read(request, SuccessEvent)
+    with request.app[METRICS].hook_duration.labels("success").time():
+        await request.app[SIDECAR].success(event)
+    return json_response({"recorded": True})
+
+
+@requires("hooks")
+async def start(request: web.Request) -> web.Response:
+    event = await read(request, StartEvent)
+    with request.app[METRICS].hook_duration.labels("start").time():
+        return json_response(await request.app[SIDECAR].start(event))
+
+
+@requires("hooks")
+async def batch(request: web.Request) -> web.Response:
+    """A list of events tagged with `type`; each gets its own answer (or error), in order."""
+    items = await read(request, list[msgspec.Raw])
+    if len(items) > MAX_BATCH:
+        raise Problem(413, "Batch too large", f"at most {MAX_BATCH} events per batch")
+    sidecar = request.app[SIDECAR]
+    results: list[Any] = []
+    with request.app[METRICS].hook_duration.labels("batch").time():
+        for index, raw in enumerate(items):
+            try:
+                kind = decode(raw, BatchItem).type
+                event = decode(raw, KINDS[kind])
+            except Problem as problem:
+                errors = [
+                    {**e, "path": f"[{index}].{e['path']}".rstrip(".")}
+                    for e in problem.errors or []
+                ]
+                results.append({"error": {"status": problem.status, "errors": errors}})
+                continue
+            if kind == "failure":
+                results.append(await sidecar.failure(event))
+            elif kind == "success":
+                await sidecar.success(event)
+                results.append({"recorded": True})
+            else:
+                results.append(await sidecar.start(event))
+    return json_response({"results": results})
+
+
+@requires("hooks", "viewer")
+async def classify(request: web.Request) -> web.Response:
+    event = await read(request, FailureEvent)
+    return json_response(request.app[SIDECAR].classify(event))
+
+
+@requires("hooks", "viewer")
+async def dry_run(request: web.Request) -> web.Response:
+    event = await read(request, FailureEvent)
+    return json_response(await request.app[SIDECAR].dry_run(event))
+
+
+@requires("hooks")
+async def claim(request: web.Request) -> web.Response:
+    body = await read(request, ClaimRequest)
+    with request.app[METRICS].hook_duration.labels("claim").time():
+        answer = await request.app[SIDECAR].claim(body.key, body.scope, body.ttl_seconds)
+    return json_response(answer)
+
+
+@requires("hooks")
+async def complete(request: web.Request) -> web.Response:
+    body = await read(request, KeyRequest)
+    done = await request.app[SIDECAR].complete(body.key, body.scope, body.ttl_seconds)
+    return json_response({"completed": done})
+
+
+@requires("hooks")
+async def release(request: web.Request) -> web.Response:
+    body = await read(request, KeyRequest)
+    return json_response({"released": await request.app[SIDECAR].release(body.key, body.scope)})
+
+
+def routes() -> list[web.RouteDef]:
+    return [
+        web.post("/v1/hooks/failure", failure),
+        web.post("/v1/hooks/success", success),
+        web.post("/v1/hooks/start", start),
+        web.post("/v1/hooks/batch", batch),
+        web.post("/v1/classify", classify),
+        web.post("/v1/decide", dry_run),
+        web.post("/v1/idempotency/claim", claim),
+        web.post("/v1/idempotency/complete", complete),
+        web.post("/v1/idempotency/release", release),
+    ]

@@ -1,0 +1,15 @@
+"""Typed application state, all keys in one place."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from ..metrics import Metrics
+from ..service import Policies, Sidecar, Stores
+from ..settings import Settings
+
+SETTINGS = web.AppKey("settings", Settings)
+METRICS = web.AppKey("metrics", Metrics)
+POLICIES = web.AppKey("policies", Policies)
+STORES = web.AppKey("stores", Stores)
+SIDECAR = web.AppKey("sidecar", Sidecar)

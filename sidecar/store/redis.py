@@ -1,0 +1,190 @@
+"""Redis: breaker and outcome state shared by every sidecar of the fleet, and the fast path
+for idempotency claims.
+
+Breaker logic stays in the pure core: an update is read → apply the core's function →
+write under WATCH/MULTI, retried when another sidecar wrote the key in between, so no
+update is lost and no logic is duplicated in Lua.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError, WatchError
+
+from ..policy.breaker import BreakerState, Status
+from ..policy.window import Window
+from .base import (
+    BreakerUpdate,
+    Claim,
+    StoreUnavailable,
+    WindowUpdate,
+    decode_breaker,
+    decode_window,
+    encode_breaker,
+    encode_window,
+)
+
+T = TypeVar("T")
+CAS_ATTEMPTS = 50
+
+# Claims are "state:first_seen_at" strings; these keep the read-modify-write atomic.
+_COMPLETE = """
+local value = redis.call('GET', KEYS[1])
+if not value then return 0 end
+local first = string.match(value, ':(.*)$')
+redis.call('SET', KEYS[1], 'done:' .. first, 'PX', ARGV[1])
+return 1
+"""
+_RELEASE = """
+local value = redis.call('GET', KEYS[1])
+if value and string.sub(value, 1, 8) == 'running:' then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+class RedisStore:
+    name = "redis"
+
+    def __init__(self, url: str, *, prefix: str = "task-sidecar:", timeout: float = 0.5) -> None:
+        self.redis = aioredis.Redis.from_url(
+            url,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            retry_on_timeout=False,
+        )
+        self.prefix = prefix
+        self._index = f"{prefix}breakers"
+        self._complete = self.redis.register_script(_COMPLETE)
+        self._release = self.redis.register_script(_RELEASE)
+
+    def _breaker(self, key: str) -> str:
+        return f"{self.prefix}breaker:{key}"
+
+    def _outcomes(self, key: str) -> str:
+        return f"{self.prefix}outcomes:{key}"
+
+    # --- state ------------------------------------------------------------------------
+
+    async def snapshot(
+        self, breaker_key: str | None, outcomes_key: str | None
+    ) -> tuple[BreakerState | None, Window | None]:
+        keys = [self._breaker(breaker_key or ""), self._outcomes(outcomes_key or "")]
+        async with _errors():
+            breaker, outcomes = await self.redis.mget(keys)
+        return (
+            decode_breaker(breaker) if breaker and breaker_key else None,
+            decode_window(outcomes) if outcomes and outcomes_key else None,
+        )
+
+    async def breakers(self, keys: Sequence[str]) -> dict[str, BreakerState]:
+        if not keys:
+            return {}
+        async with _errors():
+            values = await self.redis.mget([self._breaker(key) for key in keys])
+        return {key: decode_breaker(v) for key, v in zip(keys, values, strict=True) if v}
+
+    async def update_breaker(
+        self, key: str, update: BreakerUpdate, ttl: float
+    ) -> tuple[BreakerState, Status | None]:
+        result = await self._cas(
+            self._breaker(key), update, decode_breaker, lambda r: encode_breaker(r[0]), ttl
+        )
+        async with _errors():
+            await self.redis.sadd(self._index, key)
+        return result
+
+    async def update_outcomes(self, key: str, update: WindowUpdate, ttl: float) -> None:
+        await self._cas(self._outcomes(key), update, decode_window, encode_window, ttl)
+
+    async def _cas(
+        self,
+        name: str,
+        update: Callable[[T | None], object],
+        decode: Callable[[bytes], T],
+        encode: Callable[..., bytes],
+        ttl: float,
+    ):
+        async with _errors():
+            for _ in range(CAS_ATTEMPTS):
+                async with self.redis.pipeline(transaction=True) as pipe:
+                    try:
+                        await pipe.watch(name)
+                        raw = await pipe.get(name)
+                        result = update(decode(raw) if raw else None)
+                        pipe.multi()
+                        pipe.set(name, encode(result), px=max(1, int(ttl * 1000)))
+                        await pipe.execute()
+                        return result
+                    except WatchError:
+                        continue  # another sidecar wrote it: read again and re-apply
+        raise StoreUnavailable("redis", f"{CAS_ATTEMPTS} conflicting writes in a row on {name}")
+
+    async def remember_failure(self, task_id: str, failure_type: str, ttl: float) -> None:
+        async with _errors():
+            await self.redis.set(
+                f"{self.prefix}last-failure:{task_id}", failure_type, px=max(1, int(ttl * 1000))
+            )
+
+    async def last_failure(self, task_id: str) -> str | None:
+        async with _errors():
+            value = await self.redis.get(f"{self.prefix}last-failure:{task_id}")
+        return value.decode() if value else None
+
+    async def all_breakers(self) -> dict[str, BreakerState]:
+        async with _errors():
+            keys = sorted(k.decode() for k in await self.redis.smembers(self._index))
+            found = await self.breakers(keys)
+            gone = [key for key in keys if key not in found]
+            if gone:  # expired: forget them
+                await self.redis.srem(self._index, *gone)
+        return found
+
+    # --- idempotency --------------------------------------------------------------------
+
+    async def claim(self, key: str, ttl: float, now: float) -> Claim:
+        name = f"{self.prefix}idem:{key}"
+        async with _errors():
+            if await self.redis.set(name, f"running:{now!r}", nx=True, px=max(1, int(ttl * 1000))):
+                return Claim(True)
+            value = await self.redis.get(name)
+        if value is None:  # expired between the two calls: try once more
+            return await self.claim(key, ttl, now)
+        state, _, first = value.decode().partition(":")
+        return Claim(False, float(first), state)
+
+    async def complete(self, key: str, ttl: float, now: float) -> bool:
+        async with _errors():
+            done = await self._complete(
+                keys=[f"{self.prefix}idem:{key}"], args=[max(1, int(ttl * 1000))]
+            )
+        return bool(done)
+
+    async def release(self, key: str) -> bool:
+        async with _errors():
+            return bool(await self._release(keys=[f"{self.prefix}idem:{key}"]))
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    async def ping(self) -> None:
+        async with _errors():
+            await self.redis.ping()
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+
+class _errors:
+    """Turn redis-py errors into StoreUnavailable (without the URL: it may hold a password)."""
+
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(self, kind, error, tb) -> bool:
+        if isinstance(error, RedisError | OSError) and not isinstance(error, WatchError):
+            raise StoreUnavailable("redis", type(error).__name__) from error
+        return False

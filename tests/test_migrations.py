@@ -1,0 +1,206 @@
+"""PostgreSQL migrations: they build the expected schema, once, even when raced.
+
+Each test gets a new empty database on the session's throw-away server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import uuid
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+
+from sidecar.store.base import StoreUnavailable
+from sidecar.store.migrations import migrate, migration_files, named_queries
+from tests.services import free_port
+
+# The schema all migrations together must produce, as `dump_schema()` prints it.
+EXPECTED_SCHEMA = """
+column audit_log.id bigint not null default nextval('audit_log_id_seq'::regclass)
+column audit_log.at timestamp with time zone not null default now()
+column audit_log.actor text not null
+column audit_log.action text not null
+column audit_log.record_ids ARRAY not null default '{}'::text[]
+column audit_log.from_status text null
+column audit_log.reason text null
+column audit_log.details jsonb not null default '{}'::jsonb
+column dlq_records.id text not null
+column dlq_records.task_id text not null
+column dlq_records.task_name text not null
+column dlq_records.queue text null
+column dlq_records.args json not null
+column dlq_records.kwargs json not null
+column dlq_records.exception json not null
+column dlq_records.context json not null
+column dlq_records.failure_type text not null
+column dlq_records.category text not null
+column dlq_records.remediation text not null
+column dlq_records.confidence double precision not null
+column dlq_records.rule text not null
+column dlq_records.priority text not null
+column dlq_records.priority_value integer not null
+column dlq_records.target_queue text not null
+column dlq_records.attempts integer not null
+column dlq_records.status text not null default 'pending'::text
+column dlq_records.created_at timestamp with time zone not null
+column dlq_records.updated_at timestamp with time zone not null
+column dlq_records.dlq_retries integer not null default 0
+column dlq_records.last_error text null
+column failure_events.id bigint not null default nextval('failure_events_id_seq'::regclass)
+column failure_events.at timestamp with time zone not null
+column failure_events.task_name text not null
+column failure_events.failure_type text not null
+column idempotency_keys.key text not null
+column idempotency_keys.state text not null
+column idempotency_keys.first_seen_at timestamp with time zone not null
+column idempotency_keys.expires_at timestamp with time zone not null
+column schema_migrations.version integer not null
+column schema_migrations.applied_at timestamp with time zone not null default now()
+index audit_log_pkey UNIQUE ON audit_log USING btree (id)
+index dlq_records_created_at_id_idx ON dlq_records USING btree (created_at, id)
+index dlq_records_failure_type_idx ON dlq_records USING btree (failure_type)
+index dlq_records_pkey UNIQUE ON dlq_records USING btree (id)
+index dlq_records_status_created_at_id_idx ON dlq_records USING btree (status, created_at, id)
+index dlq_records_task_name_idx ON dlq_records USING btree (task_name)
+index failure_events_at_idx ON failure_events USING btree (at)
+index failure_events_pkey UNIQUE ON failure_events USING btree (id)
+index idempotency_keys_pkey UNIQUE ON idempotency_keys USING btree (key)
+index schema_migrations_pkey UNIQUE ON schema_migrations USING btree (version)
+constraint audit_log.audit_log_pkey PRIMARY KEY (id)
+constraint dlq_records.dlq_records_pkey PRIMARY KEY (id)
+constraint dlq_records.dlq_records_status_check CHECK ((status = ANY (ARRAY['pending'::text, 'retrying'::text, 'resolved'::text, 'abandoned'::text])))
+constraint failure_events.failure_events_pkey PRIMARY KEY (id)
+constraint idempotency_keys.idempotency_keys_pkey PRIMARY KEY (key)
+constraint idempotency_keys.idempotency_keys_state_check CHECK ((state = ANY (ARRAY['running'::text, 'done'::text])))
+constraint schema_migrations.schema_migrations_pkey PRIMARY KEY (version)
+""".strip().splitlines()  # noqa: E501
+
+_DUMP_QUERIES = [
+    """
+    SELECT 'column ' || table_name || '.' || column_name || ' ' || data_type
+           || CASE is_nullable WHEN 'YES' THEN ' null' ELSE ' not null' END
+           || coalesce(' default ' || column_default, '')
+    FROM information_schema.columns
+    WHERE table_schema = 'public'
+    ORDER BY table_name, ordinal_position
+    """,
+    """
+    SELECT 'index ' || indexname || ' '
+           || replace(regexp_replace(indexdef, '^CREATE (UNIQUE )?INDEX \\S+ ', '\\1'),
+                      'public.', '')
+    FROM pg_indexes
+    WHERE schemaname = 'public'
+    ORDER BY indexname
+    """,
+    """
+    SELECT 'constraint ' || conrelid::regclass::text || '.' || conname || ' '
+           || pg_get_constraintdef(oid)
+    FROM pg_constraint
+    WHERE connamespace = 'public'::regnamespace
+    ORDER BY conrelid::regclass::text, conname
+    """,
+]
+
+
+def dump_schema(dsn: str) -> list[str]:
+    """The tables' columns, indexes and constraints, one normalised line each."""
+    with psycopg.connect(dsn) as conn:
+        return [line for query in _DUMP_QUERIES for (line,) in conn.execute(query)]
+
+
+@pytest.fixture
+def empty_dsn(postgres_dsn: str) -> Iterator[str]:
+    """DSN of a new, empty database, dropped after the test."""
+    name = f"migrate_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres_dsn, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    yield make_conninfo(postgres_dsn, dbname=name)
+    with psycopg.connect(postgres_dsn, autocommit=True) as admin:
+        admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+ALL_VERSIONS = [version for version, _ in migration_files()]
+
+
+class TestMigrationFiles:
+    """The numbered files are found and form an unbroken sequence."""
+
+    def test_versions_run_from_1_without_gaps(self):
+        versions = [version for version, _ in migration_files()]
+        assert versions == list(range(1, len(versions) + 1))
+
+
+class TestMigrate:
+    """migrate() applies each pending file once, atomically, whoever else is migrating."""
+
+    def test_an_empty_database_gets_the_expected_schema(self, empty_dsn):
+        assert asyncio.run(migrate(empty_dsn)) == ALL_VERSIONS
+
+        assert dump_schema(empty_dsn) == EXPECTED_SCHEMA
+
+    def test_a_second_run_applies_nothing(self, empty_dsn):
+        asyncio.run(migrate(empty_dsn))
+        schema = dump_schema(empty_dsn)
+
+        assert asyncio.run(migrate(empty_dsn)) == []
+        assert dump_schema(empty_dsn) == schema
+
+    def test_concurrent_runs_apply_each_file_once(self, empty_dsn):
+        async def race() -> list[list[int]]:
+            return await asyncio.gather(*(migrate(empty_dsn) for _ in range(4)))
+
+        results = asyncio.run(race())
+
+        assert sorted(version for applied in results for version in applied) == ALL_VERSIONS
+        with psycopg.connect(empty_dsn) as conn:
+            recorded = conn.execute("SELECT version FROM schema_migrations ORDER BY 1").fetchall()
+        assert [version for (version,) in recorded] == ALL_VERSIONS
+
+    def test_a_failing_file_is_rolled_back_whole(self, empty_dsn):
+        with psycopg.connect(empty_dsn, autocommit=True) as conn:
+            conn.execute("CREATE TABLE failure_events (clash integer)")  # created late in 0001
+
+        with pytest.raises(psycopg.errors.DuplicateTable) as raised:
+            asyncio.run(migrate(empty_dsn))
+
+        assert "while applying migration 0001_initial.sql" in raised.value.__notes__
+        with psycopg.connect(empty_dsn) as conn:
+            tables = conn.execute(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'"
+            ).fetchall()
+            assert conn.execute("SELECT count(*) FROM schema_migrations").fetchone() == (0,)
+        assert sorted(tables) == [("failure_events",), ("schema_migrations",)]
+
+    def test_an_unreachable_server_is_unavailable_without_quoting_the_password(self):
+        dsn = f"postgresql://sidecar:pa55-secret@127.0.0.1:{free_port()}/sidecar"
+
+        with pytest.raises(StoreUnavailable) as raised:
+            asyncio.run(migrate(dsn))
+
+        assert raised.value.backend == "postgres"
+        assert "pa55-secret" not in str(raised.value)
+
+
+class TestEmbeddedTwin:
+    """The SQLite schema keeps PostgreSQL's table and column names."""
+
+    def test_same_tables_and_columns_as_postgres(self):
+        conn = sqlite3.connect(":memory:")
+        try:
+            conn.executescript(named_queries("sqlite.sql")["schema"])
+            tables = conn.execute("SELECT name FROM sqlite_schema WHERE type = 'table'")
+            columns = [
+                f"{table}.{column}"
+                for (table,) in sorted(tables.fetchall())
+                for (_, column, *_) in conn.execute(f"PRAGMA table_info({table})")
+            ]
+        finally:
+            conn.close()
+
+        postgres = [line.split()[1] for line in EXPECTED_SCHEMA if line.startswith("column ")]
+        assert columns == [c for c in postgres if not c.startswith("schema_migrations.")]
