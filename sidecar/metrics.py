@@ -7,6 +7,7 @@ against them. Rates are recording rules in alerting/, never gauges computed here
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -182,7 +183,22 @@ class Metrics:
             namespace=ns,
             registry=r,
         )
+        self._children: dict[tuple[str, tuple[str, ...]], Any] = {}
         self._precreate()
+
+    def at(self, metric: Any, *labels: str) -> Any:
+        """`metric.labels(*labels)`, memoised: prometheus_client validates and locks on
+        every labels() call, which costs more than the increment on the hot path."""
+        key = (metric._name, labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
+    def breaker(self, key: str) -> str:
+        """A breaker's label, bounded like `task` (its key starts with the task name)."""
+        owner, _, failure_type = key.rpartition(":")
+        return key if self.task(owner) == owner else f"{OTHER_TASK}:{failure_type}"
 
     def _precreate(self) -> None:
         """Series that alerts use from the first failure must exist at zero (an increase()

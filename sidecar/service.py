@@ -112,6 +112,7 @@ class Sidecar:
         self.metrics = metrics
         self.clock = clock
         self.rng = rng or random.Random()
+        self._breakers_seen: set[str] = set()
 
     # --- hooks ----------------------------------------------------------------------------
 
@@ -120,7 +121,7 @@ class Sidecar:
         keys = keys_for(event, policy)
         route = keys.route
         breaker, outcomes = await self.stores.state.snapshot(route.breaker_key, route.outcomes_key)
-        outcome = decide(event, policy, Snapshot(breaker, outcomes), now, self.rng)
+        outcome = decide(event, policy, Snapshot(breaker, outcomes), now, self.rng, keys)
         decision = outcome.decision
         effects = outcome.effects
         if effects.breaker is not None:
@@ -145,7 +146,7 @@ class Sidecar:
         policy, now = self.policies.current, self.clock()
         m = self.metrics
         task = m.task(event.task_name)
-        m.task_events.labels(task, "success").inc()
+        m.at(m.task_events, task, "success").inc()
         keys = [key for key, _ in task_breakers(policy, event.task_name)]
         breakers = await self.stores.state.breakers(keys) if keys else {}
         last = await self.stores.state.last_failure(event.task_id) if event.attempt > 0 else None
@@ -155,9 +156,9 @@ class Sidecar:
                 await self._update_breaker(change, event.task_name)
         if outcome is not None:
             await self._record_outcome(outcome)
-            m.retry_outcomes.labels(task, last, "success").inc()
+            m.at(m.retry_outcomes, task, last, "success").inc()
         if event.dlq_id and await self.stores.dlq.resolve(event.dlq_id, now):
-            m.dlq_actions.labels("resolve").inc()
+            m.at(m.dlq_actions, "resolve").inc()
 
     async def start(self, event: StartEvent) -> StartAnswer:
         """Refused while one of the task's breakers is open, or its probes are taken."""
@@ -180,7 +181,7 @@ class Sidecar:
             )
             self._count_breaker(key, stored, settings, moved, now)
             if not verdict["allow"]:
-                self.metrics.deferrals.labels("breaker").inc()
+                self.metrics.at(self.metrics.deferrals, "breaker").inc()
                 status = stored.current(settings, now).value
                 return StartAnswer(False, round(verdict["delay"], 3), BreakerOut(key, status))
         return StartAnswer(True)
@@ -207,13 +208,14 @@ class Sidecar:
         try:
             claim = await store.claim(f"{scope}:{key}", ttl, now)
         except StoreUnavailable:
-            self.metrics.idempotency_checks.labels(scope, "error").inc()
+            self.metrics.at(self.metrics.idempotency_checks, scope, "error").inc()
             raise
         finally:
-            self.metrics.idempotency_duration.labels(store.name).observe(
+            self.metrics.at(self.metrics.idempotency_duration, store.name).observe(
                 time.perf_counter() - started
             )
-        self.metrics.idempotency_checks.labels(scope, "miss" if claim.claimed else "hit").inc()
+        result = "miss" if claim.claimed else "hit"
+        self.metrics.at(self.metrics.idempotency_checks, scope, result).inc()
         return claim
 
     async def complete(self, key: str, scope: str, ttl: float | None) -> bool:
@@ -276,23 +278,23 @@ class Sidecar:
         m = self.metrics
         task = m.task(event.task_name)
         c = decision.classification
-        m.task_events.labels(task, "failure").inc()
-        m.task_events.labels(task, decision.action).inc()
-        m.failures.labels(task, c.failure_type, c.remediation).inc()
-        m.classification_confidence.labels(c.failure_type).observe(c.confidence)
-        m.priority_assignments.labels(decision.priority, decision.queue).inc()
+        m.at(m.task_events, task, "failure").inc()
+        m.at(m.task_events, task, decision.action).inc()
+        m.at(m.failures, task, c.failure_type, c.remediation).inc()
+        m.at(m.classification_confidence, c.failure_type).observe(c.confidence)
+        m.at(m.priority_assignments, decision.priority, decision.queue).inc()
         if decision.action == "retry":
-            m.retry_delay.labels(c.failure_type).observe(decision.delay_seconds)
+            m.at(m.retry_delay, c.failure_type).observe(decision.delay_seconds)
         if event.attempt > 0:
-            m.retry_outcomes.labels(task, c.failure_type, "failure").inc()
+            m.at(m.retry_outcomes, task, c.failure_type, "failure").inc()
         if effects.sla_breach_tier:
-            m.sla_breaches.labels(effects.sla_breach_tier).inc()
+            m.at(m.sla_breaches, effects.sla_breach_tier).inc()
         for reason in effects.deferrals:
-            m.deferrals.labels(reason).inc()
+            m.at(m.deferrals, reason).inc()
         if effects.adaptive:
-            m.adaptive_adjustments.labels(effects.adaptive).inc()
+            m.at(m.adaptive_adjustments, effects.adaptive).inc()
         if event.queue and event.context.queue_depth is not None:
-            m.queue_depth.labels(event.queue).set(event.context.queue_depth)
+            m.at(m.queue_depth, event.queue).set(event.context.queue_depth)
 
     def _count_breaker(
         self,
@@ -302,11 +304,16 @@ class Sidecar:
         moved: Status | None,
         now: float,
     ) -> None:
+        m = self.metrics
+        label = m.breaker(key)
+        if moved is None and label in self._breakers_seen:
+            return  # the state set only changes on a transition
+        self._breakers_seen.add(label)
         current = state.current(settings, now)
         for status in Status:
-            self.metrics.breaker_state.labels(key, status.value).set(status is current)
+            m.at(m.breaker_state, label, status.value).set(status is current)
         if moved is not None:
-            self.metrics.breaker_transitions.labels(key, moved.value).inc()
+            m.at(m.breaker_transitions, label, moved.value).inc()
 
 
 __all__ = ["Policies", "Sidecar", "Stores"]

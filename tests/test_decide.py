@@ -10,8 +10,8 @@ import pytest
 
 from sidecar.policy import EMPTY, FailureEvent, Snapshot, decide, keys_for, parse_policy
 from sidecar.policy.breaker import CLOSED, on_failure
-from sidecar.policy.decide import on_start, on_success
-from sidecar.policy.events import StartEvent, SuccessEvent
+from sidecar.policy.decide import on_success
+from sidecar.policy.events import SuccessEvent
 from sidecar.policy.window import Window
 
 from .conftest import DEFAULT_POLICIES
@@ -183,28 +183,22 @@ class TestBreaker:
         assert "breaker" in outcome.effects.deferrals
         assert keys.route.breaker_key == outcome.decision.breaker.key
 
-    def test_start_is_refused_while_open_then_probes(self, policy):
+    def test_success_closes_a_half_open_breaker(self, policy):
         settings = policy.retry_policy("app.tasks.sync", "TRANSIENT_DATABASE").breaker
         state = CLOSED
         for i in range(10):
             state, _ = on_failure(state, settings, NOON + i)
+        success = SuccessEvent(task_id="t", task_name="app.tasks.sync")
         breakers = {"app.tasks.sync:TRANSIENT_DATABASE": state}
-        start = StartEvent(task_id="t", task_name="app.tasks.sync")
-        answer, _ = on_start(start, policy, breakers, NOON + 10)
-        assert (answer.allow, answer.delay_seconds) == (False, 299)
-        answer, changes = on_start(start, policy, breakers, NOON + 400)
-        assert answer.allow
-        [(change, moved)] = changes
-        assert moved == "half_open"
-        probing, _ = change.apply(state)
-        changes, _ = on_success(
-            SuccessEvent(task_id="t", task_name="app.tasks.sync"),
-            policy,
-            {change.key: probing},
-            None,
-            NOON + 401,
-        )
-        assert changes[0].apply(probing)[1] == "closed"
+        [change], _ = on_success(success, policy, breakers, None, NOON + 400)
+        assert change.apply(state) == (CLOSED, "closed")
+
+    def test_a_successful_retry_is_recorded(self, policy):
+        success = SuccessEvent(task_id="t", task_name="app.tasks.sync", attempt=2)
+        _, change = on_success(success, policy, {}, "TRANSIENT_NETWORK", NOON)
+        assert (change.key, change.success) == ("app.tasks.sync:TRANSIENT_NETWORK", True)
+        _, change = on_success(success, policy, {}, None, NOON)
+        assert change is None
 
     def test_permanent_failures_have_no_breaker(self, policy):
         ev = event(exc_type="ValueError", mro=("builtins.ValueError",), message="")

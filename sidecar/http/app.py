@@ -19,7 +19,6 @@ from ..settings import Settings
 from ..store import open_stores
 from ..store.base import StoreUnavailable
 from . import hooks
-from .auth import auth_middleware
 from .keys import METRICS, POLICIES, SETTINGS, SIDECAR, STORES
 from .problems import json_response, problem_middleware
 
@@ -39,7 +38,7 @@ def create_app(
     otherwise they are opened from `settings` at start-up and closed at shutdown."""
     app = web.Application(
         client_max_size=settings.body_limit,
-        middlewares=[problem_middleware, auth_middleware],
+        middlewares=[problem_middleware],
     )
     metrics = Metrics(registry, task_limit=settings.task_label_limit)
     app[SETTINGS] = settings

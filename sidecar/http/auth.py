@@ -3,9 +3,9 @@
 
 from __future__ import annotations
 
+import functools
 import hmac
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
@@ -15,16 +15,24 @@ from .problems import Problem
 
 IMPLIED = {"viewer": ("viewer", "operator"), "hooks": ("hooks",), "operator": ("operator",)}
 TOKEN_NAME = web.RequestKey("token_name", str)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def requires(*roles: str) -> Callable[[Any], Any]:
-    """Mark a handler with the roles allowed to call it."""
+def requires(*roles: str) -> Callable[[Handler], Handler]:
+    """Let only tokens of these roles call the handler (when tokens are configured)."""
 
-    def mark(handler: Any) -> Any:
-        handler.roles = roles
-        return handler
+    def wrap(handler: Handler) -> Handler:
+        @functools.wraps(handler)
+        async def checked(request: web.Request) -> web.StreamResponse:
+            settings = request.app[SETTINGS]
+            if settings.auth_enabled:
+                request[TOKEN_NAME] = authenticate(settings, roles, request)
+            return await handler(request)
 
-    return mark
+        checked.roles = roles  # type: ignore[attr-defined]  # for the route table and tests
+        return checked
+
+    return wrap
 
 
 def find_token(settings: Settings, roles: tuple[str, ...], presented: str) -> Token | None:
@@ -37,13 +45,10 @@ def find_token(settings: Settings, roles: tuple[str, ...], presented: str) -> To
     return found
 
 
-@web.middleware
-async def auth_middleware(request: web.Request, handler) -> web.StreamResponse:
-    roles = getattr(handler, "roles", None)
-    settings = request.app[SETTINGS]
-    if roles is None or not settings.auth_enabled:
-        return await handler(request)
+def authenticate(settings: Settings, roles: tuple[str, ...], request: web.Request) -> str:
+    """The name of the request's token; 401 without a known one, 403 with the wrong role."""
     scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
+    presented = presented.strip()
     if scheme.lower() != "bearer" or not presented:
         raise Problem(
             401,
@@ -51,15 +56,14 @@ async def auth_middleware(request: web.Request, handler) -> web.StreamResponse:
             "a bearer token is required",
             headers={"WWW-Authenticate": 'Bearer realm="task-sidecar"'},
         )
-    token = find_token(settings, roles, presented.strip())
-    if token is None:
-        if find_token(settings, ("hooks", "viewer"), presented.strip()):
-            raise Problem(403, "Forbidden", f"this endpoint needs the role {' or '.join(roles)}")
-        raise Problem(
-            401,
-            "Unauthorized",
-            "unknown token",
-            headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
-        )
-    request[TOKEN_NAME] = token.name
-    return await handler(request)
+    token = find_token(settings, roles, presented)
+    if token is not None:
+        return token.name
+    if find_token(settings, ("hooks", "viewer"), presented):
+        raise Problem(403, "Forbidden", f"this endpoint needs the role {' or '.join(roles)}")
+    raise Problem(
+        401,
+        "Unauthorized",
+        "unknown token",
+        headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+    )

@@ -37,17 +37,22 @@ class BatchItem(msgspec.Struct, frozen=True):
 KINDS: dict[str, type] = {"failure": FailureEvent, "success": SuccessEvent, "start": StartEvent}
 
 
+def _timer(request: web.Request, hook: str):
+    metrics = request.app[METRICS]
+    return metrics.at(metrics.hook_duration, hook).time()
+
+
 @requires("hooks")
 async def failure(request: web.Request) -> web.Response:
     event = await read(request, FailureEvent)
-    with request.app[METRICS].hook_duration.labels("failure").time():
+    with _timer(request, "failure"):
         return json_response(await request.app[SIDECAR].failure(event))
 
 
 @requires("hooks")
 async def success(request: web.Request) -> web.Response:
     event = await read(request, SuccessEvent)
-    with request.app[METRICS].hook_duration.labels("success").time():
+    with _timer(request, "success"):
         await request.app[SIDECAR].success(event)
     return json_response({"recorded": True})
 
@@ -55,7 +60,7 @@ async def success(request: web.Request) -> web.Response:
 @requires("hooks")
 async def start(request: web.Request) -> web.Response:
     event = await read(request, StartEvent)
-    with request.app[METRICS].hook_duration.labels("start").time():
+    with _timer(request, "start"):
         return json_response(await request.app[SIDECAR].start(event))
 
 
@@ -67,7 +72,7 @@ async def batch(request: web.Request) -> web.Response:
         raise Problem(413, "Batch too large", f"at most {MAX_BATCH} events per batch")
     sidecar = request.app[SIDECAR]
     results: list[Any] = []
-    with request.app[METRICS].hook_duration.labels("batch").time():
+    with _timer(request, "batch"):
         for index, raw in enumerate(items):
             try:
                 kind = decode(raw, BatchItem).type
@@ -104,7 +109,7 @@ async def dry_run(request: web.Request) -> web.Response:
 @requires("hooks")
 async def claim(request: web.Request) -> web.Response:
     body = await read(request, ClaimRequest)
-    with request.app[METRICS].hook_duration.labels("claim").time():
+    with _timer(request, "claim"):
         answer = await request.app[SIDECAR].claim(body.key, body.scope, body.ttl_seconds)
     return json_response(answer)
 

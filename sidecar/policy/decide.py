@@ -107,9 +107,11 @@ def decide(
     state: Snapshot,
     now: float,
     rng: random.Random,
+    keys: Keys | None = None,
 ) -> Outcome:
-    found = policy.classify(event.exception, event.task_name)
-    route = policy.route(event.task_name, found.failure_type)
+    """`keys`, when the caller already has them from keys_for(), saves classifying twice."""
+    keys = keys or keys_for(event, policy)
+    found, route = keys.classification, keys.route
     retry = route.retry
     context, attempt = event.context, event.attempt
     why = [f"{found.failure_type} by rule {found.rule} ({found.confidence:g})"]
