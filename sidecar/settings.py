@@ -17,6 +17,11 @@ from .policy.durations import parse_duration
 
 PREFIX = "TASK_SIDECAR_"
 ROLES = ("hooks", "viewer", "operator")
+TOKEN_VARIABLES = {
+    "hooks": "TASK_SIDECAR_HOOK_TOKENS",
+    "viewer": "TASK_SIDECAR_VIEWER_TOKENS",
+    "operator": "TASK_SIDECAR_OPERATOR_TOKENS",
+}
 
 
 class SettingsError(ValueError):
@@ -84,7 +89,7 @@ def parse_tokens(value: str, role: str) -> tuple[Token, ...]:
             name, secret = f"{role}-{i}", item
         if not name or len(secret) < 16:
             raise SettingsError(
-                f"{PREFIX}{role.upper()}_TOKENS: token {i} must be `name:secret` with a secret "
+                f"{TOKEN_VARIABLES[role]}: token {i} must be `name:secret` with a secret "
                 "of at least 16 characters"
             )
         tokens.append(Token(name, secret))
@@ -158,7 +163,7 @@ def from_sources(
         values["migrate"] = False
     values.setdefault("policies", default_policies())
     values["tokens"] = {
-        role: parse_tokens(environ.get(f"{PREFIX}{role.upper()}_TOKENS", ""), role)
-        for role in ROLES
+        role: parse_tokens(environ.get(variable, ""), role)
+        for role, variable in TOKEN_VARIABLES.items()
     }
     return Settings(**values)  # type: ignore[arg-type]

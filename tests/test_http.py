@@ -252,6 +252,11 @@ class TestBadInput:
                 "Expected `float` <= 100000000000.0",
             ),
             ([1, 2], "", "Expected `object`, got `array`"),
+            (
+                {**VALUE_ERROR, "task_name": "a\u0000b"},
+                "task_name",
+                "must not contain NUL characters",
+            ),
         ],
     )
     async def test_wrong_fields(self, client, body, path, message):

@@ -7,6 +7,7 @@ from functools import lru_cache
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
+_NUMBER = re.compile(r"\d+(?:\.\d+)?")
 _WHOLE = re.compile(r"(?:\d+(?:\.\d+)?(?:ms|s|m|h|d|w))+")
 
 
@@ -20,6 +21,8 @@ def parse_duration(value: object) -> float:
         return float(value)
     if isinstance(value, str):
         text = value.strip()
+        if _NUMBER.fullmatch(text):  # from an environment variable: seconds
+            return float(text)
         if _WHOLE.fullmatch(text):
             return sum(float(n) * _UNITS[unit] for n, unit in _PART.findall(text))
     shown = f'"{value}"' if isinstance(value, str) else repr(value)

@@ -15,8 +15,10 @@ from msgspec import Meta
 
 # Bounds keep a hostile client from making us hash or match megabytes, and reject values
 # (NaN, 1e400 → inf, negative attempts) that would poison arithmetic.
-Name = Annotated[str, Meta(min_length=1, max_length=512)]
-ShortText = Annotated[str, Meta(max_length=512)]
+# NUL is refused in names and ids: PostgreSQL text columns cannot store it.
+NO_NUL = r"^[^\x00]*$"
+Name = Annotated[str, Meta(min_length=1, max_length=512, pattern=NO_NUL)]
+ShortText = Annotated[str, Meta(max_length=512, pattern=NO_NUL)]
 Message = Annotated[str, Meta(max_length=65536)]
 Traceback = Annotated[str, Meta(max_length=262144)]
 Seconds = Annotated[float, Meta(ge=0, le=1e11)]
@@ -132,6 +134,8 @@ def decode_error_path(error: msgspec.ValidationError) -> tuple[str, str]:
     if not sep:  # the top-level object itself
         message, where = text, ""
     path = where.rstrip("`").removeprefix("$").lstrip(".")
+    if message.startswith("Expected `str` matching regex") and "x00" in message:
+        message = "must not contain NUL characters"
     missing = _MISSING.fullmatch(message)
     if missing:  # name the missing field itself, not the object that lacks it
         path = f"{path}.{missing[1]}".lstrip(".")
