@@ -8,6 +8,7 @@ import pytest
 
 from sidecar.policy import PolicyError, parse_policy
 from sidecar.policy.durations import format_duration, parse_duration
+from sidecar.policy.events import ExceptionInfo
 from sidecar.policy.model import Backoff, Jitter
 
 from .conftest import DEFAULT_POLICIES
@@ -238,3 +239,22 @@ class TestOverrides:
         )
         [problem] = problems_of(text)
         assert "'NOPE*' matches no failure type" in problem
+
+
+class TestPatterns:
+    """Message patterns are RE2: linear time, so no lookarounds or backreferences."""
+
+    def test_lookbehind_is_refused_with_the_reason(self):
+        text = default_with('message: "(?i)out of memory', 'message: "(?<!x)(?i)out of memory')
+        [problem] = problems_of(text)
+        assert "invalid regular expression (RE2 syntax)" in problem
+        assert "(?<" in problem
+
+    def test_a_backtracking_pattern_cannot_stall_classification(self):
+        """With a backtracking engine this pattern takes ages on this message."""
+        text = default_with('message: "(?i)out of memory', 'message: "(a+)+$|(?i)out of memory')
+        policy = parse_policy(text)
+        exc = ExceptionInfo(type="Boom", message="a" * 4000 + "!")
+        assert policy.classify(exc, "t").rule == "fallback"
+        exc = ExceptionInfo(type="Boom", message="a" * 4000)
+        assert policy.classify(exc, "t").failure_type == "SYSTEM_OUT_OF_MEMORY"

@@ -16,6 +16,7 @@ from fnmatch import translate
 from typing import TYPE_CHECKING
 
 from .events import Classification, ExceptionInfo
+from .regex import PatternSet
 
 if TYPE_CHECKING:
     from .model import Policy, Rule
@@ -76,7 +77,7 @@ class Classifier:
             remediation=fallback.remediation,
             rule="fallback",
         )
-        self._memo: dict[tuple, tuple[_CompiledRule, ...]] = {}
+        self._memo: dict[tuple, _Candidates] = {}
         self._memo_size = memo_size
 
     @staticmethod
@@ -104,13 +105,8 @@ class Classifier:
         if candidates is None:
             if len(self._memo) >= self._memo_size:
                 self._memo.clear()  # crude, but bounded and rare: real keys repeat
-            candidates = self._memo[key] = self._scan(exc, task_name)
-        message = exc.message[:MESSAGE_SCAN_CHARS]
-        for compiled in candidates:
-            pattern = compiled.rule.match.message
-            if pattern is None or pattern.search(message):
-                return compiled.result
-        return self._fallback
+            candidates = self._memo[key] = _Candidates(self._scan(exc, task_name))
+        return candidates.best(exc.message[:MESSAGE_SCAN_CHARS]) or self._fallback
 
     def _scan(self, exc: ExceptionInfo, task_name: str) -> tuple[_CompiledRule, ...]:
         """Rules whose non-message conditions hold, best first, up to the first rule
@@ -123,6 +119,29 @@ class Classifier:
                 if compiled.rule.match.message is None:
                     break
         return tuple(out)
+
+
+class _Candidates:
+    """Rules that pass every condition but the message, best first, and one RE2 set of
+    their message patterns: one pass over the message tells which of them match."""
+
+    def __init__(self, rules: tuple[_CompiledRule, ...]) -> None:
+        patterns: list[str] = []
+        # (classification, index of its pattern in the set, or None: no message condition)
+        self.steps: list[tuple[Classification, int | None]] = []
+        for compiled in rules:
+            pattern = compiled.rule.match.message
+            self.steps.append((compiled.result, None if pattern is None else len(patterns)))
+            if pattern is not None:
+                patterns.append(pattern)
+        self.set = PatternSet(patterns) if patterns else None
+
+    def best(self, message: str) -> Classification | None:
+        found = self.set.matching(message) if self.set is not None else set()
+        for result, index in self.steps:
+            if index is None or index in found:
+                return result
+        return None
 
 
 def _names(exc: ExceptionInfo) -> tuple[tuple[str, ...], tuple[str, ...]]:

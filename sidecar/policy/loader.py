@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from . import model as m
+from . import regex
 from .durations import parse_duration
 
 MAX_POLICY_BYTES = 1024 * 1024
@@ -647,12 +648,13 @@ def _globs(node: Node) -> list[str]:
     return [item.str() for item in node.items()]
 
 
-def _regex(node: Node) -> re.Pattern[str]:
+def _regex(node: Node) -> str:
     pattern = node.str()
     try:
-        return re.compile(pattern)
-    except re.error as exc:
-        raise node.fail(f"invalid regular expression: {exc}") from None
+        regex.check(pattern)
+    except ValueError as exc:
+        raise node.fail(str(exc)) from None
+    return pattern
 
 
 def _errnos(node: Node) -> list[int]:

@@ -6,7 +6,6 @@ only reads them.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
@@ -71,7 +70,7 @@ class Match:
     """Conditions of a taxonomy rule: all given conditions must hold; a list is any-of."""
 
     exception: tuple[str, ...] = ()  # globs on class names in the MRO (bare or qualified)
-    message: re.Pattern[str] | None = None
+    message: str | None = None  # an RE2 pattern (see regex.py)
     errno: frozenset[int] = frozenset()
     http_status: tuple[StatusRange, ...] = ()
     sqlstate: tuple[str, ...] = ()  # globs such as "40P01" or "08*"
