@@ -14,7 +14,7 @@ from typing import IO
 
 import msgspec
 
-from . import settings
+from . import operator_cli, schedules_cli, settings
 from .policy import EMPTY, FailureEvent, PolicyError, decide, load_policy
 from .policy.events import decode_error_path
 
@@ -175,6 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     migrate = commands.add_parser("migrate", help="apply PostgreSQL migrations")
     migrate.add_argument("--postgres-dsn", default=None, help="[TASK_SIDECAR_POSTGRES_DSN]")
     migrate.set_defaults(run=cmd_migrate)
+
+    operator_cli.add_parsers(commands)
+    schedules_cli.add_parser(commands)
     return parser
 
 

@@ -9,6 +9,7 @@ import logging
 import random
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,6 +114,9 @@ class Sidecar:
         self.clock = clock
         self.rng = rng or random.Random()
         self._breakers_seen: set[str] = set()
+        # Written to the store in batches by a poller, off the hook's path (bounded: while
+        # the store is away the oldest are dropped first).
+        self.failure_events: deque[tuple[float, str, str]] = deque(maxlen=100_000)
 
     # --- hooks ----------------------------------------------------------------------------
 
@@ -140,6 +144,7 @@ class Sidecar:
             dlq_id = await self._dead_letter(event, decision, now)
             decision = msgspec.structs.replace(decision, dlq_id=dlq_id)
         self._count_failure(event, decision, effects)
+        self.failure_events.append((now, event.task_name, decision.classification.failure_type))
         return decision
 
     async def success(self, event: SuccessEvent) -> None:

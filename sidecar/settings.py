@@ -49,13 +49,28 @@ class Settings:
     shutdown_grace: float = 10.0
     task_label_limit: int = 500
     log_level: str = "INFO"
+    requeue: str = "none"  # where DLQ retries go: none | celery | webhook
+    celery_broker_url: str | None = field(default=None, repr=False)
+    webhook_url: str | None = None
+    webhook_secret: str | None = field(default=None, repr=False)
+    queues: tuple[str, ...] = ()  # Celery queues whose depth is probed on the broker
+    poll_interval: float = 5.0  # how often DLQ depth, breakers and queues are read
+    failure_retention: float = 7 * 86400.0  # how long failure events are kept for trends
 
     @property
     def auth_enabled(self) -> bool:
         return any(self.tokens.get(role) for role in ROLES)
 
     def check(self) -> None:
-        """Refuse combinations that would be unsafe to run."""
+        """Refuse combinations that would be unsafe or cannot work."""
+        if self.requeue not in ("none", "celery", "webhook"):
+            raise SettingsError(f"requeue: expected none, celery or webhook, got {self.requeue!r}")
+        if self.requeue == "celery" and not self.celery_broker_url:
+            raise SettingsError("requeue=celery needs TASK_SIDECAR_CELERY_BROKER_URL")
+        if self.requeue == "webhook" and not (self.webhook_url and self.webhook_secret):
+            raise SettingsError(
+                "requeue=webhook needs TASK_SIDECAR_WEBHOOK_URL and TASK_SIDECAR_WEBHOOK_SECRET"
+            )
         if not self.auth_enabled and not is_loopback(self.host):
             raise SettingsError(
                 f"refusing to listen on {self.host} without tokens: set TASK_SIDECAR_HOOK_TOKENS"
@@ -127,6 +142,37 @@ _OPTIONS = (
         "distinct task names kept as metric labels",
     ),
     ("log_level", "--log-level", "LOG_LEVEL", str, "DEBUG, INFO, WARNING or ERROR"),
+    ("requeue", "--requeue", "REQUEUE", str, "where DLQ retries go: none, celery or webhook"),
+    (
+        "celery_broker_url",
+        "--celery-broker-url",
+        "CELERY_BROKER_URL",
+        str,
+        "Celery broker for requeues and the queue-depth probe",
+    ),
+    ("webhook_url", "--webhook-url", "WEBHOOK_URL", str, "URL that receives requeued tasks"),
+    ("webhook_secret", "--webhook-secret", "WEBHOOK_SECRET", str, "HMAC key of the webhook"),
+    (
+        "queues",
+        "--queues",
+        "QUEUES",
+        lambda v: tuple(q.strip() for q in v.split(",") if q.strip()),
+        "comma-separated Celery queues whose depth is exported",
+    ),
+    (
+        "poll_interval",
+        "--poll-interval",
+        "POLL_INTERVAL",
+        parse_duration,
+        "how often DLQ depth, breakers and queue depths are refreshed",
+    ),
+    (
+        "failure_retention",
+        "--failure-retention",
+        "FAILURE_RETENTION",
+        parse_duration,
+        "how long failure events are kept for trends",
+    ),
 )
 
 

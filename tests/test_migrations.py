@@ -61,14 +61,16 @@ column idempotency_keys.first_seen_at timestamp with time zone not null
 column idempotency_keys.expires_at timestamp with time zone not null
 column schema_migrations.version integer not null
 column schema_migrations.applied_at timestamp with time zone not null default now()
+index audit_log_at_id_idx ON audit_log USING btree (at, id)
 index audit_log_pkey UNIQUE ON audit_log USING btree (id)
 index dlq_records_created_at_id_idx ON dlq_records USING btree (created_at, id)
-index dlq_records_failure_type_idx ON dlq_records USING btree (failure_type)
+index dlq_records_failure_type_created_at_id_idx ON dlq_records USING btree (failure_type, created_at, id)
 index dlq_records_pkey UNIQUE ON dlq_records USING btree (id)
 index dlq_records_status_created_at_id_idx ON dlq_records USING btree (status, created_at, id)
-index dlq_records_task_name_idx ON dlq_records USING btree (task_name)
-index failure_events_at_idx ON failure_events USING btree (at)
+index dlq_records_task_name_created_at_id_idx ON dlq_records USING btree (task_name, created_at, id)
+index failure_events_at_failure_type_idx ON failure_events USING btree (at, failure_type)
 index failure_events_pkey UNIQUE ON failure_events USING btree (id)
+index idempotency_keys_expires_at_idx ON idempotency_keys USING btree (expires_at)
 index idempotency_keys_pkey UNIQUE ON idempotency_keys USING btree (key)
 index schema_migrations_pkey UNIQUE ON schema_migrations USING btree (version)
 constraint audit_log.audit_log_pkey PRIMARY KEY (id)
@@ -204,3 +206,22 @@ class TestEmbeddedTwin:
 
         postgres = [line.split()[1] for line in EXPECTED_SCHEMA if line.startswith("column ")]
         assert columns == [c for c in postgres if not c.startswith("schema_migrations.")]
+
+    def test_same_secondary_indexes_as_postgres(self):
+        """The listings, trends and retention deletes find the same indexes in both."""
+        conn = sqlite3.connect(":memory:")
+        try:
+            conn.executescript(named_queries("sqlite.sql")["schema"])
+            # sql IS NULL: the indexes SQLite makes itself for primary keys.
+            names = conn.execute(
+                "SELECT name, tbl_name FROM sqlite_schema WHERE type = 'index' AND sql NOT NULL"
+            )
+            indexes = []
+            for name, table in names.fetchall():
+                columns = [column for (_, _, column) in conn.execute(f"PRAGMA index_info({name})")]
+                indexes.append(f"index {name} ON {table} USING btree ({', '.join(columns)})")
+        finally:
+            conn.close()
+
+        postgres = [line for line in EXPECTED_SCHEMA if line.startswith("index ")]
+        assert sorted(indexes) == [line for line in postgres if "UNIQUE" not in line]

@@ -8,8 +8,11 @@ connections, so the database itself arbitrates.
 from __future__ import annotations
 
 import asyncio
+import base64
+import random
+import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 import msgspec
@@ -17,7 +20,16 @@ import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
-from sidecar.store.base import Claim, DlqRecord, StoreUnavailable
+from sidecar.store.base import (
+    STATUSES,
+    AuditEntry,
+    AuditPage,
+    Claim,
+    DlqFilter,
+    DlqRecord,
+    StoreUnavailable,
+    TrendBucket,
+)
 from sidecar.store.embedded import SqliteStore
 from sidecar.store.migrations import migrate
 from sidecar.store.postgres import PostgresStore
@@ -45,17 +57,39 @@ def migrated_dsn(postgres_dsn: str, run: Run) -> str:
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
-def store(request: pytest.FixtureRequest, run: Run, tmp_path) -> Iterator[Any]:
+def open_store(request: pytest.FixtureRequest, run: Run, tmp_path) -> Iterator[Callable[[], Any]]:
+    """Opens a store on this test's database; each call opens another one, with its own
+    connections, as a second sidecar process would."""
+    make: Callable[[], Any]
     if request.param == "sqlite":
-        store: Any = SqliteStore(tmp_path / "sidecar.db")
+        path = tmp_path / "sidecar.db"
+
+        def make() -> Any:
+            return SqliteStore(path)
     else:
         dsn = request.getfixturevalue("migrated_dsn")
         with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute("TRUNCATE dlq_records, idempotency_keys")
-        store = PostgresStore(dsn, min_size=4, max_size=8)
-    run(store.open())
-    yield store
-    run(store.close())
+            conn.execute("TRUNCATE dlq_records, idempotency_keys, audit_log, failure_events")
+
+        def make() -> Any:
+            return PostgresStore(dsn, min_size=4, max_size=8)
+
+    opened = []
+
+    def open_one() -> Any:
+        store = make()
+        run(store.open())
+        opened.append(store)
+        return store
+
+    yield open_one
+    for store in opened:
+        run(store.close())
+
+
+@pytest.fixture
+def store(open_store: Callable[[], Any]) -> Any:
+    return open_store()
 
 
 async def concurrently(n: int, call: Callable[[], Awaitable[T]]) -> list[T]:
@@ -85,6 +119,42 @@ def make_record(**changes: Any) -> DlqRecord:
         "updated_at": NOW,
     }
     return DlqRecord(**(fields | changes))
+
+
+async def put_all(store: Any, records: list[DlqRecord]) -> None:
+    for record in records:
+        await store.put(record)
+
+
+async def all_pages(store: Any, where: DlqFilter, limit: int) -> list[DlqRecord]:
+    """Every page of a listing, following the cursors to the end."""
+    records: list[DlqRecord] = []
+    cursor = None
+    while True:
+        page = await store.list(where, limit, cursor)
+        assert len(page.records) <= limit
+        records += page.records
+        if page.next_cursor is None:
+            return records
+        assert len(page.records) == limit  # only the last page may be short
+        cursor = page.next_cursor
+
+
+async def collect(records: AsyncIterator[DlqRecord]) -> list[DlqRecord]:
+    return [record async for record in records]
+
+
+def ids(records: list[DlqRecord]) -> list[str]:
+    return [record.id for record in records]
+
+
+def newest_first(records: list[DlqRecord]) -> list[str]:
+    return ids(sorted(records, key=lambda r: (r.created_at, r.id), reverse=True))
+
+
+def shuffled(records: list[DlqRecord]) -> list[DlqRecord]:
+    """Inserted out of order, so an order that comes back is the query's, not the heap's."""
+    return random.Random(7).sample(records, len(records))
 
 
 def big_traceback(size: int = 200 * 1024) -> str:
@@ -226,6 +296,480 @@ class TestDlqRecords:
         assert run(store.get(record.id)) is None
 
 
+# A 72-record DLQ for the filter table: every status, task and failure type combination,
+# times a microsecond off whole seconds (the cursor must carry them exactly), and records
+# i, i+24 and i+48 alike in every filtered column and time, so only the id orders them.
+TASKS = ("billing.charge", "mail.send", "reports.build")
+TYPES = ("TRANSIENT_DATABASE", "EXTERNAL_API_DOWN")
+STEP = 10.000001
+
+
+def filter_dataset() -> list[DlqRecord]:
+    return [
+        make_record(
+            status=STATUSES[i % 4],
+            task_name=TASKS[i % 3],
+            failure_type=TYPES[(i // 12) % 2],
+            created_at=NOW + (i % 24) * STEP,
+        )
+        for i in range(72)
+    ]
+
+
+def matches(record: DlqRecord, where: DlqFilter) -> bool:
+    return (
+        where.status in (None, record.status)
+        and where.task_name in (None, record.task_name)
+        and where.failure_type in (None, record.failure_type)
+        and (where.since is None or record.created_at >= where.since)
+        and (where.until is None or record.created_at < where.until)
+    )
+
+
+GARBAGE_CURSORS = [
+    pytest.param("", id="empty"),
+    pytest.param("garbage", id="not-json"),
+    pytest.param("%%%%", id="not-base64"),
+    pytest.param("é", id="not-ascii"),
+    pytest.param(base64.urlsafe_b64encode(b'{"a": 1}').decode(), id="an-object"),
+    pytest.param(base64.urlsafe_b64encode(b"[1764345600.25]").decode(), id="too-short"),
+    pytest.param(base64.urlsafe_b64encode(b'["soon", "x"]').decode(), id="time-not-a-number"),
+    pytest.param(base64.urlsafe_b64encode(b'[1e999, "x"]').decode(), id="time-infinite"),
+    pytest.param(base64.urlsafe_b64encode(b'[1e300, "x"]').decode(), id="time-out-of-range"),
+]
+
+
+class TestDlqListing:
+    """Listings are filtered, newest first, and page without gaps or repeats."""
+
+    @pytest.mark.parametrize(
+        "where",
+        [
+            pytest.param(DlqFilter(), id="everything"),
+            pytest.param(DlqFilter(status="pending"), id="status"),
+            pytest.param(DlqFilter(task_name="mail.send"), id="task_name"),
+            pytest.param(DlqFilter(failure_type="EXTERNAL_API_DOWN"), id="failure_type"),
+            # since is inclusive and until exclusive: both fall exactly on records' times.
+            pytest.param(DlqFilter(since=NOW + 5 * STEP), id="since"),
+            pytest.param(DlqFilter(until=NOW + 20 * STEP), id="until"),
+            pytest.param(DlqFilter(since=NOW + 5 * STEP, until=NOW + 20 * STEP), id="window"),
+            pytest.param(
+                DlqFilter(
+                    status="retrying",
+                    task_name="reports.build",
+                    failure_type="TRANSIENT_DATABASE",
+                    since=NOW + 3 * STEP,
+                    until=NOW + 22 * STEP,
+                ),
+                id="all-combined",
+            ),
+            pytest.param(DlqFilter(status="pending", task_name="mail.send"), id="two-combined"),
+            pytest.param(DlqFilter(task_name="no.such.task"), id="nothing-matches"),
+        ],
+    )
+    def test_list_count_and_iterate_agree_with_the_filter(self, store, run, where):
+        records = filter_dataset()
+        run(put_all(store, shuffled(records)))
+        expected = newest_first([record for record in records if matches(record, where)])
+
+        assert ids(run(all_pages(store, where, limit=7))) == expected
+        assert run(store.count(where)) == len(expected)
+        assert ids(run(collect(store.iterate(where, batch=5)))) == expected[::-1]
+
+    def test_a_page_holds_the_newest_records_in_full(self, store, run):
+        records = [make_record(created_at=NOW + i) for i in range(10)]
+        run(put_all(store, shuffled(records)))
+
+        page = run(store.list(DlqFilter(), 3))
+
+        assert page.records == records[:-4:-1]  # whole records, not just their ids
+        assert page.next_cursor is not None
+
+    def test_an_exactly_full_last_page_has_no_cursor(self, store, run):
+        run(put_all(store, [make_record(created_at=NOW + i) for i in range(14)]))
+
+        first = run(store.list(DlqFilter(), 7))
+        second = run(store.list(DlqFilter(), 7, first.next_cursor))
+
+        assert len(second.records) == 7
+        assert second.next_cursor is None
+
+    def test_an_empty_dlq_is_one_empty_page(self, store, run):
+        page = run(store.list(DlqFilter(status="pending"), 50))
+
+        assert (page.records, page.next_cursor) == ([], None)
+
+    def test_records_arriving_between_pages_neither_repeat_nor_hide_older_ones(self, store, run):
+        old = [make_record(created_at=NOW + i // 3) for i in range(30)]  # ties of three
+        run(put_all(store, shuffled(old)))
+        where = DlqFilter(status="pending")
+
+        seen = []
+        page = run(store.list(where, 8))
+        while True:
+            seen += page.records
+            # New failures keep arriving while an operator pages through the listing.
+            run(
+                put_all(store, [make_record(created_at=NOW + 1000 + len(seen) + i) for i in (0, 1)])
+            )
+            if page.next_cursor is None:
+                break
+            page = run(store.list(where, 8, page.next_cursor))
+
+        assert ids(seen) == newest_first(old)
+
+    @pytest.mark.parametrize("cursor", GARBAGE_CURSORS)
+    def test_a_garbage_cursor_is_a_value_error(self, store, run, cursor):
+        with pytest.raises(ValueError, match="invalid cursor"):
+            run(store.list(DlqFilter(), 10, cursor))
+
+    def test_an_audit_cursor_is_not_a_dlq_cursor(self, store, run):
+        for i in range(3):
+            run(store.audit(AuditEntry(at=NOW + i, actor="alice", action="retry")))
+        cursor = run(store.audit_log(1)).next_cursor
+
+        with pytest.raises(ValueError, match="invalid cursor"):
+            run(store.list(DlqFilter(), 10, cursor))
+
+    def test_an_unknown_status_is_a_value_error(self, store, run):
+        with pytest.raises(ValueError, match="unknown DLQ status"):
+            run(store.list(DlqFilter(status="lost"), 10))
+
+    @pytest.mark.parametrize(
+        "where",
+        [DlqFilter(since=1e300), DlqFilter(until=-1e300), DlqFilter(since=float("nan"))],
+        ids=["since-beyond-any-calendar", "until-before-any-calendar", "nan"],
+    )
+    def test_an_unusable_time_is_a_value_error(self, store, run, where):
+        with pytest.raises(ValueError, match="not a usable unix time"):
+            run(store.list(where, 10))
+        with pytest.raises(ValueError, match="not a usable unix time"):
+            run(store.count(where))
+
+    @pytest.mark.parametrize("limit", [0, -1])
+    def test_a_limit_below_one_is_a_value_error(self, store, run, limit):
+        with pytest.raises(ValueError, match="limit"):
+            run(store.list(DlqFilter(), limit))
+
+
+class TestDlqIterate:
+    """iterate() yields every match oldest first, reading one batch at a time."""
+
+    def test_1200_records_in_batches_of_500_oldest_first(self, store, run):
+        records = [make_record(created_at=NOW + i // 2) for i in range(1200)]  # ties of two
+        run(put_all(store, shuffled(records)))
+
+        seen = run(collect(store.iterate(DlqFilter(status="pending"), batch=500)))
+
+        assert ids(seen) == newest_first(records)[::-1]
+
+    def test_each_batch_is_read_when_needed(self, store, run):
+        records = [make_record(created_at=NOW + i) for i in range(1200)]
+        run(put_all(store, records))
+
+        async def read_while_abandoning() -> list[DlqRecord]:
+            iterator = store.iterate(DlqFilter(status="pending"), batch=500)
+            seen = [await anext(iterator)]
+            # Not yet read: records 600 on leave the filter before their batch is fetched.
+            await store.transition(ids(records[600:]), "abandoned", ["pending"], NOW)
+            return seen + [record async for record in iterator]
+
+        assert ids(run(read_while_abandoning())) == ids(records[:600])
+
+
+class TestDlqTransition:
+    """transition() moves each matching record once and reports it as it was."""
+
+    def test_moves_and_returns_the_records_as_they_were(self, store, run):
+        record = make_record(last_error="broker unreachable")
+        run(store.put(record))
+
+        moved = run(
+            store.transition([record.id], "retrying", ["pending"], NOW + 60, count_retry=True)
+        )
+
+        assert moved == [record]
+        # No error given: the last one stays.
+        assert run(store.get(record.id)) == msgspec.structs.replace(
+            record, status="retrying", updated_at=NOW + 60, dlq_retries=1
+        )
+
+    def test_an_error_is_recorded_and_retries_are_counted_only_when_asked(self, store, run):
+        record = make_record(status="retrying", dlq_retries=2)
+        run(store.put(record))
+
+        run(store.transition([record.id], "pending", ["retrying"], NOW + 5, error="no broker"))
+
+        assert run(store.get(record.id)) == msgspec.structs.replace(
+            record, status="pending", updated_at=NOW + 5, last_error="no broker"
+        )
+
+    @pytest.mark.parametrize("status", ["retrying", "resolved", "abandoned"])
+    def test_from_a_wrong_state_nothing_moves(self, store, run, status):
+        records = [make_record(status=status) for _ in range(3)]
+        run(put_all(store, records))
+
+        assert run(store.transition(ids(records), "retrying", ["pending"], NOW + 60)) == []
+
+        assert [run(store.get(record.id)) for record in records] == records
+
+    def test_only_the_matching_records_among_the_ids_move(self, store, run):
+        pending = make_record(status="pending")
+        retrying = make_record(status="retrying")
+        resolved = make_record(status="resolved")
+        untouched = make_record(status="pending")  # not among the ids
+        run(put_all(store, [pending, retrying, resolved, untouched]))
+        chosen = [pending.id, retrying.id, resolved.id, "no-such-id", pending.id]
+
+        moved = run(store.transition(chosen, "abandoned", ["pending", "retrying"], NOW + 1))
+
+        assert sorted(ids(moved)) == sorted([pending.id, retrying.id])
+        assert {r.id: r.status for r in moved} == {pending.id: "pending", retrying.id: "retrying"}
+        assert run(store.get(resolved.id)) == resolved
+        assert run(store.get(untouched.id)) == untouched
+
+    @pytest.mark.parametrize(("chosen", "from_statuses"), [([], ["pending"]), (["x"], [])])
+    def test_nothing_to_choose_from_moves_nothing(self, store, run, chosen, from_statuses):
+        assert run(store.transition(chosen, "retrying", from_statuses, NOW)) == []
+
+    @pytest.mark.parametrize(("to", "from_statuses"), [("lost", ["pending"]), ("retrying", ["?"])])
+    def test_an_unknown_status_is_a_value_error(self, store, run, to, from_statuses):
+        with pytest.raises(ValueError, match="unknown DLQ status"):
+            run(store.transition(["x"], to, from_statuses, NOW))
+
+    def test_two_concurrent_bulk_retries_move_each_record_once(self, open_store, run):
+        # Two stores, two connections (pools; for SQLite, threads): the database arbitrates.
+        first, second = open_store(), open_store()
+        records = [make_record(created_at=NOW + i) for i in range(200)]
+        run(put_all(first, records))
+
+        async def race() -> list[list[DlqRecord]]:
+            return await asyncio.gather(
+                *(
+                    s.transition(ids(records), "retrying", ["pending"], NOW + 60)
+                    for s in (first, second)
+                )
+            )
+
+        moved = run(race())
+
+        assert sorted(ids(moved[0] + moved[1])) == sorted(ids(records))  # each exactly once
+        assert {record.status for record in moved[0] + moved[1]} == {"pending"}
+        assert run(first.counts())["retrying"] == 200
+
+    def test_postgres_transitions_that_wait_on_each_other_move_each_record_once(
+        self, run, migrated_dsn
+    ):
+        """Provably concurrent: a third session holds one row, so both statements are
+        running, blocked on row locks, when it lets go (having abandoned that record)."""
+        name = f"race-{uuid.uuid4()}"
+        stores = [PostgresStore(make_conninfo(migrated_dsn, application_name=name)) for _ in "ab"]
+        records = [make_record(created_at=NOW + i) for i in range(200)]
+        held = sorted(ids(records))[100]
+
+        async def race() -> list[list[DlqRecord]]:
+            for s in stores:
+                await s.open()
+            try:
+                await put_all(stores[0], records)
+                async with await psycopg.AsyncConnection.connect(migrated_dsn) as blocker:
+                    await blocker.execute(
+                        "UPDATE dlq_records SET status = 'abandoned' WHERE id = %s", [held]
+                    )
+                    moves = [
+                        asyncio.create_task(
+                            s.transition(ids(records), "retrying", ["pending"], NOW + 60)
+                        )
+                        for s in stores
+                    ]
+                    await wait_for_lock_waits(migrated_dsn, name, 2)
+                    await blocker.commit()
+                return await asyncio.gather(*moves)
+            finally:
+                for s in stores:
+                    await s.close()
+
+        first, second = run(race())
+
+        moved = sorted(ids(first + second))
+        assert moved == sorted(set(ids(records)) - {held})
+        with psycopg.connect(migrated_dsn) as conn:
+            row = conn.execute("SELECT status FROM dlq_records WHERE id = %s", [held]).fetchone()
+        assert row == ("abandoned",)  # re-checked on its new version, not moved
+
+
+class TestDlqCounts:
+    """counts() and oldest_pending() feed the depth gauges."""
+
+    def test_an_empty_dlq(self, store, run):
+        assert run(store.counts()) == dict.fromkeys(STATUSES, 0)
+        assert run(store.oldest_pending()) is None
+
+    def test_every_status_is_counted_and_the_oldest_pending_found(self, store, run):
+        records = [
+            make_record(status="retrying", created_at=NOW),  # older, but not pending
+            make_record(status="pending", created_at=NOW + 7.5),
+            make_record(status="pending", created_at=NOW + 1.5),
+            make_record(status="pending", created_at=NOW + 3),
+            make_record(status="resolved", created_at=NOW + 1),
+        ]
+        run(put_all(store, records))
+
+        assert run(store.counts()) == {"pending": 3, "retrying": 1, "resolved": 1, "abandoned": 0}
+        assert run(store.oldest_pending()) == NOW + 1.5
+
+
+class TestAuditLog:
+    """Every action is kept as written and listed newest first, in stable pages."""
+
+    def test_round_trip(self, store, run):
+        entry = AuditEntry(
+            at=NOW,
+            actor="alice",
+            action="bulk_retry",
+            record_ids=["a", "b", "ç-✓"],
+            from_status="pending",
+            reason="broker back after the outage",
+            details={"filter": {"status": "pending"}, "rate_per_second": 5.5, "dry": False},
+        )
+        minimal = AuditEntry(at=NOW + 1, actor="bob", action="policy_reload")
+        run(store.audit(entry))
+        run(store.audit(minimal))
+
+        assert run(store.audit_log(10)) == AuditPage([minimal, entry], None)
+
+    def test_pages_newest_first_without_repeats_while_entries_arrive(self, store, run):
+        entries = [AuditEntry(at=NOW + i // 4, actor="alice", action="retry") for i in range(25)]
+        entries = [msgspec.structs.replace(e, record_ids=[str(i)]) for i, e in enumerate(entries)]
+        for entry in entries:
+            run(store.audit(entry))
+
+        seen = []
+        page = run(store.audit_log(10))
+        while True:
+            seen += page.entries
+            run(store.audit(AuditEntry(at=NOW + 100 + len(seen), actor="bob", action="retry")))
+            if page.next_cursor is None:
+                break
+            page = run(store.audit_log(10, page.next_cursor))
+
+        # Equal times keep their order of arrival: newest first is the reverse.
+        assert seen == entries[::-1]
+
+    @pytest.mark.parametrize("cursor", GARBAGE_CURSORS)
+    def test_a_garbage_cursor_is_a_value_error(self, store, run, cursor):
+        with pytest.raises(ValueError, match="invalid cursor"):
+            run(store.audit_log(10, cursor))
+
+    def test_a_dlq_cursor_is_not_an_audit_cursor(self, store, run):
+        run(put_all(store, [make_record(), make_record()]))
+        cursor = run(store.list(DlqFilter(), 1)).next_cursor
+
+        with pytest.raises(ValueError, match="invalid cursor"):
+            run(store.audit_log(10, cursor))
+
+
+HOUR = 1764345600.0  # NOW's hour: a multiple of 3600 (and of 300) since the epoch
+
+
+TREND_EVENTS = [
+    (HOUR - 3600.5, "TRANSIENT_DATABASE"),  # before `since`
+    (HOUR - 3600, "TRANSIENT_DATABASE"),  # at `since`: counted
+    (HOUR - 1, "TRANSIENT_DATABASE"),
+    (HOUR - 1, "EXTERNAL_API_DOWN"),
+    (HOUR, "TRANSIENT_DATABASE"),  # a boundary belongs to the bucket it starts
+    (HOUR + 1799.999999, "TRANSIENT_DATABASE"),
+]
+
+
+class TestFailureTrends:
+    """Failure events are counted per failure type in buckets aligned to the epoch."""
+
+    @pytest.mark.parametrize(
+        ("bucket", "expected"),
+        [
+            (
+                3600,
+                [
+                    (HOUR - 3600, "EXTERNAL_API_DOWN", 1),
+                    (HOUR - 3600, "TRANSIENT_DATABASE", 2),
+                    (HOUR, "TRANSIENT_DATABASE", 2),
+                ],
+            ),
+            (
+                300,
+                [
+                    (HOUR - 3600, "TRANSIENT_DATABASE", 1),
+                    (HOUR - 300, "EXTERNAL_API_DOWN", 1),
+                    (HOUR - 300, "TRANSIENT_DATABASE", 1),
+                    (HOUR, "TRANSIENT_DATABASE", 1),
+                    (HOUR + 1500, "TRANSIENT_DATABASE", 1),
+                ],
+            ),
+        ],
+    )
+    def test_buckets(self, store, run, bucket, expected):
+        for at, failure_type in TREND_EVENTS:
+            run(store.record_failure(at, "billing.charge", failure_type))
+
+        trends = run(store.trends(since=HOUR - 3600, bucket=bucket))
+
+        assert trends == [TrendBucket(*row) for row in expected]
+
+    def test_the_default_bucket_is_an_hour(self, store, run):
+        run(store.record_failure(HOUR + 3599, "billing.charge", "TRANSIENT_DATABASE"))
+
+        assert run(store.trends(since=0)) == [TrendBucket(HOUR, "TRANSIENT_DATABASE", 1)]
+
+    @pytest.mark.parametrize("bucket", [0, -60, float("inf"), float("nan")])
+    def test_a_bucket_that_is_not_a_positive_number_is_a_value_error(self, store, run, bucket):
+        with pytest.raises(ValueError, match="bucket"):
+            run(store.trends(since=0, bucket=bucket))
+
+    def test_an_unusable_since_is_a_value_error(self, store, run):
+        with pytest.raises(ValueError, match="not a usable unix time"):
+            run(store.trends(since=-1e300))
+
+
+class TestPurge:
+    """purge() deletes old failure events and expired idempotency keys, nothing else."""
+
+    def test_deletes_what_is_past_retention_and_counts_it(self, store, run):
+        day = 86400.0
+        for at in (NOW - 2 * day, NOW - day - 0.5, NOW - day, NOW - 10):
+            run(store.record_failure(at, "billing.charge", "TRANSIENT_DATABASE"))
+        run(store.claim("expired", 10, NOW - 100))
+        run(store.claim("expires-now", 100, NOW - 100))  # expires_at == now: expired
+        run(store.claim("live", TTL, NOW))
+        record = make_record(status="resolved", created_at=NOW - 30 * day)
+        run(store.put(record))
+
+        assert run(store.purge(NOW, keep_failures=day)) == 4
+        assert run(store.purge(NOW, keep_failures=day)) == 0
+
+        remaining = run(store.trends(since=0, bucket=0.25))  # one bucket per event left
+        assert [bucket.start for bucket in remaining] == [NOW - day, NOW - 10]
+        assert run(store.claim("live", TTL, NOW + 1)) == Claim(False, NOW, "running")
+        assert run(store.get(record.id)) == record  # DLQ records are not purged
+
+
+async def wait_for_lock_waits(dsn: str, name: str, n: int) -> None:
+    """Until `n` sessions named `name` wait for a lock: a poll with a deadline."""
+    query = (
+        "SELECT count(*) FROM pg_stat_activity"
+        " WHERE application_name = %s AND wait_event_type = 'Lock'"
+    )
+    # Autocommit: each poll is a new transaction, with a fresh view of pg_stat_activity.
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as monitor:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            cur = await monitor.execute(query, [name])
+            if await cur.fetchone() == (n,):
+                return
+            await asyncio.sleep(0.01)
+    raise AssertionError(f"never saw {n} statements waiting on each other")
+
+
 class TestIdempotencyClaims:
     """Exactly one caller holds a key until it is released or expires; others see the holder."""
 
@@ -299,11 +843,24 @@ class TestAvailability:
     def test_ping(self, store, run):
         run(store.ping())
 
-    def test_a_closed_store_is_unavailable(self, store, run):
+    @pytest.mark.parametrize(
+        "call",
+        [
+            pytest.param(lambda s: s.get("x"), id="get"),
+            pytest.param(lambda s: s.list(DlqFilter(), 10), id="list"),
+            pytest.param(lambda s: collect(s.iterate(DlqFilter())), id="iterate"),
+            pytest.param(lambda s: s.transition(["x"], "retrying", ["pending"], NOW), id="move"),
+            pytest.param(lambda s: s.counts(), id="counts"),
+            pytest.param(lambda s: s.audit_log(10), id="audit_log"),
+            pytest.param(lambda s: s.trends(NOW), id="trends"),
+            pytest.param(lambda s: s.purge(NOW, 3600), id="purge"),
+        ],
+    )
+    def test_a_closed_store_is_unavailable(self, store, run, call):
         run(store.close())
 
         with pytest.raises(StoreUnavailable) as raised:
-            run(store.get("x"))
+            run(call(store))
         assert raised.value.backend == store.name
 
     @pytest.mark.parametrize("backend", ["sqlite", "postgres"])

@@ -14,28 +14,35 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from ..metrics import Metrics
+from ..operations import Operations
+from ..pollers import Pollers, every
+from ..requeue import NoTarget, RequeueTarget
 from ..service import Policies, Sidecar, Stores
 from ..settings import Settings
 from ..store import open_stores
 from ..store.base import StoreUnavailable
-from . import hooks
-from .keys import METRICS, POLICIES, SETTINGS, SIDECAR, STORES
+from . import actions, hooks
+from .keys import METRICS, OPERATIONS, POLICIES, POLLERS, SETTINGS, SIDECAR, STORES
+from .openapi import openapi
 from .problems import json_response, problem_middleware
 
 log = logging.getLogger("task_sidecar")
 PING_TIMEOUT = 1.0
+STOP_TIMEOUT = 5.0  # how long shutdown waits for a poll in progress
 
 
 def create_app(
     settings: Settings,
     *,
     stores: Stores | None = None,
+    target: RequeueTarget | None = None,
     registry: CollectorRegistry | None = None,
     clock: Callable[[], float] = time.time,
     rng: random.Random | None = None,
 ) -> web.Application:
-    """The sidecar as an aiohttp app. Stores given here are used (and not closed);
-    otherwise they are opened from `settings` at start-up and closed at shutdown."""
+    """The sidecar as an aiohttp app. Stores and a requeue target given here are used (and
+    not closed); otherwise they are opened from `settings` at start-up and closed at
+    shutdown."""
     app = web.Application(
         client_max_size=settings.body_limit,
         middlewares=[problem_middleware],
@@ -51,19 +58,27 @@ def create_app(
         else:
             app[STORES] = await open_stores(settings)
         app[SIDECAR] = Sidecar(app[POLICIES], app[STORES], metrics, clock=clock, rng=rng)
+        requeue = target if target is not None else open_target(settings)
+        app[OPERATIONS] = Operations(app[POLICIES], app[STORES], requeue, metrics, clock=clock)
         yield
+        await app[OPERATIONS].wait_jobs()
+        if target is None:
+            await requeue.close()
         if stores is None:
             for store in app[STORES].distinct():
                 await store.close()
 
     app.cleanup_ctx.append(open_and_close_stores)
     app.cleanup_ctx.append(watch_policies)
+    app.cleanup_ctx.append(run_pollers)
     app.add_routes(hooks.routes())
+    app.add_routes(actions.routes())
     app.add_routes(
         [
             web.get("/healthz", healthz),
             web.get("/readyz", readyz),
             web.get("/metrics", metrics_endpoint),
+            web.get("/openapi.json", openapi),
         ]
     )
     return app
@@ -91,6 +106,40 @@ async def watch_policies(app: web.Application) -> AsyncIterator[None]:
             await task
     with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
         loop.remove_signal_handler(signal.SIGHUP)
+
+
+def open_target(settings: Settings) -> RequeueTarget:
+    if settings.requeue == "celery":
+        from ..requeue.celery import CeleryTarget
+
+        return CeleryTarget(settings.celery_broker_url or "")
+    if settings.requeue == "webhook":
+        from ..requeue.webhook import WebhookTarget
+
+        return WebhookTarget(settings.webhook_url or "", settings.webhook_secret or "")
+    return NoTarget()
+
+
+async def run_pollers(app: web.Application) -> AsyncIterator[None]:
+    """Gauges that need a query, batched failure events, purges: in the background."""
+    settings = app[SETTINGS]
+    pollers = Pollers(settings, app[OPERATIONS], app[METRICS], app[SIDECAR].failure_events)
+    stop = asyncio.Event()
+    tasks = [
+        asyncio.create_task(every(settings.poll_interval, pollers.refresh, "refresh", stop)),
+        asyncio.create_task(every(1.0, pollers.flush_failure_events, "failure events", stop)),
+        asyncio.create_task(every(3600.0, pollers.purge, "purge", stop)),
+    ]
+    app[POLLERS] = pollers
+    yield
+    stop.set()
+    _, stuck = await asyncio.wait(tasks, timeout=STOP_TIMEOUT)
+    for task in stuck:  # a query that hangs on a dead backend
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    with contextlib.suppress(StoreUnavailable):
+        await pollers.flush_failure_events()
+    await pollers.close()
 
 
 async def healthz(request: web.Request) -> web.Response:

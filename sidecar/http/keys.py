@@ -5,6 +5,8 @@ from __future__ import annotations
 from aiohttp import web
 
 from ..metrics import Metrics
+from ..operations import Operations
+from ..pollers import Pollers
 from ..service import Policies, Sidecar, Stores
 from ..settings import Settings
 
@@ -13,3 +15,5 @@ METRICS = web.AppKey("metrics", Metrics)
 POLICIES = web.AppKey("policies", Policies)
 STORES = web.AppKey("stores", Stores)
 SIDECAR = web.AppKey("sidecar", Sidecar)
+OPERATIONS = web.AppKey("operations", Operations)
+POLLERS = web.AppKey("pollers", Pollers)

@@ -21,6 +21,7 @@ import yaml
 from . import model as m
 from . import regex
 from .durations import parse_duration
+from .schedules import CronError, check_cron
 
 MAX_POLICY_BYTES = 1024 * 1024
 _SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -596,8 +597,12 @@ class _PolicyReader:
             try:
                 s = item.fields({"name", "cron"}, {"queue", "expected_duration", "timezone"})
                 cron = s["cron"].str()
-                if len(cron.split()) != 5:
-                    s["cron"].fail(f"expected a 5-field cron expression, got {cron!r}")
+                try:
+                    check_cron(cron)  # evaluated by cronsim; the error names the field
+                except CronError as exc:
+                    name = _optional(s, "name", Node.str, None)
+                    message = f"schedule {name!r}: {exc}" if name else str(exc)
+                    raise s["cron"].fail(message) from None
                 out.append(
                     m.Schedule(
                         name=s["name"].str(),

@@ -12,7 +12,7 @@ The decision core never imports this package.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
 import msgspec
@@ -67,6 +67,45 @@ class DlqRecord(msgspec.Struct, kw_only=True):
     last_error: str | None = None  # why the last requeue failed, if it did
 
 
+STATUSES = ("pending", "retrying", "resolved", "abandoned")
+
+
+class DlqFilter(msgspec.Struct, frozen=True, kw_only=True):
+    """Which DLQ records an action or a listing applies to; every field narrows."""
+
+    status: str | None = None  # one of STATUSES
+    task_name: str | None = None  # exact name
+    failure_type: str | None = None
+    since: float | None = None  # created_at >= since (unix seconds)
+    until: float | None = None  # created_at < until
+
+
+class DlqPage(msgspec.Struct, frozen=True):
+    records: list[DlqRecord]
+    next_cursor: str | None  # opaque; None on the last page
+
+
+class AuditEntry(msgspec.Struct, frozen=True, kw_only=True):
+    at: float
+    actor: str  # the token's name ("anonymous" without auth)
+    action: str  # retry | abandon | bulk_retry | resolve | breaker_reset | policy_reload
+    record_ids: list[str] = []
+    from_status: str | None = None
+    reason: str | None = None
+    details: dict[str, Any] = {}
+
+
+class AuditPage(msgspec.Struct, frozen=True):
+    entries: list[AuditEntry]
+    next_cursor: str | None
+
+
+class TrendBucket(msgspec.Struct, frozen=True):
+    start: float  # unix seconds, aligned to the bucket size
+    failure_type: str
+    count: int
+
+
 class StateStore(Protocol):
     name: str
 
@@ -106,6 +145,51 @@ class DlqStore(Protocol):
         """A retry from the DLQ succeeded: `retrying|pending → resolved`, once."""
 
     async def get(self, dlq_id: str) -> DlqRecord | None: ...
+
+    async def list(self, where: DlqFilter, limit: int, cursor: str | None = None) -> DlqPage:
+        """Newest first, keyset-paged on (created_at, id): stable while records arrive."""
+
+    async def count(self, where: DlqFilter) -> int: ...
+
+    def iterate(self, where: DlqFilter, batch: int = 500) -> AsyncIterator[DlqRecord]:
+        """Every matching record, oldest first, fetched `batch` at a time (exports, bulk
+        actions): never the whole result in memory."""
+
+    async def transition(
+        self,
+        ids: Sequence[str],
+        to: str,
+        from_statuses: Sequence[str],
+        now: float,
+        *,
+        error: str | None = None,
+        count_retry: bool = False,
+    ) -> list[DlqRecord]:
+        """Move the records among `ids` whose status is in `from_statuses` to `to`, in one
+        conditional UPDATE: under any concurrency each record moves once. Sets updated_at,
+        last_error (when given), dlq_retries += 1 when `count_retry`. Returns the records
+        that moved, as they were before (their old status included)."""
+
+    async def counts(self) -> dict[str, int]:
+        """Records per status (every status present, 0 when none)."""
+
+    async def oldest_pending(self) -> float | None:
+        """created_at of the oldest pending record."""
+
+    async def audit(self, entry: AuditEntry) -> None: ...
+
+    async def audit_log(self, limit: int, cursor: str | None = None) -> AuditPage:
+        """Newest first."""
+
+    async def record_failure(self, at: float, task_name: str, failure_type: str) -> None:
+        """One failure event, for trends."""
+
+    async def trends(self, since: float, bucket: float = 3600) -> list[TrendBucket]:
+        """Failure events since `since`, counted per bucket and failure type."""
+
+    async def purge(self, now: float, keep_failures: float) -> int:
+        """Delete failure events older than `keep_failures` seconds and expired
+        idempotency keys; returns how many rows went."""
 
     async def ping(self) -> None: ...
 

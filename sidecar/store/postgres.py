@@ -2,18 +2,41 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
 import msgspec
 import psycopg
 from psycopg.rows import dict_row
-from psycopg.types.json import Json
+from psycopg.types.json import Json, Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from .base import Claim, DlqRecord, StoreUnavailable
+from .base import (
+    STATUSES,
+    AuditEntry,
+    AuditPage,
+    Claim,
+    DlqFilter,
+    DlqPage,
+    DlqRecord,
+    StoreUnavailable,
+    TrendBucket,
+)
+from .keyset import (
+    audit_page,
+    check_bucket,
+    check_limit,
+    check_statuses,
+    check_time,
+    compose,
+    decode_cursor,
+    dlq_page,
+    filtered,
+)
 from .migrations import CONNECT_TIMEOUT, named_queries, parse_dsn, unavailable
+
+_QUERIES = "queries.sql"
 
 _JSON_FIELDS = ("args", "kwargs", "exception", "context")
 
@@ -39,7 +62,7 @@ class PostgresStore:
         self._min_size = min_size
         self._max_size = max_size
         self._timeout = timeout  # for open(), and for a connection from a busy pool
-        self._queries = named_queries("queries.sql")
+        self._queries = named_queries(_QUERIES)
         self._pool: AsyncConnectionPool | None = None
 
     async def open(self) -> None:
@@ -89,6 +112,96 @@ class PostgresStore:
         row = await self._fetchone("dlq_get", {"id": dlq_id})
         return None if row is None else DlqRecord(**row)
 
+    async def list(self, where: DlqFilter, limit: int, cursor: str | None = None) -> DlqPage:
+        check_limit(limit)
+        position = None if cursor is None else decode_cursor(cursor, str)
+        query, params = filtered(_QUERIES, "dlq_list", where, "dlq_before", position)
+        params["limit"] = limit + 1
+        rows = await self._fetchall(query, params)
+        return dlq_page([DlqRecord(**row) for row in rows], limit)
+
+    async def count(self, where: DlqFilter) -> int:
+        query, params = filtered(_QUERIES, "dlq_count", where)
+        (row,) = await self._fetchall(query, params)
+        return row["count"]
+
+    async def iterate(self, where: DlqFilter, batch: int = 500) -> AsyncIterator[DlqRecord]:
+        check_limit(batch)
+        position: tuple[float, str] | None = None
+        while True:
+            query, params = filtered(_QUERIES, "dlq_iterate", where, "dlq_after", position)
+            params["limit"] = batch
+            # The connection goes back to the pool before the caller sees a record: a slow
+            # consumer (a rate-limited bulk retry) holds none between batches.
+            rows = await self._fetchall(query, params)
+            for row in rows:
+                yield DlqRecord(**row)
+            if len(rows) < batch:
+                return
+            position = (rows[-1]["created_at"], rows[-1]["id"])
+
+    async def transition(
+        self,
+        ids: Sequence[str],
+        to: str,
+        from_statuses: Sequence[str],
+        now: float,
+        *,
+        error: str | None = None,
+        count_retry: bool = False,
+    ) -> list[DlqRecord]:
+        check_statuses(to, *from_statuses)
+        if not ids or not from_statuses:
+            return []
+        params = {
+            "ids": [*ids],
+            "to": to,
+            "from_statuses": [*from_statuses],
+            "now": float(now),
+            "error": error,
+            "retries": int(count_retry),
+        }
+        rows = await self._fetchall(self._queries["dlq_transition"], params)
+        return [DlqRecord(**row) for row in rows]
+
+    async def counts(self) -> dict[str, int]:
+        rows = await self._fetchall(self._queries["dlq_counts"])
+        return dict.fromkeys(STATUSES, 0) | {row["status"]: row["count"] for row in rows}
+
+    async def oldest_pending(self) -> float | None:
+        row = await self._fetchone("dlq_oldest_pending")
+        return None if row is None else row["oldest"]
+
+    async def audit(self, entry: AuditEntry) -> None:
+        params = msgspec.structs.asdict(entry)
+        params["at"] = float(entry.at)
+        params["details"] = Jsonb(entry.details, dumps=msgspec.json.encode)
+        await self._rowcount("audit_insert", params)
+
+    async def audit_log(self, limit: int, cursor: str | None = None) -> AuditPage:
+        check_limit(limit)
+        params: dict[str, Any] = {"limit": limit + 1}
+        fragments: tuple[str, ...] = ()
+        if cursor is not None:
+            params["cursor_at"], params["cursor_id"] = decode_cursor(cursor, int)
+            fragments = ("audit_before",)
+        rows = await self._fetchall(compose(_QUERIES, "audit_list", fragments), params)
+        return audit_page([(row.pop("id"), AuditEntry(**row)) for row in rows], limit)
+
+    async def record_failure(self, at: float, task_name: str, failure_type: str) -> None:
+        params = {"at": float(at), "task_name": task_name, "failure_type": failure_type}
+        await self._rowcount("failure_event_insert", params)
+
+    async def trends(self, since: float, bucket: float = 3600) -> list[TrendBucket]:
+        params = {"since": check_time("since", since), "bucket": check_bucket(bucket)}
+        rows = await self._fetchall(self._queries["failure_trends"], params)
+        return [TrendBucket(**row) for row in rows]
+
+    async def purge(self, now: float, keep_failures: float) -> int:
+        params = {"now": float(now), "events_before": float(now - keep_failures)}
+        (row,) = await self._fetchall(self._queries["purge"], params)
+        return row["deleted"]
+
     # --- IdempotencyStore ----------------------------------------------------------------
 
     async def claim(self, key: str, ttl: float, now: float) -> Claim:
@@ -132,6 +245,14 @@ class PostgresStore:
         async with self._connection() as conn:
             cur = await conn.execute(self._queries[query], params)
             return await cur.fetchone()
+
+    async def _fetchall(
+        self, sql: str, params: dict[str, Any] | None = None
+    ) -> list[dict[str, Any]]:
+        """Takes the SQL itself: a named query, or one composed by `keyset.filtered()`."""
+        async with self._connection() as conn:
+            cur = await conn.execute(sql, params)
+            return await cur.fetchall()
 
 
 def _record_params(record: DlqRecord) -> dict[str, Any]:

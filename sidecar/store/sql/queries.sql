@@ -51,6 +51,156 @@ SELECT id, task_id, task_name, queue, args, kwargs, exception, context,
 FROM dlq_records
 WHERE id = %(id)s;
 
+-- name: dlq_list
+-- Newest first. The WHERE slot takes the dlq_where_* fragments the filter asks for and,
+-- after the first page, dlq_before (see keyset.py): each shape is its own statement.
+-- Two steps: the page's ids come from an index alone (status, task_name and failure_type
+-- each lead an index that ends in created_at, id: an index-only scan, walked backwards,
+-- that stops at LIMIT), then the rows by primary key. In one step the planner must guess
+-- where the matches lie, and for a common status it walks (created_at, id) checking each
+-- row: slow when they are old (`resolved` behind a fresh backlog of pending records took
+-- 65 ms instead of 0.7 on a million rows). The outer ORDER BY names d.created_at: a bare
+-- created_at would be the epoch alias of the SELECT list.
+WITH page AS (
+    SELECT id
+    FROM dlq_records
+    WHERE {where}
+    ORDER BY created_at DESC, id DESC
+    LIMIT %(limit)s
+)
+SELECT id, task_id, task_name, queue, args, kwargs, exception, context,
+       failure_type, category, remediation, confidence, rule, priority, priority_value,
+       target_queue, attempts, status,
+       extract(epoch FROM created_at)::float8 AS created_at,
+       extract(epoch FROM updated_at)::float8 AS updated_at,
+       dlq_retries, last_error
+FROM page JOIN dlq_records AS d USING (id)
+ORDER BY d.created_at DESC, d.id DESC;
+
+-- name: dlq_iterate
+-- Oldest first, one batch per call, in two steps as dlq_list; the next batch starts
+-- after the last (dlq_after).
+WITH batch AS (
+    SELECT id
+    FROM dlq_records
+    WHERE {where}
+    ORDER BY created_at, id
+    LIMIT %(limit)s
+)
+SELECT id, task_id, task_name, queue, args, kwargs, exception, context,
+       failure_type, category, remediation, confidence, rule, priority, priority_value,
+       target_queue, attempts, status,
+       extract(epoch FROM created_at)::float8 AS created_at,
+       extract(epoch FROM updated_at)::float8 AS updated_at,
+       dlq_retries, last_error
+FROM batch JOIN dlq_records AS d USING (id)
+ORDER BY d.created_at, d.id;
+
+-- name: dlq_count
+SELECT count(*) AS count FROM dlq_records WHERE {where};
+
+-- name: dlq_where_status
+status = %(status)s
+
+-- name: dlq_where_task_name
+task_name = %(task_name)s
+
+-- name: dlq_where_failure_type
+failure_type = %(failure_type)s
+
+-- name: dlq_where_since
+created_at >= to_timestamp(%(since)s)
+
+-- name: dlq_where_until
+created_at < to_timestamp(%(until)s)
+
+-- name: dlq_before
+(created_at, id) < (to_timestamp(%(cursor_at)s), %(cursor_id)s)
+
+-- name: dlq_after
+(created_at, id) > (to_timestamp(%(cursor_at)s), %(cursor_id)s)
+
+-- name: dlq_transition
+-- One statement, so each record moves once whatever the concurrency. FOR UPDATE makes a
+-- concurrent caller wait for the row, then re-check the WHERE on its new version (READ
+-- COMMITTED), so it skips the rows that already moved. Locking in id order keeps two bulk
+-- actions over overlapping ids from deadlocking. `old` is the row as it was before.
+WITH old AS (
+    SELECT id, task_id, task_name, queue, args, kwargs, exception, context,
+           failure_type, category, remediation, confidence, rule, priority, priority_value,
+           target_queue, attempts, status,
+           extract(epoch FROM created_at)::float8 AS created_at,
+           extract(epoch FROM updated_at)::float8 AS updated_at,
+           dlq_retries, last_error
+    FROM dlq_records
+    WHERE id = ANY(%(ids)s::text[]) AND status = ANY(%(from_statuses)s::text[])
+    ORDER BY id
+    FOR UPDATE
+)
+UPDATE dlq_records AS d
+SET status = %(to)s,
+    updated_at = to_timestamp(%(now)s),
+    last_error = coalesce(%(error)s::text, d.last_error),
+    dlq_retries = d.dlq_retries + %(retries)s
+FROM old
+WHERE d.id = old.id
+RETURNING old.*;
+
+-- name: dlq_counts
+SELECT status, count(*) AS count FROM dlq_records GROUP BY status;
+
+-- name: dlq_oldest_pending
+-- min() over the (status, created_at, id) index: one descent, not a scan.
+SELECT extract(epoch FROM min(created_at))::float8 AS oldest
+FROM dlq_records
+WHERE status = 'pending';
+
+-- name: audit_insert
+INSERT INTO audit_log (at, actor, action, record_ids, from_status, reason, details)
+VALUES (
+    to_timestamp(%(at)s), %(actor)s, %(action)s, %(record_ids)s::text[],
+    %(from_status)s, %(reason)s, %(details)s
+);
+
+-- name: audit_list
+-- Newest first, keyset-paged on (at, id) like the DLQ (audit_before after the first page);
+-- a.at, not the alias, as in dlq_list.
+SELECT id, extract(epoch FROM at)::float8 AS at, actor, action, record_ids, from_status,
+       reason, details
+FROM audit_log AS a
+WHERE {where}
+ORDER BY a.at DESC, a.id DESC
+LIMIT %(limit)s;
+
+-- name: audit_before
+(at, id) < (to_timestamp(%(cursor_at)s), %(cursor_id)s)
+
+-- name: failure_event_insert
+INSERT INTO failure_events (at, task_name, failure_type)
+VALUES (to_timestamp(%(at)s), %(task_name)s, %(failure_type)s);
+
+-- name: failure_trends
+-- Buckets start at multiples of the bucket size since the epoch, so every caller (and
+-- every sidecar of a fleet) draws the same boundaries. (at, failure_type) is an index:
+-- an index-only scan.
+SELECT floor(extract(epoch FROM at)::float8 / %(bucket)s) * %(bucket)s AS start,
+       failure_type,
+       count(*) AS count
+FROM failure_events
+WHERE at >= to_timestamp(%(since)s)
+GROUP BY 1, 2
+ORDER BY 1, 2;
+
+-- name: purge
+-- Both retention deletes in one statement. A key taken over while we wait for its row
+-- lock is re-checked on its new version, and kept.
+WITH events AS (
+    DELETE FROM failure_events WHERE at < to_timestamp(%(events_before)s) RETURNING 1
+), keys AS (
+    DELETE FROM idempotency_keys WHERE expires_at <= to_timestamp(%(now)s) RETURNING 1
+)
+SELECT (SELECT count(*) FROM events) + (SELECT count(*) FROM keys) AS deleted;
+
 -- name: idempotency_claim
 -- One round trip for both answers. A new key is inserted; an expired one is taken over
 -- (ON CONFLICT locks the row, so only one caller can). Otherwise the second branch

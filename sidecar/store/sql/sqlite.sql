@@ -34,8 +34,14 @@ CREATE TABLE IF NOT EXISTS dlq_records (
 CREATE INDEX IF NOT EXISTS dlq_records_status_created_at_id_idx
     ON dlq_records (status, created_at, id);
 CREATE INDEX IF NOT EXISTS dlq_records_created_at_id_idx ON dlq_records (created_at, id);
-CREATE INDEX IF NOT EXISTS dlq_records_task_name_idx ON dlq_records (task_name);
-CREATE INDEX IF NOT EXISTS dlq_records_failure_type_idx ON dlq_records (failure_type);
+-- As PostgreSQL's 0002: equality filters page through (column, created_at, id). The DROPs
+-- upgrade files made before it.
+DROP INDEX IF EXISTS dlq_records_task_name_idx;
+DROP INDEX IF EXISTS dlq_records_failure_type_idx;
+CREATE INDEX IF NOT EXISTS dlq_records_task_name_created_at_id_idx
+    ON dlq_records (task_name, created_at, id);
+CREATE INDEX IF NOT EXISTS dlq_records_failure_type_created_at_id_idx
+    ON dlq_records (failure_type, created_at, id);
 
 CREATE TABLE IF NOT EXISTS audit_log (
     id           INTEGER PRIMARY KEY,
@@ -48,6 +54,8 @@ CREATE TABLE IF NOT EXISTS audit_log (
     details      TEXT NOT NULL DEFAULT '{}'
 ) STRICT;
 
+CREATE INDEX IF NOT EXISTS audit_log_at_id_idx ON audit_log (at, id);
+
 CREATE TABLE IF NOT EXISTS failure_events (
     id            INTEGER PRIMARY KEY,
     at            REAL NOT NULL,
@@ -55,7 +63,9 @@ CREATE TABLE IF NOT EXISTS failure_events (
     failure_type  TEXT NOT NULL
 ) STRICT;
 
-CREATE INDEX IF NOT EXISTS failure_events_at_idx ON failure_events (at);
+DROP INDEX IF EXISTS failure_events_at_idx;
+CREATE INDEX IF NOT EXISTS failure_events_at_failure_type_idx
+    ON failure_events (at, failure_type);
 
 CREATE TABLE IF NOT EXISTS idempotency_keys (
     key            TEXT PRIMARY KEY NOT NULL,
@@ -63,6 +73,8 @@ CREATE TABLE IF NOT EXISTS idempotency_keys (
     first_seen_at  REAL NOT NULL,
     expires_at     REAL NOT NULL
 ) STRICT;
+
+CREATE INDEX IF NOT EXISTS idempotency_keys_expires_at_idx ON idempotency_keys (expires_at);
 
 COMMIT;
 
@@ -107,6 +119,108 @@ SELECT id, task_id, task_name, queue, args, kwargs, exception, context,
        target_queue, attempts, status, created_at, updated_at, dlq_retries, last_error
 FROM dlq_records
 WHERE id = :id;
+
+-- name: dlq_list
+-- The WHERE slot: the dlq_where_* fragments and, after the first page, dlq_before.
+-- One step is enough here: without statistics (no ANALYZE), SQLite takes the index whose
+-- leading column a filter pins; PostgreSQL's cost guess needs the two steps of queries.sql.
+SELECT id, task_id, task_name, queue, args, kwargs, exception, context,
+       failure_type, category, remediation, confidence, rule, priority, priority_value,
+       target_queue, attempts, status, created_at, updated_at, dlq_retries, last_error
+FROM dlq_records
+WHERE {where}
+ORDER BY created_at DESC, id DESC
+LIMIT :limit;
+
+-- name: dlq_iterate
+SELECT id, task_id, task_name, queue, args, kwargs, exception, context,
+       failure_type, category, remediation, confidence, rule, priority, priority_value,
+       target_queue, attempts, status, created_at, updated_at, dlq_retries, last_error
+FROM dlq_records
+WHERE {where}
+ORDER BY created_at, id
+LIMIT :limit;
+
+-- name: dlq_count
+SELECT count(*) AS count FROM dlq_records WHERE {where};
+
+-- name: dlq_where_status
+status = :status
+
+-- name: dlq_where_task_name
+task_name = :task_name
+
+-- name: dlq_where_failure_type
+failure_type = :failure_type
+
+-- name: dlq_where_since
+created_at >= :since
+
+-- name: dlq_where_until
+created_at < :until
+
+-- name: dlq_before
+(created_at, id) < (:cursor_at, :cursor_id)
+
+-- name: dlq_after
+(created_at, id) > (:cursor_at, :cursor_id)
+
+-- name: dlq_transition_select
+-- With dlq_transition_update, inside one IMMEDIATE transaction: the rows as they were
+-- before, then the same rows moved. :ids and :from_statuses are JSON arrays.
+SELECT id, task_id, task_name, queue, args, kwargs, exception, context,
+       failure_type, category, remediation, confidence, rule, priority, priority_value,
+       target_queue, attempts, status, created_at, updated_at, dlq_retries, last_error
+FROM dlq_records
+WHERE id IN (SELECT value FROM json_each(:ids))
+  AND status IN (SELECT value FROM json_each(:from_statuses));
+
+-- name: dlq_transition_update
+UPDATE dlq_records
+SET status = :to,
+    updated_at = :now,
+    last_error = coalesce(:error, last_error),
+    dlq_retries = dlq_retries + :retries
+WHERE id IN (SELECT value FROM json_each(:ids))
+  AND status IN (SELECT value FROM json_each(:from_statuses));
+
+-- name: dlq_counts
+SELECT status, count(*) AS count FROM dlq_records GROUP BY status;
+
+-- name: dlq_oldest_pending
+SELECT min(created_at) AS oldest FROM dlq_records WHERE status = 'pending';
+
+-- name: audit_insert
+INSERT INTO audit_log (at, actor, action, record_ids, from_status, reason, details)
+VALUES (:at, :actor, :action, :record_ids, :from_status, :reason, :details);
+
+-- name: audit_list
+SELECT id, at, actor, action, record_ids, from_status, reason, details
+FROM audit_log
+WHERE {where}
+ORDER BY at DESC, id DESC
+LIMIT :limit;
+
+-- name: audit_before
+(at, id) < (:cursor_at, :cursor_id)
+
+-- name: failure_event_insert
+INSERT INTO failure_events (at, task_name, failure_type) VALUES (:at, :task_name, :failure_type);
+
+-- name: failure_trends
+-- CAST truncates, which is floor() for times after 1970; floor() itself needs a SQLite
+-- built with its math functions.
+SELECT CAST(at / :bucket AS INTEGER) * :bucket AS start, failure_type, count(*) AS count
+FROM failure_events
+WHERE at >= :since
+GROUP BY 1, 2
+ORDER BY 1, 2;
+
+-- name: purge_failure_events
+DELETE FROM failure_events WHERE at < :events_before;
+
+-- name: purge_idempotency_keys
+DELETE FROM idempotency_keys WHERE expires_at <= :now;
 
 -- name: idempotency_claim
 INSERT INTO idempotency_keys AS k (key, state, first_seen_at, expires_at)

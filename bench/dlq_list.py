@@ -1,0 +1,152 @@
+"""One page of the DLQ listing through `PostgresStore.list` vs the same SQL on bare psycopg.
+
+    .venv/bin/python bench/dlq_list.py [--dsn DSN] [--rows 1000000] [--count 300] [--explain]
+
+Fills `dlq_records` with --rows rows in one INSERT … SELECT generate_series (20 % pending,
+the rest spread over the other states, one a second, a ~600-byte exception each), then
+times a page of 50 pending records, newest first: the first page, and one from deep in
+the listing (through a cursor). The store path is `store.list(DlqFilter(status=...), 50)`:
+pool, composed SQL, DlqRecord structs, the next cursor. The baseline runs the very SQL
+text the store sends, with the same parameters, on one autocommit psycopg connection,
+fetching plain tuples. Medians of alternating rounds, and their ratio (target <= 1.5x).
+--explain prints the plans. Without --dsn a throw-away server is started (and its data
+dropped); with --dsn the table is TRUNCATEd first, so never point it at real data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from sidecar.store.base import DlqFilter
+from sidecar.store.keyset import decode_cursor, filtered
+from sidecar.store.migrations import migrate
+from sidecar.store.postgres import PostgresStore
+
+LIMIT = 50
+WHERE = DlqFilter(status="pending")
+
+FILL = """
+INSERT INTO dlq_records (
+    id, task_id, task_name, queue, args, kwargs, exception, context,
+    failure_type, category, remediation, confidence, rule, priority, priority_value,
+    target_queue, attempts, status, created_at, updated_at, dlq_retries, last_error
+)
+SELECT md5(i::text)::uuid::text, md5((-i)::text), (ARRAY['billing.charge', 'mail.send',
+       'reports.build'])[1 + i %% 3], 'default', json_build_array(i, 'EUR'),
+       json_build_object('customer', i %% 1000),
+       json_build_object('type', 'DeadlockDetected', 'message', 'deadlock detected',
+                         'traceback', repeat('  File "/app/billing.py", line 17, in f\n', 12)),
+       json_build_object('customer_tier', 'enterprise'),
+       (ARRAY['TRANSIENT_DATABASE', 'EXTERNAL_API_DOWN'])[1 + i %% 2], 'transient',
+       'AUTO_RETRY', 0.95, 'db-deadlock', 'HIGH', 8, 'high_priority', 5,
+       (ARRAY['pending', 'pending', 'retrying', 'resolved', 'resolved', 'resolved',
+              'resolved', 'resolved', 'resolved', 'abandoned'])[1 + i %% 10],
+       to_timestamp(1700000000 + i), to_timestamp(1700000000 + i), 0, NULL
+FROM generate_series(1, %(rows)s) AS i
+"""
+
+
+async def fill(dsn: str, rows: int) -> None:
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        await conn.execute("TRUNCATE dlq_records")
+        began = time.perf_counter()
+        await conn.execute(FILL, {"rows": rows})
+        await conn.execute("VACUUM ANALYZE dlq_records")
+        print(f"{rows} rows inserted and analysed in {time.perf_counter() - began:.1f} s")
+
+
+async def store_round(store: PostgresStore, count: int, cursor: str | None) -> float:
+    samples = []
+    for _ in range(count):
+        began = time.perf_counter()
+        page = await store.list(WHERE, LIMIT, cursor)
+        samples.append(time.perf_counter() - began)
+    assert len(page.records) == LIMIT
+    return statistics.median(samples)
+
+
+async def raw_round(
+    conn: psycopg.AsyncConnection[Any], sql: str, params: dict[str, Any], count: int
+) -> float:
+    samples = []
+    for _ in range(count):
+        began = time.perf_counter()
+        cur = await conn.execute(sql, params)
+        rows = await cur.fetchall()
+        samples.append(time.perf_counter() - began)
+    assert len(rows) == LIMIT + 1
+    return statistics.median(samples)
+
+
+def the_sql(cursor: str | None) -> tuple[str, dict[str, Any]]:
+    """What `store.list(WHERE, LIMIT, cursor)` sends."""
+    position = None if cursor is None else decode_cursor(cursor, str)
+    sql, params = filtered("queries.sql", "dlq_list", WHERE, "dlq_before", position)
+    return sql, params | {"limit": LIMIT + 1}
+
+
+async def explain(conn: psycopg.AsyncConnection[Any], sql: str, params: dict[str, Any]) -> None:
+    cur = await conn.execute("EXPLAIN (ANALYZE, BUFFERS) " + sql, params)
+    for (line,) in await cur.fetchall():
+        print("   ", line)
+
+
+async def bench(dsn: str, count: int, rounds: int, show_plans: bool) -> None:
+    store = PostgresStore(dsn)
+    await store.open()
+    try:
+        # A cursor deep in the listing: past the first 20,000 pending records.
+        deep = None
+        for _ in range(400):
+            deep = (await store.list(WHERE, LIMIT, deep)).next_cursor
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+            for label, cursor in (("first page", None), ("deep page (cursor)", deep)):
+                sql, params = the_sql(cursor)
+                if show_plans:
+                    print(f"{label}:")
+                    await explain(conn, sql, params)
+                through, raw = [], []
+                for _ in range(rounds):
+                    through.append(await store_round(store, count, cursor))
+                    raw.append(await raw_round(conn, sql, params, count))
+                s, r = statistics.median(through), statistics.median(raw)
+                print(f"{label}: {count} lists x {rounds} rounds, median latency")
+                print(f"  raw psycopg, same SQL: {r * 1e6:7.0f} µs")
+                print(f"  store.list:            {s * 1e6:7.0f} µs")
+                print(f"  ratio: {s / r:.2f}x (target <= 1.5x)")
+    finally:
+        await store.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dsn", default=None)
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--count", type=int, default=300)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--explain", action="store_true")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
+        dsn = args.dsn
+        if dsn is None:
+            from tests.services import start_postgres
+
+            dsn = stack.enter_context(start_postgres(Path(tmp))).dsn
+        asyncio.run(migrate(dsn))
+        asyncio.run(fill(dsn, args.rows))
+        asyncio.run(bench(dsn, args.count, args.rounds, args.explain))
+
+
+if __name__ == "__main__":
+    main()

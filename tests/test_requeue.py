@@ -1,0 +1,88 @@
+"""Requeue targets against real receivers: a Celery broker on a real Redis."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+import redis
+
+from sidecar.requeue import NoTarget, RequeueError
+from sidecar.requeue.celery import DLQ_HEADER, CeleryTarget
+from sidecar.store.base import DlqRecord
+
+
+def record(**changes) -> DlqRecord:
+    fields = {
+        "id": "rec-1",
+        "task_id": "t-1",
+        "task_name": "billing.charge",
+        "queue": "default",
+        "args": [42],
+        "kwargs": {"currency": "EUR"},
+        "exception": {"type": "ValueError"},
+        "context": {},
+        "failure_type": "PERMANENT_VALIDATION",
+        "category": "permanent",
+        "remediation": "FIX_DATA",
+        "confidence": 0.85,
+        "rule": "validation-exception",
+        "priority": "HIGH",
+        "priority_value": 8,
+        "target_queue": "high_priority",
+        "attempts": 2,
+        "created_at": 1.0,
+        "updated_at": 1.0,
+    }
+    return DlqRecord(**{**fields, **changes})
+
+
+class TestCelery:
+    """A retried record is published by name, with its args, on the chosen queue."""
+
+    @pytest.fixture
+    def broker(self, redis_url):
+        client = redis.Redis.from_url(redis_url)
+        client.flushall()
+        return client
+
+    async def test_publishes_the_task(self, redis_url, broker):
+        target = CeleryTarget(redis_url)
+        try:
+            await target.requeue(record(), "critical", 10)
+        finally:
+            await target.close()
+        # CRITICAL (10) is kombu's highest Redis priority, 0: the queue itself.
+        assert broker.llen("critical") == 1
+        message = json.loads(broker.lpop("critical"))
+        headers = message["headers"]
+        assert headers["task"] == "billing.charge"
+        assert headers[DLQ_HEADER] == "rec-1"
+        body = json.loads(base64.b64decode(message["body"]))
+        assert body[0] == [42]
+        assert body[1] == {"currency": "EUR"}
+
+    @pytest.mark.parametrize(
+        ("level", "subqueue"), [(8, "q"), (6, "q\x06\x163"), (2, "q\x06\x166")]
+    )
+    async def test_priorities_map_to_kombu_sub_queues(self, redis_url, broker, level, subqueue):
+        target = CeleryTarget(redis_url)
+        try:
+            await target.requeue(record(), "q", level)
+        finally:
+            await target.close()
+        assert broker.llen(subqueue) == 1
+
+    async def test_broker_down(self):
+        target = CeleryTarget("redis://127.0.0.1:1/0")
+        try:
+            with pytest.raises(RequeueError, match="celery"):
+                await target.requeue(record(), "q", 6)
+        finally:
+            await target.close()
+
+
+async def test_no_target_says_how_to_configure_one():
+    with pytest.raises(RequeueError, match="TASK_SIDECAR_REQUEUE"):
+        await NoTarget().requeue(record(), "q", 6)
