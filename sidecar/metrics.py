@@ -166,6 +166,13 @@ class Metrics:
         self.schedule_conflicts = Gauge(
             "schedule_conflicts", "Overlapping periodic runs.", namespace=ns, registry=r
         )
+        self.schedule_starts = Gauge(
+            "schedule_starts",
+            "Periodic task starts per hour of the day (UTC), by queue.",
+            ["queue", "hour"],
+            namespace=ns,
+            registry=r,
+        )
         self.policy_reloads = Counter(
             "policy_reloads", "Policy file reloads.", ["result"], namespace=ns, registry=r
         )

@@ -17,12 +17,22 @@ from ..metrics import Metrics
 from ..operations import Operations
 from ..pollers import Pollers, every
 from ..requeue import NoTarget, RequeueTarget
+from ..schedule_health import Schedules
 from ..service import Policies, Sidecar, Stores
 from ..settings import Settings
 from ..store import open_stores
 from ..store.base import StoreUnavailable
-from . import actions, hooks
-from .keys import METRICS, OPERATIONS, POLICIES, POLLERS, SETTINGS, SIDECAR, STORES
+from . import actions, hooks, schedules
+from .keys import (
+    METRICS,
+    OPERATIONS,
+    POLICIES,
+    POLLERS,
+    SCHEDULES,
+    SETTINGS,
+    SIDECAR,
+    STORES,
+)
 from .openapi import openapi
 from .problems import json_response, problem_middleware
 
@@ -51,6 +61,7 @@ def create_app(
     app[SETTINGS] = settings
     app[METRICS] = metrics
     app[POLICIES] = Policies(settings.policies, metrics)
+    app[SCHEDULES] = Schedules(metrics)
 
     async def open_and_close_stores(app: web.Application) -> AsyncIterator[None]:
         if stores is not None:
@@ -73,6 +84,7 @@ def create_app(
     app.cleanup_ctx.append(run_pollers)
     app.add_routes(hooks.routes())
     app.add_routes(actions.routes())
+    app.add_routes(schedules.routes())
     app.add_routes(
         [
             web.get("/healthz", healthz),
@@ -88,15 +100,26 @@ async def watch_policies(app: web.Application) -> AsyncIterator[None]:
     """Reload the policy on SIGHUP and when the file changes."""
     policies, interval = app[POLICIES], app[SETTINGS].reload_interval
     loop = asyncio.get_running_loop()
+    background: set[asyncio.Task[None]] = set()
+
+    async def reload() -> None:
+        if policies.reload() is None:
+            await app[SCHEDULES].refresh_gauges(policies.current)
+
+    def on_sighup() -> None:
+        task = asyncio.create_task(reload())
+        background.add(task)
+        task.add_done_callback(background.discard)
+
     with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
         # Only the main thread of a process can own signals (tests run apps elsewhere too).
-        loop.add_signal_handler(signal.SIGHUP, policies.reload)
+        loop.add_signal_handler(signal.SIGHUP, on_sighup)
 
     async def poll() -> None:
         while True:
             await asyncio.sleep(interval)
             if policies.changed():
-                policies.reload()
+                await reload()
 
     task = asyncio.create_task(poll()) if interval > 0 else None
     yield
@@ -129,6 +152,14 @@ async def run_pollers(app: web.Application) -> AsyncIterator[None]:
         asyncio.create_task(every(settings.poll_interval, pollers.refresh, "refresh", stop)),
         asyncio.create_task(every(1.0, pollers.flush_failure_events, "failure events", stop)),
         asyncio.create_task(every(3600.0, pollers.purge, "purge", stop)),
+        asyncio.create_task(
+            every(
+                3600.0,
+                lambda: app[SCHEDULES].refresh_gauges(app[POLICIES].current),
+                "schedules",
+                stop,
+            )
+        ),
     ]
     app[POLLERS] = pollers
     yield

@@ -7,6 +7,7 @@ from aiohttp import web
 from ..metrics import Metrics
 from ..operations import Operations
 from ..pollers import Pollers
+from ..schedule_health import Schedules
 from ..service import Policies, Sidecar, Stores
 from ..settings import Settings
 
@@ -17,3 +18,4 @@ STORES = web.AppKey("stores", Stores)
 SIDECAR = web.AppKey("sidecar", Sidecar)
 OPERATIONS = web.AppKey("operations", Operations)
 POLLERS = web.AppKey("pollers", Pollers)
+SCHEDULES = web.AppKey("schedules", Schedules)

@@ -270,6 +270,28 @@ def document() -> dict[str, Any]:
                 params=PAGE_PARAMS,
             )
         },
+        "/v1/schedules/health": {
+            "get": operation(
+                "Hotspots, conflicts and advice for the periodic schedule",
+                ("viewer",),
+                params=[
+                    {
+                        "name": "horizon",
+                        "in": "query",
+                        "schema": {"type": "string"},
+                        "description": "24h (default) up to 31d",
+                    },
+                    {"name": "threshold", "in": "query", "schema": {"type": "integer"}},
+                ],
+            )
+        },
+        "/v1/schedules": {
+            "put": operation(
+                "Replace the schedules reported by workers",
+                ("hooks", "operator"),
+                body={"type": "array", "items": {"type": "object"}},
+            )
+        },
         "/healthz": {"get": operation("The process is alive", None)},
         "/readyz": {"get": operation("Which backends answer", None)},
         "/metrics": {

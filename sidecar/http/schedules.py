@@ -1,0 +1,66 @@
+"""Schedule health over HTTP: the periodic tasks of the policy file plus those a worker
+reports (`PUT /v1/schedules`, e.g. a Celery app's beat_schedule), analysed for hotspots,
+conflicts and advice; the figures are also gauges."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import msgspec
+from aiohttp import web
+
+from ..policy.durations import parse_duration
+from ..policy.schedules import ScheduleError, parse_schedules
+from .auth import requires
+from .keys import POLICIES, SCHEDULES
+from .problems import Problem, invalid, json_response
+
+
+@requires("viewer")
+async def health(request: web.Request) -> web.Response:
+    query = request.query
+    try:
+        horizon = timedelta(seconds=parse_duration(query.get("horizon", "24h")))
+    except ValueError as exc:
+        raise invalid("query.horizon", str(exc)) from None
+    try:
+        threshold = int(query["threshold"]) if "threshold" in query else None
+    except ValueError:
+        raise invalid("query.threshold", "expected a whole number") from None
+    try:
+        report = await request.app[SCHEDULES].analyse(
+            request.app[POLICIES].current, horizon, threshold
+        )
+    except ScheduleError as exc:  # a reported schedule the current policy cannot take
+        raise Problem(422, "Unusable schedule", str(exc)) from None
+    except ValueError as exc:
+        raise invalid("query", str(exc)) from None
+    return json_response(report.to_dict())
+
+
+@requires("hooks", "operator")
+async def replace_schedules(request: web.Request) -> web.Response:
+    try:
+        data = msgspec.json.decode(await request.read())
+    except msgspec.DecodeError as exc:
+        raise invalid("", f"invalid JSON: {exc}") from None
+    try:
+        schedules = parse_schedules(data)
+    except ScheduleError as exc:
+        raise Problem(
+            400,
+            "Invalid schedules",
+            str(exc),
+            [{"path": p.path, "message": p.message} for p in exc.problems],
+        ) from None
+    book = request.app[SCHEDULES]
+    book.reported = schedules
+    await book.refresh_gauges(request.app[POLICIES].current)
+    return json_response({"schedules": len(schedules)})
+
+
+def routes() -> list[web.RouteDef]:
+    return [
+        web.get("/v1/schedules/health", health),
+        web.put("/v1/schedules", replace_schedules),
+    ]

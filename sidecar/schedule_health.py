@@ -1,0 +1,41 @@
+"""The schedules a running sidecar analyses: those of the policy file plus those workers
+report (a Celery app's beat_schedule), and the gauges fed from the last analysis."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+from .metrics import Metrics
+from .policy.model import Policy, Schedule
+from .policy.schedules import DAY, Report, analyse
+
+
+class Schedules:
+    """The reported schedules, and the last analysis behind the gauges."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+        self.reported: tuple[Schedule, ...] = ()
+
+    def all(self, policy: Policy) -> tuple[Schedule, ...]:
+        reported = {s.name for s in self.reported}
+        return tuple(s for s in policy.schedules if s.name not in reported) + self.reported
+
+    async def analyse(
+        self, policy: Policy, horizon: timedelta = DAY, threshold: int | None = None
+    ) -> Report:
+        today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+        kwargs = {} if threshold is None else {"hotspot_threshold": threshold}
+        # Pure but not instant (tens of ms for a large schedule): off the event loop.
+        return await asyncio.to_thread(analyse, self.all(policy), today, horizon, **kwargs)
+
+    async def refresh_gauges(self, policy: Policy) -> None:
+        report = await self.analyse(policy)
+        m = self.metrics
+        m.schedule_health_score.set(report.score)
+        m.schedule_hotspots.set(len(report.hotspots))
+        m.schedule_conflicts.set(len(report.conflicts))
+        for queue, per_hour in report.load_by_hour.items():
+            for hour, starts in enumerate(per_hour):
+                m.at(m.schedule_starts, queue, f"{hour:02d}").set(starts)
