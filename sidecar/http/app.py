@@ -197,5 +197,7 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics_endpoint(request: web.Request) -> web.Response:
-    body = generate_latest(request.app[METRICS].registry)
+    # Rendering tens of thousands of series takes a while; in a thread, hooks keep being
+    # answered between the interpreter's switches instead of waiting for the whole scrape.
+    body = await asyncio.to_thread(generate_latest, request.app[METRICS].registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
