@@ -200,7 +200,11 @@ class Operations:
             found = [await self.stores.dlq.get(i) for i in ids]
             total = sum(1 for r in found if r is not None and r.status == "pending")
         else:
-            where = msgspec.structs.replace(where or DlqFilter(), status="pending")
+            # Only what is pending now: records dead-lettered while it runs are left alone.
+            now = self.clock()
+            where = where or DlqFilter()
+            until = now if where.until is None else min(where.until, now)
+            where = msgspec.structs.replace(where, status="pending", until=until)
             total = await self.stores.dlq.count(where)
         if dry_run:
             return {"dry_run": True, "total": total}
