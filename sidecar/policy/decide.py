@@ -48,21 +48,12 @@ EMPTY = Snapshot()
 class BreakerChange:
     key: str
     settings: BreakerSettings
-    event: str  # "failure" | "success" | "start" | "reset"
+    success: bool  # a run of the task succeeded (else: failed)
     now: float
 
     def apply(self, state: BreakerState | None) -> tuple[BreakerState, Status | None]:
-        state = state or breaker.CLOSED
-        match self.event:
-            case "failure":
-                return breaker.on_failure(state, self.settings, self.now)
-            case "success":
-                return breaker.on_success(state, self.settings, self.now)
-            case "start":
-                _, _, new, moved = breaker.on_start(state, self.settings, self.now)
-                return new, moved
-            case _:
-                return breaker.reset(state, self.settings, self.now)
+        transition = breaker.on_success if self.success else breaker.on_failure
+        return transition(state or breaker.CLOSED, self.settings, self.now)
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,7 +115,7 @@ def decide(
 
     breaker_change, breaker_out, moved, breaker_wait = None, None, None, 0.0
     if route.breaker_key is not None and retry.breaker is not None:
-        breaker_change = BreakerChange(route.breaker_key, retry.breaker, "failure", now)
+        breaker_change = BreakerChange(route.breaker_key, retry.breaker, False, now)
         after, moved = breaker_change.apply(state.breaker)
         breaker_out = BreakerOut(route.breaker_key, after.current(retry.breaker, now).value)
         breaker_wait = after.reopens_in(retry.breaker, now)
@@ -219,7 +210,7 @@ def on_success(
     """A success closes half-open breakers of the task and, when it was a retry, counts as
     a successful retry of the failure type that caused it."""
     changes = [
-        BreakerChange(key, settings, "success", now)
+        BreakerChange(key, settings, True, now)
         for key, settings in task_breakers(policy, event.task_name)
         if key in breakers
     ]

@@ -149,13 +149,16 @@ class RedisStore:
     async def claim(self, key: str, ttl: float, now: float) -> Claim:
         name = f"{self.prefix}idem:{key}"
         async with _errors():
-            if await self.redis.set(name, f"running:{now!r}", nx=True, px=max(1, int(ttl * 1000))):
-                return Claim(True)
-            value = await self.redis.get(name)
-        if value is None:  # expired between the two calls: try once more
-            return await self.claim(key, ttl, now)
-        state, _, first = value.decode().partition(":")
-        return Claim(False, float(first), state)
+            for _ in range(3):  # the holder's claim may expire between SET and GET
+                if await self.redis.set(
+                    name, f"running:{now!r}", nx=True, px=max(1, int(ttl * 1000))
+                ):
+                    return Claim(True)
+                value = await self.redis.get(name)
+                if value is not None:
+                    state, _, first = value.decode().partition(":")
+                    return Claim(False, float(first), state)
+        raise StoreUnavailable("redis", f"claim of {key} kept expiring under us")
 
     async def complete(self, key: str, ttl: float, now: float) -> bool:
         async with _errors():
