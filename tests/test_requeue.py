@@ -86,3 +86,37 @@ class TestCelery:
 async def test_no_target_says_how_to_configure_one():
     with pytest.raises(RequeueError, match="TASK_SIDECAR_REQUEUE"):
         await NoTarget().requeue(record(), "q", 6)
+
+
+async def test_queue_depth_probe_counts_priority_sub_queues(redis_url, tmp_path):
+    """The poller reads Celery's queue lengths, priority sub-queues included."""
+    from aiohttp.test_utils import TestClient, TestServer
+    from prometheus_client import CollectorRegistry
+
+    from sidecar.http import create_app
+    from sidecar.http.keys import POLLERS
+    from sidecar.settings import Settings
+
+    from .conftest import DEFAULT_POLICIES
+
+    redis.Redis.from_url(redis_url).flushall()
+    target = CeleryTarget(redis_url)
+    try:
+        for level in (10, 8, 6, 2):  # sub-queues 0, 0, 3 and 6
+            await target.requeue(record(), "reports", level)
+    finally:
+        await target.close()
+    settings = Settings(
+        policies=str(DEFAULT_POLICIES),
+        data_dir=tmp_path,
+        reload_interval=0,
+        poll_interval=3600,
+        celery_broker_url=redis_url,
+        queues=("reports", "critical"),
+    )
+    app = create_app(settings, registry=CollectorRegistry())
+    async with TestClient(TestServer(app)) as client:
+        await app[POLLERS].refresh()
+        text = await (await client.get("/metrics")).text()
+    assert 'task_sidecar_queue_depth{queue="reports"} 4.0' in text
+    assert 'task_sidecar_queue_depth{queue="critical"} 0.0' in text
