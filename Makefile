@@ -34,3 +34,16 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
+
+# The monitoring mixin: generated files are committed; the tests fail when they are stale.
+.PHONY: dashboards alerting
+
+dashboards: $(STAMP)
+	$(BIN)/python -m grafana.dashboards
+
+alerting: $(STAMP)
+	$(BIN)/python -m alerting
+	scripts/install-test-deps.sh
+	promtool check rules alerting/task-sidecar.rules.yaml
+	cd alerting && promtool test rules rules.test.yaml
+	amtool check-config alerting/alertmanager.yml

@@ -11,8 +11,8 @@ set -euo pipefail
 REQUIREMENTS=(
     "redis-server|redis-server"
     "/usr/lib/postgresql/*/bin/initdb|postgresql"
-    # "prometheus|prometheus"
-    # "prometheus-alertmanager|prometheus-alertmanager"
+    "prometheus|prometheus"
+    "prometheus-alertmanager|prometheus-alertmanager"
 )
 
 check_only=false

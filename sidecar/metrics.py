@@ -7,6 +7,7 @@ against them. Rates are recording rules in alerting/, never gauges computed here
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -25,8 +26,9 @@ class TaskLabels:
     """Bounds the `task` label: the first `limit` names are kept, the rest become
     `__other__`, so a bad client cannot explode the series count."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, on_new: Callable[[str], None] | None = None) -> None:
         self.limit = limit
+        self.on_new = on_new
         self._seen: set[str] = set()
         self._lock = threading.Lock()
 
@@ -34,16 +36,20 @@ class TaskLabels:
         if task_name in self._seen:
             return task_name
         with self._lock:
-            if len(self._seen) < self.limit:
-                self._seen.add(task_name)
+            if task_name in self._seen:
                 return task_name
-        return OTHER_TASK
+            label = task_name if len(self._seen) < self.limit else OTHER_TASK
+            if label == task_name:
+                self._seen.add(task_name)
+        if label == task_name and self.on_new is not None:
+            self.on_new(task_name)
+        return label
 
 
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None, task_limit: int = 500) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
-        self.task = TaskLabels(task_limit)
+        self.task = TaskLabels(task_limit, on_new=self._new_task)
         r, ns = self.registry, NAMESPACE
 
         self.task_events = Counter(
@@ -223,6 +229,12 @@ class Metrics:
         for hook in ("failure", "success", "start", "batch", "claim"):
             self.hook_duration.labels(hook)
         self.spool_pending.set(0)
+
+    def _new_task(self, task: str) -> None:
+        """A task's outcome series exist at 0 from its first event on, so a success
+        ratio has a denominator and an increase() sees the first failure."""
+        for outcome in ("success", "failure", "retry", "dead_letter", "discard"):
+            self.at(self.task_events, task, outcome)
 
     def precreate_policy(self, failure_types: list[str], tiers: list[str]) -> None:
         for failure_type in failure_types:

@@ -1,0 +1,1 @@
+"""task-sidecar's Grafana dashboards as code (see grafana/README.md)."""

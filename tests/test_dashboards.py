@@ -1,0 +1,276 @@
+"""The Grafana dashboards: generated output is committed and current, well formed, reads
+only series the sidecar exports (or the recording rules define), and covers the seed."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, ClassVar
+
+import pytest
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.models.dashboard import Dashboard
+
+from grafana.dashboards import DASHBOARDS, OUTPUT_DIR, render, render_all
+from grafana.dashboards.__main__ import main as generate
+
+from .observability import (
+    ROOT,
+    exported_series,
+    load_yaml,
+    recording_rule_labels,
+    selectors,
+    unknown_series,
+)
+
+TITLES = {
+    "Overview": "task-sidecar-overview",
+    "Failures & DLQ": "task-sidecar-failures",
+    "Retries & breakers": "task-sidecar-retries",
+    "Idempotency & schedules": "task-sidecar-idempotency",
+}
+
+
+def dashboard(uid: str) -> dict[str, Any]:
+    return json.loads(render(DASHBOARDS[uid]))
+
+
+def panels(uid: str) -> list[dict[str, Any]]:
+    return [p for p in dashboard(uid)["panels"] if p["type"] != "row"]
+
+
+def all_queries() -> list[tuple[str, str]]:
+    """(where, PromQL) for every panel target and every query variable."""
+    out = []
+    for uid in DASHBOARDS:
+        for panel in panels(uid):
+            for target in panel.get("targets", []):
+                out.append((f"{uid}/{panel['title']}/{target['refId']}", target["expr"]))
+        for variable in dashboard(uid)["templating"]["list"]:
+            if variable["type"] == "query":
+                out.append((f"{uid}/${variable['name']}", variable["query"]["query"]))
+    return out
+
+
+class TestGeneratedFiles:
+    """The committed JSON is exactly what the generators produce."""
+
+    def test_committed_json_is_current(self) -> None:
+        rendered = render_all()
+        for path, text in rendered.items():
+            assert path.exists(), f"{path} missing: run `make dashboards`"
+            assert path.read_text() == text, f"{path} is stale: run `make dashboards`"
+        assert set(OUTPUT_DIR.glob("*.json")) == set(rendered), "stray JSON files"
+
+    def test_check_mode_agrees(self, capsys: pytest.CaptureFixture[str]) -> None:
+        assert generate(["--check"]) == 0
+        assert capsys.readouterr().err == ""
+
+    def test_output_is_deterministic_sorted_json(self) -> None:
+        for uid, build in DASHBOARDS.items():
+            text = render(build)
+            assert text == render(build)
+            assert text == json.dumps(json.loads(text), sort_keys=True, indent=2) + "\n", uid
+
+    @pytest.mark.parametrize("uid", DASHBOARDS)
+    def test_round_trip_through_the_sdk_model(self, uid: str) -> None:
+        text = (OUTPUT_DIR / f"{uid}.json").read_text()
+        model = Dashboard.from_json(json.loads(text))
+        assert json.dumps(model, cls=JSONEncoder, sort_keys=True, indent=2) + "\n" == text
+
+    def test_sdk_is_pinned_exactly(self) -> None:
+        pyproject = (ROOT / "pyproject.toml").read_text()
+        pins = re.findall(r'"grafana-foundation-sdk([^"]*)"', pyproject)
+        assert pins, "grafana-foundation-sdk missing from pyproject.toml"
+        assert all(re.fullmatch(r"==\d+!\d+\.\d+\.\d+", pin) for pin in pins), pins
+
+
+class TestStructure:
+    """Invariants that `build()` does not check."""
+
+    def test_the_four_dashboards(self) -> None:
+        titles = {dashboard(uid)["title"]: uid for uid in DASHBOARDS}
+        assert titles == {f"task-sidecar / {title}": uid for title, uid in TITLES.items()}
+
+    @pytest.mark.parametrize("uid", DASHBOARDS)
+    def test_ids_unique_and_titles_unique(self, uid: str) -> None:
+        every = dashboard(uid)["panels"]
+        ids = [p["id"] for p in every]
+        assert len(ids) == len(set(ids)), ids
+        titles = [p["title"] for p in every if p["type"] != "row"]
+        assert len(titles) == len(set(titles)), titles
+
+    @pytest.mark.parametrize("uid", DASHBOARDS)
+    def test_template_variables(self, uid: str) -> None:
+        variables = {v["name"]: v for v in dashboard(uid)["templating"]["list"]}
+        assert set(variables) == {"datasource", "namespace", "job", "task", "sidecar_url"}
+        assert variables["datasource"]["type"] == "datasource"
+        assert variables["datasource"]["query"] == "prometheus"
+        for name in ("namespace", "job", "task"):
+            assert variables[name]["includeAll"]
+            assert variables[name]["allValue"] == ".*"
+            assert variables[name]["datasource"]["uid"] == "${datasource}"
+
+    @pytest.mark.parametrize("uid", DASHBOARDS)
+    def test_every_query_uses_the_datasource_variable(self, uid: str) -> None:
+        for panel in panels(uid):
+            targets = panel.get("targets", [])
+            if panel["type"] == "text":
+                assert not targets
+                continue
+            assert targets, panel["title"]
+            assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
+            ref_ids = [t["refId"] for t in targets]
+            assert all(ref_ids), panel["title"]
+            assert len(ref_ids) == len(set(ref_ids)), panel["title"]
+            for target in targets:
+                assert target["datasource"]["uid"] == "${datasource}"
+                assert 'namespace=~"$namespace"' in target["expr"], target["expr"]
+
+    @pytest.mark.parametrize("uid", DASHBOARDS)
+    def test_units_and_thresholds_set(self, uid: str) -> None:
+        for panel in panels(uid):
+            if panel["type"] == "text":
+                continue
+            defaults = panel["fieldConfig"]["defaults"]
+            assert defaults.get("unit"), panel["title"]
+            assert defaults["thresholds"]["steps"][0]["value"] is None, panel["title"]
+
+    @pytest.mark.parametrize("uid", DASHBOARDS)
+    def test_grid_has_no_overlaps(self, uid: str) -> None:
+        cells: dict[tuple[int, int], str] = {}
+        for panel in dashboard(uid)["panels"]:
+            pos = panel["gridPos"]
+            assert pos["x"] + pos["w"] <= 24, panel["title"]
+            for x in range(pos["x"], pos["x"] + pos["w"]):
+                for y in range(pos["y"], pos["y"] + pos["h"]):
+                    assert (x, y) not in cells, f"{panel['title']} overlaps {cells[(x, y)]}"
+                    cells[(x, y)] = panel["title"]
+
+    @pytest.mark.parametrize("uid", DASHBOARDS)
+    def test_links_to_runbooks_that_exist(self, uid: str) -> None:
+        urls = [link["url"] for p in panels(uid) for link in p.get("links", [])]
+        runbooks = [u for u in urls if "/docs/runbooks/" in u]
+        assert runbooks, f"{uid} links to no runbook"
+        for url in runbooks:
+            assert (ROOT / "docs" / "runbooks" / url.rsplit("/", 1)[1]).exists(), url
+
+    def test_action_api_links(self) -> None:
+        urls = {
+            link["url"] for uid in DASHBOARDS for p in panels(uid) for link in p.get("links", [])
+        }
+        for path in ("/v1/dlq?status=pending", "/v1/breakers", "/v1/schedules/health"):
+            assert "${sidecar_url}" + path in urls
+
+
+class TestQueries:
+    """Every metric a dashboard reads exists, with the labels the query matches on."""
+
+    def test_every_metric_is_exported_or_recorded(self) -> None:
+        recorded = recording_rule_labels(load_yaml(ROOT / "alerting" / "task-sidecar.rules.yaml"))
+        problems = unknown_series(all_queries(), exported_series(), recorded)
+        assert not problems, "\n".join(problems)
+
+    def test_a_typo_is_caught(self) -> None:
+        recorded = recording_rule_labels(load_yaml(ROOT / "alerting" / "task-sidecar.rules.yaml"))
+        queries = [
+            ("metric", 'sum(rate(task_sidecar_task_event_total{job=~"$job"}[5m]))'),
+            ("label", 'sum(task_sidecar_dlq_depth{state="pending"})'),
+            ("variable", "label_values(task_sidecar_dlq_depth, task)"),
+            ("fine", 'sum by (le) (rate(task_sidecar_hook_duration_seconds_bucket{hook="x"}[1m]))'),
+        ]
+        problems = unknown_series(queries, exported_series(), recorded)
+        assert [p.split(":")[0] for p in problems] == ["metric", "label", "variable"]
+
+    def test_the_selector_reader_sees_metrics(self) -> None:
+        """The reader used above finds names and labels, and skips functions and keywords."""
+        expr = (
+            'sum by (le, hook) (rate(foo_bucket{a="1", b=~"x|y"}[$__rate_interval])) '
+            "/ on (hook) group_left bar or vector(0) > bool 2"
+        )
+        found = {(s.metric, s.labels) for s in selectors(expr)}
+        assert found == {("foo_bucket", frozenset({"a", "b"})), ("bar", frozenset())}
+
+    def test_rates_shared_with_alerts_come_from_recording_rules(self) -> None:
+        exprs = " ".join(expr for _, expr in all_queries())
+        for rule in (
+            "task:task_sidecar_task_success:ratio_rate5m",
+            "job:task_sidecar_dlq_backlog:sum",
+        ):
+            assert rule in exprs
+
+
+class TestSeedCoverage:
+    """grafana/README.md maps every figure of the seed's dashboards to a panel that exists."""
+
+    README = ROOT / "grafana" / "README.md"
+    SEED_DASHBOARDS: ClassVar[set[str]] = {
+        "Task monitoring",
+        "Idempotency analysis",
+        "Schedule conflicts",
+        "DLQ management",
+        "Failure taxonomy",
+        "Retry policy",
+        "Executive",
+        "Operator",
+        "Developer",
+    }
+
+    def rows(self) -> list[list[str]]:
+        lines = self.README.read_text().split("## Where each figure")[1].splitlines()
+        cells = [
+            [c.strip() for c in line.strip("|").split("|")]
+            for line in lines
+            if line.startswith("|")
+        ]
+        return cells[2:]  # after the header and its --- line
+
+    def test_every_seed_dashboard_is_mapped(self) -> None:
+        assert {row[0] for row in self.rows()} >= self.SEED_DASHBOARDS
+
+    def test_every_mapped_panel_exists(self) -> None:
+        for seed, figure, where, panel_cell, _ in self.rows():
+            uid = TITLES[where]
+            titles = {p["title"] for p in panels(uid)}
+            named = re.findall(r"`([^`]+)`", panel_cell)
+            assert named, f"{seed} / {figure}: no panel named"
+            for title in named:
+                assert title in titles, f"{seed} / {figure}: no panel {title!r} in {where}"
+
+    def test_issue_panels_present(self) -> None:
+        """The panels the issue asks for, by dashboard."""
+        wanted = {
+            "Overview": [
+                "Executions",
+                "Success rate",
+                "DLQ depth",
+                "Critical failures",
+                "Breakers open",
+            ],
+            "Failures & DLQ": [
+                "Failure type distribution",
+                "Top 10 failing tasks",
+                "DLQ by status",
+                "Oldest pending record",
+                "Remediation mix",
+                "Actions taken",
+            ],
+            "Retries & breakers": [
+                "Retry success rate by task and failure type",
+                "Retry delay (p50, p90) by failure type",
+                "Breaker states",
+                "Breaker transitions",
+                "Adaptive adjustments",
+                "Deferrals by reason",
+            ],
+            "Idempotency & schedules": [
+                "Duplicate rate",
+                "Duplicates by scope",
+                "Claim latency (p50, p99) by backend",
+                "Schedule health score",
+                "Hotspots",
+            ],
+        }
+        for where, titles in wanted.items():
+            present = {p["title"] for p in panels(TITLES[where])}
+            assert set(titles) <= present, set(titles) - present
