@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint format bench clean
+.PHONY: run test lint format bench clean chart-files
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,10 +40,15 @@ clean:
 
 dashboards: $(STAMP)
 	$(BIN)/python -m grafana.dashboards
+	$(BIN)/python scripts/sync-chart-files.py
 
 alerting: $(STAMP)
 	$(BIN)/python -m alerting
+	$(BIN)/python scripts/sync-chart-files.py
 	scripts/install-test-deps.sh
 	promtool check rules alerting/task-sidecar.rules.yaml
 	cd alerting && promtool test rules rules.test.yaml
 	amtool check-config alerting/alertmanager.yml
+
+chart-files: $(STAMP)
+	$(BIN)/python scripts/sync-chart-files.py

@@ -1,4 +1,10 @@
-"""Celery integration.
+"""Celery integration (see docs/celery.md).
+
+`install(app, url, token, policies=...)` makes `SidecarTask` the app's default task base:
+failures are decided by the sidecar (retry on the decided queue and priority after the
+decided delay, dead letter, discard), `hooks/start` postpones tasks whose breaker is open,
+successes are reported, DLQ retries resolve their record, and `idempotent=True` tasks skip
+duplicates.
 
 `send_beat_schedule(app, url)` reports a Celery app's `beat_schedule` to the sidecar so
 its schedule health (hotspots, conflicts, advice) covers the periodic tasks the app runs.
@@ -7,6 +13,9 @@ its schedule health (hotspots, conflicts, advice) covers the periodic tasks the 
 from __future__ import annotations
 
 import json
+import logging
+import os
+import time
 import urllib.request
 from typing import Any
 
@@ -54,3 +63,258 @@ def send_beat_schedule(
     request = urllib.request.Request(f"{url.rstrip('/')}/v1/schedules", body, headers, method="PUT")
     with urllib.request.urlopen(request, timeout=timeout) as response:
         return json.loads(response.read())["schedules"]
+
+
+# --- smart retries: a Task base class driven by the sidecar --------------------------------
+
+DLQ_HEADER = "task_sidecar_dlq_id"  # set by sidecar.requeue.celery on DLQ retries
+log = logging.getLogger("sidecar.integrations.celery")
+
+try:  # Celery is an optional extra; beat-schedule reporting above does not need it.
+    from celery import Task as _CeleryTask
+    from celery.exceptions import Ignore, Reject, Retry
+except ImportError:  # pragma: no cover - depends on the installation
+    _CeleryTask = object  # type: ignore[assignment,misc]
+    Ignore = Reject = Retry = ()  # type: ignore[assignment,misc]
+
+_CONTROL = tuple(c for c in (Retry, Ignore, Reject) if isinstance(c, type))
+
+
+def dlq_id_of(request: Any) -> str | None:
+    """The DLQ record a run was retried from: Celery copies custom message headers onto
+    the request (`self.request.task_sidecar_dlq_id`); older protocols keep them in
+    `self.request.headers`."""
+    value = getattr(request, DLQ_HEADER, None)
+    if value is None:
+        headers = getattr(request, "headers", None) or {}
+        value = headers.get(DLQ_HEADER) if isinstance(headers, dict) else None
+    return str(value) if value else None
+
+
+class SidecarTask(_CeleryTask):  # type: ignore[misc,valid-type]
+    """A Celery Task whose failures are decided by the sidecar.
+
+    Per-task options (as task decorator keywords):
+      sidecar = False            run as a plain Celery task (its own retry options apply)
+      idempotent = True          skip a run whose key was already claimed (DESIGN §3.2)
+      idempotency_scope          "global" (default), "user", "device", "task"
+      idempotency_ttl            seconds a completed key refuses duplicates
+      sidecar_context(args, kwargs) -> dict   extra failure context (tier, user_id, …)
+    """
+
+    abstract = True  # Celery < 5 compatibility; ignored by newer versions
+    sidecar: bool = True
+    idempotent: bool = False
+    idempotency_scope: str = "global"
+    idempotency_ttl: float | None = None
+    duplicate_delay: float = 10.0  # when the first run of a duplicate is still running
+    sidecar_client: Any = None  # set by install(); None turns the integration off
+    sidecar_route_retries: bool = True  # send retries to the queue the sidecar decides
+
+    def sidecar_context(self, args: tuple, kwargs: dict) -> dict[str, Any]:
+        return {}
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        client = self.sidecar_client
+        if client is None or not self.sidecar or self.request.is_eager:
+            return super().__call__(*args, **kwargs)
+        request = self.request
+        task_id = request.id or ""
+        attempt = int(request.retries or 0)
+        queue = _queue_of(request)
+        dlq_id = dlq_id_of(request)
+
+        answer = client.start(task_id, self.name, attempt=attempt, queue=queue)
+        if not answer.get("allow", True):
+            self._postpone(float(answer.get("delay_seconds") or 1.0), answer)
+
+        key = None
+        if self.idempotent:
+            key = self._idempotency_key(args, kwargs)
+            claim = client.claim(key, self.idempotency_scope, self.idempotency_ttl)
+            if not claim.get("claimed", True):
+                return self._duplicate(key, claim)
+
+        started = time.monotonic()
+        try:
+            result = super().__call__(*args, **kwargs)
+        except _CONTROL:
+            if key is not None:
+                client.release(key, self.idempotency_scope)
+            raise
+        except Exception as exc:
+            if key is not None:
+                client.release(key, self.idempotency_scope)
+            self._on_failure(client, exc, args, kwargs, attempt, queue, dlq_id)
+            raise  # dead_letter: the task fails (the sidecar stored it in the DLQ)
+        if key is not None:
+            client.complete(key, self.idempotency_scope, self.idempotency_ttl)
+        client.success(
+            task_id,
+            self.name,
+            attempt=attempt,
+            runtime_seconds=time.monotonic() - started,
+            dlq_id=dlq_id,
+        )
+        return result
+
+    # --- helpers ---------------------------------------------------------------------------
+
+    def _idempotency_key(self, args: tuple, kwargs: dict) -> str:
+        from ..client import idempotency_key
+
+        context = self.sidecar_context(args, kwargs) or {}
+        return idempotency_key(
+            self.name,
+            args,
+            kwargs,
+            self.idempotency_scope,  # type: ignore[arg-type]
+            user_id=context.get("user_id", kwargs.get("user_id")),
+            device_id=context.get("device_id", kwargs.get("device_id")),
+            task_id=self.request.id,
+        )
+
+    def _duplicate(self, key: str, claim: dict[str, Any]) -> Any:
+        counts = _DUPLICATES.setdefault(self.name, [0])
+        counts[0] += 1
+        if claim.get("state") == "running":
+            # The first run has not finished and may still fail: look again later rather
+            # than lose the work. Not counted as an attempt.
+            log.info("%s[%s]: duplicate of a running task, postponed", self.name, self.request.id)
+            self._postpone(self.duplicate_delay, claim)
+        log.info(
+            "%s[%s]: duplicate skipped (key %s, first seen %s)",
+            self.name,
+            self.request.id,
+            key,
+            claim.get("first_seen_at"),
+        )
+        return None
+
+    def _postpone(self, delay: float, why: dict[str, Any]) -> None:
+        """Publish the same task again `delay` seconds later, keeping `retries` unchanged
+        (a postponement is not an attempt), and end this run with Celery's Retry."""
+        request = self.request
+        signature = self.signature_from_request(
+            request, None, None, countdown=delay, retries=int(request.retries or 0)
+        )
+        signature.apply_async()
+        raise Retry(f"postponed {delay:.1f}s by the sidecar ({why.get('breaker')})", when=delay)
+
+    def _on_failure(
+        self,
+        client: Any,
+        exc: Exception,
+        args: tuple,
+        kwargs: dict,
+        attempt: int,
+        queue: str | None,
+        dlq_id: str | None,
+    ) -> None:
+        """Ask the sidecar; retry (raises Retry), discard (raises Ignore) or return so the
+        caller re-raises the exception (dead letter)."""
+        try:
+            context = dict(self.sidecar_context(args, kwargs) or {})
+        except Exception:
+            context = {}
+        decision = client.failure(
+            self.request.id or "",
+            self.name,
+            exc,
+            attempt=attempt,
+            queue=queue,
+            args=args,
+            kwargs=kwargs,
+            context=context,
+            dlq_id=dlq_id,
+        )
+        action = decision.get("action")
+        if action == "retry":
+            options: dict[str, Any] = {}
+            if self.sidecar_route_retries and decision.get("queue"):
+                options["queue"] = decision["queue"]
+            if decision.get("priority_value") is not None:
+                options["priority"] = _message_priority(self.app, decision["priority_value"])
+            raise self.retry(
+                exc=exc,
+                countdown=max(0.0, float(decision.get("delay_seconds") or 0.0)),
+                max_retries=attempt + 1,  # the sidecar decides; Celery's limit must not
+                **options,
+            )
+        if action == "discard":
+            log.warning(
+                "%s[%s] discarded by the sidecar: %s",
+                self.name,
+                self.request.id,
+                decision.get("rationale"),
+            )
+            raise Ignore()
+        log.warning(
+            "%s[%s] dead-lettered (%s): %s",
+            self.name,
+            self.request.id,
+            decision.get("dlq_id") or decision.get("source", "sidecar"),
+            decision.get("rationale"),
+        )
+
+
+_DUPLICATES: dict[str, list[int]] = {}
+
+
+def duplicates_skipped() -> dict[str, int]:
+    """Duplicate runs skipped (or postponed) by idempotency in this process, per task."""
+    return {name: count[0] for name, count in _DUPLICATES.items()}
+
+
+def _queue_of(request: Any) -> str | None:
+    info = getattr(request, "delivery_info", None) or {}
+    return info.get("routing_key") or info.get("queue") or None
+
+
+def _message_priority(app: Any, priority: int) -> int:
+    """Our levels (CRITICAL 10 … DEFERRED 2) as a message priority; Redis (kombu) treats 0
+    as the highest, RabbitMQ the highest number."""
+    broker = str(app.conf.broker_url or "")
+    if broker.startswith(("redis://", "rediss://", "sentinel://")):
+        return max(0, min(9, 10 - int(priority)))
+    return max(0, min(255, int(priority)))
+
+
+def install(
+    app: Any,
+    url: str | None = None,
+    token: str | None = None,
+    *,
+    policies: str | None = None,
+    client: Any = None,
+    route_retries: bool = True,
+    **client_options: Any,
+) -> Any:
+    """Make SidecarTask the default base of the app's tasks and give it a client.
+    `url`, `token` and `policies` default to TASK_SIDECAR_URL, TASK_SIDECAR_TOKEN and
+    TASK_SIDECAR_POLICIES. Call it before the tasks are defined. Returns the client."""
+    from ..client import SidecarClient
+
+    if client is None:
+        url = url or os.environ.get("TASK_SIDECAR_URL")
+        if not url:
+            raise ValueError("install(): give url= or set TASK_SIDECAR_URL")
+        token = token or os.environ.get("TASK_SIDECAR_TOKEN") or None
+        policies = policies or os.environ.get("TASK_SIDECAR_POLICIES") or None
+        if "timeout" not in client_options and os.environ.get("TASK_SIDECAR_CLIENT_TIMEOUT"):
+            client_options["timeout"] = float(os.environ["TASK_SIDECAR_CLIENT_TIMEOUT"])
+        client = SidecarClient(url, token, policies=policies, **client_options)
+
+    class AppSidecarTask(SidecarTask):
+        abstract = True
+        sidecar_client = client
+        sidecar_route_retries = route_retries
+
+    app.Task = AppSidecarTask
+    try:
+        from celery.signals import worker_shutdown
+
+        worker_shutdown.connect(lambda **_: client.close(), weak=False)
+    except ImportError:  # pragma: no cover
+        pass
+    return client
