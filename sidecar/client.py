@@ -559,9 +559,16 @@ class _Base:
         fallback_initial_delay: float = 10.0,
         fallback_max_delay: float = 300.0,
         traceback_limit: int = TRACEBACK_LIMIT,
+        start_cache: float = 1.0,
     ) -> None:
         self.url = url.rstrip("/")
         self.timeout = timeout
+        # A task the sidecar let start is let start again without asking for this long:
+        # a round trip per run would cost more than the task. An open breaker reported in
+        # a failure answer ends it at once; one opened through another worker is seen at
+        # most `start_cache` seconds late.
+        self.start_cache = start_cache
+        self._allowed_until: dict[str, float] = {}
         self.health = _Health(retry_interval)
         self.local = LocalDecider(
             policies, fallback_max_retries, fallback_initial_delay, fallback_max_delay
@@ -611,6 +618,27 @@ class _Base:
             "kwargs": _jsonable(dict(kwargs or {})),
             "dlq_id": dlq_id,
         }
+
+    def _cached_start(self, task_name: str) -> dict[str, Any] | None:
+        until = self._allowed_until.get(task_name)
+        if until is not None and time.monotonic() < until:
+            return {"allow": True, "delay_seconds": 0.0, "breaker": None, "source": "cache"}
+        return None
+
+    def _remember_start(self, task_name: str, answer: dict[str, Any]) -> None:
+        if self.start_cache <= 0:
+            return
+        if answer.get("allow") and not answer.get("breaker"):
+            if len(self._allowed_until) >= 10_000:
+                self._allowed_until.clear()  # bounded: task names are few in practice
+            self._allowed_until[task_name] = time.monotonic() + self.start_cache
+        else:
+            self._allowed_until.pop(task_name, None)
+
+    def _remember_failure(self, task_name: str, answer: dict[str, Any]) -> None:
+        breaker = answer.get("breaker") or {}
+        if breaker.get("state") not in (None, "closed"):
+            self._allowed_until.pop(task_name, None)
 
     def _fallback_failure(self, event: dict[str, Any]) -> dict[str, Any]:
         answer = self.local.decide(event)
@@ -693,6 +721,7 @@ class SidecarClient(_Base):
                 "dead_letter",
                 "discard",
             ):
+                self._remember_failure(str(task_name), answer)
                 return answer
             raise Unavailable("unexpected answer")
         except Unavailable:
@@ -705,6 +734,9 @@ class SidecarClient(_Base):
         self, task_id: str, task_name: str, *, attempt: int = 0, queue: str | None = None
     ) -> dict[str, Any]:
         """May the task run now? Falls back to allowing it."""
+        cached = self._cached_start(str(task_name))
+        if cached is not None:
+            return cached
         body = {
             "task_id": str(task_id),
             "task_name": str(task_name),
@@ -714,6 +746,7 @@ class SidecarClient(_Base):
         try:
             answer = self._call("/v1/hooks/start", body)
             if isinstance(answer, dict) and isinstance(answer.get("allow"), bool):
+                self._remember_start(str(task_name), answer)
                 return answer
         except Unavailable:
             pass
@@ -816,6 +849,7 @@ class AsyncSidecarClient(_Base):
                 "dead_letter",
                 "discard",
             ):
+                self._remember_failure(str(task_name), answer)
                 return answer
         except Unavailable:
             pass
@@ -824,6 +858,9 @@ class AsyncSidecarClient(_Base):
     async def start(
         self, task_id: str, task_name: str, *, attempt: int = 0, queue: str | None = None
     ) -> dict[str, Any]:
+        cached = self._cached_start(str(task_name))
+        if cached is not None:
+            return cached
         body = {
             "task_id": str(task_id),
             "task_name": str(task_name),
@@ -833,6 +870,7 @@ class AsyncSidecarClient(_Base):
         try:
             answer = await self._call("/v1/hooks/start", body)
             if isinstance(answer, dict) and isinstance(answer.get("allow"), bool):
+                self._remember_start(str(task_name), answer)
                 return answer
         except Unavailable:
             pass

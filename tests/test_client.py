@@ -398,9 +398,26 @@ async def test_async_client_real_sidecar_and_fallback(sidecar: SidecarProcess) -
 
 
 def test_server_socket_closed_between_calls_reconnects(sidecar: SidecarProcess) -> None:
-    client = SidecarClient(f"http://127.0.0.1:{sidecar.port}", TOKEN)
+    client = SidecarClient(f"http://127.0.0.1:{sidecar.port}", TOKEN, start_cache=0)
     assert client.start("t", "x")["allow"] is True
     client._transport._local.conn.sock.shutdown(socket.SHUT_RDWR)  # a stale keep-alive
     answer = client.start("t", "x")
     assert "source" not in answer
     client.close()
+
+
+def test_start_answers_are_cached_until_a_breaker_opens(sidecar: SidecarProcess) -> None:
+    """A run the sidecar let start lets the next start without a round trip; a failure
+    answer reporting an open breaker ends that at once."""
+    client = SidecarClient(f"http://127.0.0.1:{sidecar.port}", TOKEN, start_cache=60)
+    try:
+        assert "source" not in client.start("t1", "cache.task")
+        assert client.start("t2", "cache.task")["source"] == "cache"
+        deadlock = {"type": "DeadlockDetected", "message": "deadlock detected"}
+        answers = [client.failure(f"f{i}", "cache.task", deadlock) for i in range(10)]
+        assert answers[-1]["breaker"]["state"] == "open"
+        refused = client.start("t3", "cache.task")
+        assert refused["allow"] is False
+        assert "source" not in refused
+    finally:
+        client.close()

@@ -1,0 +1,107 @@
+"""Celery worker throughput for a trivial task with the integration on vs off.
+
+    .venv/bin/python bench/celery_worker.py [--tasks 3000]
+
+A real worker process (prefork pool off: `-P solo`, one process, as the baseline) on a
+throw-away Redis broker, next to a sidecar on the embedded default. N tasks are queued
+up front; the time from the worker taking the first to finishing the last is measured,
+with the integration on (start hook, success batched) and off (`sidecar=False`), two
+rounds each, alternating. Prints tasks/s and the ratio. Target ≥ 0.97×.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+import redis
+
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT.parent))
+
+from _servers import TOKEN, sidecar  # noqa: E402
+
+
+def run_round(client: redis.Redis, env: dict[str, str], task: str, count: int) -> float:
+    from celery import Celery
+
+    client.flushdb()
+    app = Celery("bench-producer", broker=env["CELERY_BROKER_URL"])
+    for i in range(count):
+        app.send_task(task, args=[i], queue="bench")
+    worker = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "celery_app",
+            "worker",
+            "-P",
+            "solo",
+            "-Q",
+            "bench",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+            "--loglevel",
+            "WARNING",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        while client.get("bench:done") is None:  # the clock starts with the first task
+            time.sleep(0.001)
+        started = time.perf_counter()
+        deadline = time.monotonic() + 300
+        while int(client.get("bench:done") or 0) < count:
+            if time.monotonic() > deadline or worker.poll() is not None:
+                raise RuntimeError("the worker stalled or died")
+            time.sleep(0.005)
+        return (count - 1) / (time.perf_counter() - started)
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", type=int, default=3000)
+    args = parser.parse_args()
+    from tests.services import start_redis
+
+    with ExitStack() as stack, tempfile.TemporaryDirectory() as tmp:
+        broker = stack.enter_context(start_redis(tmp)).url
+        url = stack.enter_context(sidecar(Path(tmp) / "data"))
+        env = {
+            **os.environ,
+            "CELERY_BROKER_URL": broker,
+            "TASK_SIDECAR_URL": url,
+            "TASK_SIDECAR_TOKEN": TOKEN,
+            "PYTHONPATH": f"{ROOT}:{ROOT.parent}",
+        }
+        client = redis.Redis.from_url(broker)
+        rates: dict[str, list[float]] = {"bench.off": [], "bench.on": []}
+        for _ in range(2):
+            for task in rates:
+                rates[task].append(run_round(client, env, task, args.tasks))
+    off, on = statistics.median(rates["bench.off"]), statistics.median(rates["bench.on"])
+    print(f"{args.tasks} trivial tasks, one solo worker, Redis broker")
+    print(f"integration off: {off:7.0f} tasks/s  (runs {[round(r) for r in rates['bench.off']]})")
+    print(f"integration on:  {on:7.0f} tasks/s  (runs {[round(r) for r in rates['bench.on']]})")
+    print(f"ratio: {on / off:.2f}x (target >= 0.97x)")
+
+
+if __name__ == "__main__":
+    main()
