@@ -188,6 +188,12 @@ class Metrics:
         self.spool_pending = Gauge(
             "spool_pending", "DLQ writes waiting in the local spool.", namespace=ns, registry=r
         )
+        self.spool_write_failures = Counter(
+            "spool_write_failures",
+            "DLQ writes neither stored nor spooled (disk or spool full): lost.",
+            namespace=ns,
+            registry=r,
+        )
         self.hook_duration = Histogram(
             "hook_duration_seconds",
             "Time to answer a hook.",

@@ -85,6 +85,10 @@ class Pollers:
             await dlq.record_failure(at, task, failure_type)
             self.failure_events.popleft()  # only once it is stored
 
+    async def replay_spool(self) -> None:
+        """DLQ writes spooled while PostgreSQL was away, in order, once it answers."""
+        await self.operations.stores.dlq.replay()  # type: ignore[attr-defined]
+
     async def purge(self) -> None:
         removed = await self.operations.stores.dlq.purge(
             time.time(), self.settings.failure_retention

@@ -35,6 +35,7 @@ from .policy.decide import BreakerChange, Effects, OutcomeChange
 from .policy.events import BreakerOut, Classification, StartAnswer, StartEvent
 from .policy.model import BreakerSettings
 from .store.base import Claim, DlqRecord, DlqStore, IdempotencyStore, StateStore, StoreUnavailable
+from .store.spool import SpoolWriteFailed
 
 log = logging.getLogger("task_sidecar")
 
@@ -249,7 +250,7 @@ class Sidecar:
     async def _record_outcome(self, change: OutcomeChange) -> None:
         await self.stores.state.update_outcomes(change.key, change.apply, 2 * change.window)
 
-    async def _dead_letter(self, event: FailureEvent, decision: Decision, now: float) -> str:
+    async def _dead_letter(self, event: FailureEvent, decision: Decision, now: float) -> str | None:
         c = decision.classification
         record = DlqRecord(
             id=event.dlq_id or str(uuid.uuid4()),
@@ -272,9 +273,12 @@ class Sidecar:
             created_at=now,
             updated_at=now,
         )
-        if event.dlq_id and await self.stores.dlq.failed_again(record):
-            return record.id
-        await self.stores.dlq.put(record)
+        try:
+            if event.dlq_id and await self.stores.dlq.failed_again(record):
+                return record.id
+            await self.stores.dlq.put(record)
+        except SpoolWriteFailed:  # neither stored nor spooled (counted and logged there)
+            return None
         return record.id
 
     # --- metrics ------------------------------------------------------------------------------

@@ -44,6 +44,7 @@ class Settings:
     data_dir: Path = Path(".task-sidecar")
     tokens: Mapping[str, tuple[Token, ...]] = field(default_factory=dict, repr=False)
     body_limit: int = 256 * 1024
+    max_in_flight: int = 256  # hook requests handled at once; more get 503 + Retry-After
     migrate: bool = True
     reload_interval: float = 2.0  # how often the policy file is checked for changes
     shutdown_grace: float = 10.0
@@ -120,6 +121,13 @@ _OPTIONS = (
     ("postgres_dsn", "--postgres-dsn", "POSTGRES_DSN", str, "PostgreSQL for the DLQ"),
     ("data_dir", "--data-dir", "DATA_DIR", Path, "embedded database and spool directory"),
     ("body_limit", "--body-limit", "BODY_LIMIT", int, "largest request body in bytes"),
+    (
+        "max_in_flight",
+        "--max-in-flight",
+        "MAX_IN_FLIGHT",
+        int,
+        "hook requests handled at once; beyond it 503 with Retry-After",
+    ),
     (
         "reload_interval",
         "--reload-interval",
@@ -202,7 +210,7 @@ def from_sources(
             values[name] = parse(raw)
         except ValueError as exc:
             raise SettingsError(f"{source}: {exc}") from None
-    for name in ("port", "body_limit", "task_label_limit"):
+    for name in ("port", "body_limit", "task_label_limit", "max_in_flight"):
         if name in values and not 0 < values[name] < 2**31:  # type: ignore[operator]
             raise SettingsError(f"{name}: expected a positive number, got {values[name]}")
     if (getattr(args, "no_migrate", False)) or environ.get(PREFIX + "MIGRATE") in ("0", "false"):

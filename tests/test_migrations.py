@@ -29,6 +29,7 @@ column audit_log.record_ids ARRAY not null default '{}'::text[]
 column audit_log.from_status text null
 column audit_log.reason text null
 column audit_log.details jsonb not null default '{}'::jsonb
+column audit_log.entry_key text null
 column dlq_records.id text not null
 column dlq_records.task_id text not null
 column dlq_records.task_name text not null
@@ -62,6 +63,7 @@ column idempotency_keys.expires_at timestamp with time zone not null
 column schema_migrations.version integer not null
 column schema_migrations.applied_at timestamp with time zone not null default now()
 index audit_log_at_id_idx ON audit_log USING btree (at, id)
+index audit_log_entry_key_key UNIQUE ON audit_log USING btree (entry_key)
 index audit_log_pkey UNIQUE ON audit_log USING btree (id)
 index dlq_records_created_at_id_idx ON dlq_records USING btree (created_at, id)
 index dlq_records_failure_type_created_at_id_idx ON dlq_records USING btree (failure_type, created_at, id)
@@ -205,7 +207,9 @@ class TestEmbeddedTwin:
             conn.close()
 
         postgres = [line.split()[1] for line in EXPECTED_SCHEMA if line.startswith("column ")]
-        assert columns == [c for c in postgres if not c.startswith("schema_migrations.")]
+        # entry_key: only the spool in front of PostgreSQL writes it (SQLite is local).
+        postgres_only = ("schema_migrations.", "audit_log.entry_key")
+        assert columns == [c for c in postgres if not c.startswith(postgres_only)]
 
     def test_same_secondary_indexes_as_postgres(self):
         """The listings, trends and retention deletes find the same indexes in both."""

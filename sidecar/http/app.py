@@ -33,6 +33,7 @@ from .keys import (
     SIDECAR,
     STORES,
 )
+from .limits import in_flight_limit
 from .openapi import openapi
 from .problems import json_response, problem_middleware
 
@@ -55,7 +56,7 @@ def create_app(
     shutdown."""
     app = web.Application(
         client_max_size=settings.body_limit,
-        middlewares=[problem_middleware],
+        middlewares=[in_flight_limit(settings.max_in_flight), problem_middleware],
     )
     metrics = Metrics(registry, task_limit=settings.task_label_limit)
     app[SETTINGS] = settings
@@ -161,6 +162,9 @@ async def run_pollers(app: web.Application) -> AsyncIterator[None]:
             )
         ),
     ]
+    if hasattr(app[STORES].dlq, "replay"):  # a spool in front of PostgreSQL
+        app[STORES].dlq.bind(app[METRICS])
+        tasks.append(asyncio.create_task(every(0.5, pollers.replay_spool, "spool", stop)))
     app[POLLERS] = pollers
     yield
     stop.set()
@@ -190,6 +194,9 @@ async def readyz(request: web.Request) -> web.Response:
             checks[store.name] = f"unavailable: {exc or 'timed out'}"
         metrics.backend_up.labels(store.name).set(checks[store.name] == "ok")
     ready = all(value == "ok" for value in checks.values())
+    pending = getattr(request.app[STORES].dlq, "pending", 0)
+    if pending:  # informs; replaying the spool does not make the sidecar unready
+        checks["spool"] = f"spooling {pending}"
     return json_response(
         {"status": "ready" if ready else "unavailable", "checks": checks},
         status=200 if ready else 503,

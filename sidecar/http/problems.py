@@ -64,6 +64,8 @@ def decode(body: bytes, kind: type[T]) -> T:
         raise invalid(*decode_error_path(exc)) from None
     except msgspec.DecodeError as exc:
         raise invalid("", f"invalid JSON: {exc}") from None
+    except RecursionError:  # msgspec past ~1,000 levels of nesting
+        raise invalid("", "invalid JSON: nested too deeply") from None
 
 
 async def read(request: web.Request, kind: type[T]) -> T:

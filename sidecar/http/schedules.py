@@ -5,15 +5,15 @@ conflicts and advice; the figures are also gauges."""
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
-import msgspec
 from aiohttp import web
 
 from ..policy.durations import parse_duration
 from ..policy.schedules import ScheduleError, parse_schedules
 from .auth import requires
 from .keys import POLICIES, SCHEDULES
-from .problems import Problem, invalid, json_response
+from .problems import Problem, invalid, json_response, read
 
 
 @requires("viewer")
@@ -40,10 +40,7 @@ async def health(request: web.Request) -> web.Response:
 
 @requires("hooks", "operator")
 async def replace_schedules(request: web.Request) -> web.Response:
-    try:
-        data = msgspec.json.decode(await request.read())
-    except msgspec.DecodeError as exc:
-        raise invalid("", f"invalid JSON: {exc}") from None
+    data = await read(request, Any)
     try:
         schedules = parse_schedules(data)
     except ScheduleError as exc:

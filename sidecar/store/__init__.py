@@ -10,9 +10,10 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
-from .base import Claim, IdempotencyStore, StoreUnavailable
+from .base import Claim, DlqStore, IdempotencyStore, StoreUnavailable
 from .memory import MemoryState
 
 if TYPE_CHECKING:
@@ -57,24 +58,46 @@ class FallbackIdempotency:
 async def open_stores(settings: Settings) -> Stores:
     from ..service import Stores
 
+    dlq: DlqStore
     if settings.postgres_dsn:
-        from .migrations import migrate
         from .postgres import PostgresStore
+        from .spool import SpoolingDlq
 
-        if settings.migrate:
-            applied = await migrate(settings.postgres_dsn)
-            if applied:
-                log.info("applied migrations %s", applied)
+        # Starts while PostgreSQL is down: DLQ writes are spooled until it answers, and
+        # the migrations run then, before the spool is replayed.
+        prepare = await _migrate_now(settings.postgres_dsn) if settings.migrate else None
         durable = PostgresStore(settings.postgres_dsn)
+        await durable.open(wait=False)
+        dlq = SpoolingDlq(durable, settings.data_dir / "spool", prepare=prepare)
     else:
         from .embedded import SqliteStore
 
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        durable = SqliteStore(settings.data_dir / "sidecar.sqlite3")
-    await durable.open()
+        durable = dlq = SqliteStore(settings.data_dir / "sidecar.sqlite3")
+        await durable.open()
     if settings.redis_url:
+        from .fallback import FallbackState
         from .redis import RedisStore
 
         fast = RedisStore(settings.redis_url)
-        return Stores(state=fast, dlq=durable, idempotency=FallbackIdempotency(fast, durable))
-    return Stores(state=MemoryState(), dlq=durable, idempotency=durable)
+        return Stores(
+            state=FallbackState(fast), dlq=dlq, idempotency=FallbackIdempotency(fast, durable)
+        )
+    return Stores(state=MemoryState(), dlq=dlq, idempotency=durable)
+
+
+async def _migrate_now(dsn: str) -> Callable[[], Awaitable[None]] | None:
+    """Apply the migrations now; if PostgreSQL does not answer, the call to make later."""
+    from .migrations import migrate
+
+    async def run() -> None:
+        applied = await migrate(dsn)
+        if applied:
+            log.info("applied migrations %s", applied)
+
+    try:
+        await run()
+    except StoreUnavailable as exc:
+        log.warning("cannot migrate yet, PostgreSQL does not answer (%s): spooling", exc)
+        return run
+    return None

@@ -65,8 +65,12 @@ class PostgresStore:
         self._queries = named_queries(_QUERIES)
         self._pool: AsyncConnectionPool | None = None
 
-    async def open(self) -> None:
-        """Connect `min_size` connections, or raise `StoreUnavailable` after `timeout`."""
+    async def open(self, *, wait: bool = True) -> None:
+        """Connect `min_size` connections, or raise `StoreUnavailable` after `timeout`.
+
+        With `wait=False` the pool connects in the background and this returns at once:
+        the sidecar starts while PostgreSQL is down (operations raise `StoreUnavailable`
+        until it answers)."""
         # A new pool each time: a closed psycopg pool cannot be opened again.
         pool = AsyncConnectionPool(
             self._dsn,
@@ -83,7 +87,7 @@ class PostgresStore:
             },
         )
         try:
-            await pool.open(wait=True, timeout=self._timeout)
+            await pool.open(wait=wait, timeout=self._timeout)
         except psycopg.Error as exc:
             await pool.close()
             raise unavailable(exc) from None
@@ -172,8 +176,11 @@ class PostgresStore:
         row = await self._fetchone("dlq_oldest_pending")
         return None if row is None else row["oldest"]
 
-    async def audit(self, entry: AuditEntry) -> None:
+    async def audit(self, entry: AuditEntry, *, key: str | None = None) -> None:
+        """`key`, when given, makes the insert idempotent: an entry with the same key is
+        stored once (the spool replays entries whose first write may have committed)."""
         params = msgspec.structs.asdict(entry)
+        params["entry_key"] = key
         params["at"] = float(entry.at)
         params["details"] = Jsonb(entry.details, dumps=msgspec.json.encode)
         await self._rowcount("audit_insert", params)

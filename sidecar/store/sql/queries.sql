@@ -156,11 +156,13 @@ FROM dlq_records
 WHERE status = 'pending';
 
 -- name: audit_insert
-INSERT INTO audit_log (at, actor, action, record_ids, from_status, reason, details)
+-- entry_key NULL (no key) never conflicts; a key already stored leaves the row as it is.
+INSERT INTO audit_log (at, actor, action, record_ids, from_status, reason, details, entry_key)
 VALUES (
     to_timestamp(%(at)s), %(actor)s, %(action)s, %(record_ids)s::text[],
-    %(from_status)s, %(reason)s, %(details)s
-);
+    %(from_status)s, %(reason)s, %(details)s, %(entry_key)s
+)
+ON CONFLICT (entry_key) DO NOTHING;
 
 -- name: audit_list
 -- Newest first, keyset-paged on (at, id) like the DLQ (audit_before after the first page);

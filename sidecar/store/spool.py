@@ -1,0 +1,391 @@
+"""A local, fsync'd spool in front of the durable DLQ store: nothing is lost while
+PostgreSQL does not answer.
+
+`SpoolingDlq` is a `DlqStore`. Writes (`put`, `failed_again`, `audit`, `record_failure`) go
+to the inner store; when it raises `StoreUnavailable` (or does not answer within
+`write_timeout`) the operation is appended to `<dir>/dlq.spool`, one JSON line per
+operation, fsync'd before the caller is answered. While the spool holds operations, new
+writes go to it too, so they reach the store in the order they were made. `replay()` (run
+by a poller) applies the spooled operations in order once the store answers, and empties
+the file only once every line in it has been applied.
+
+Replays are idempotent, so an operation whose first attempt did in fact commit (the answer
+was lost) is not applied twice: DLQ ids are made before the first write and `put` is
+INSERT … ON CONFLICT (id) DO NOTHING; audit entries get a key before their first write
+(`audit_log.entry_key`, unique). Failure events (trends only) have no key: a replay cut
+short by a crash may count a few of them twice.
+
+The spool is bounded by `max_bytes`. When an operation can be neither written nor spooled
+(disk full, spool full), `SpoolWriteFailed` is raised, counted in
+`task_sidecar_spool_write_failures_total`, and logged once per outage. Reads always go to
+the inner store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from .base import (
+    AuditEntry,
+    AuditPage,
+    DlqFilter,
+    DlqPage,
+    DlqRecord,
+    StoreUnavailable,
+    TrendBucket,
+)
+
+if TYPE_CHECKING:
+    from ..metrics import Metrics
+    from .postgres import PostgresStore
+
+log = logging.getLogger("task_sidecar.spool")
+
+DEFAULT_MAX_BYTES = 256 * 1024 * 1024
+WRITE_TIMEOUT = 2.0  # a write the store has not taken by then is spooled
+REPLAY_BATCH = 500  # lines read from the file at a time
+SPOOL_FILE = "dlq.spool"
+
+
+class SpoolWriteFailed(StoreUnavailable):
+    """The store did not take a write and the spool could not hold it either."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__("spool", reason)
+
+
+# --- the spooled operations, one JSON object per line, tagged by "op" ----------------------
+
+
+class _Put(msgspec.Struct, tag="put", tag_field="op"):
+    record: DlqRecord
+
+
+class _FailedAgain(msgspec.Struct, tag="failed_again", tag_field="op"):
+    record: DlqRecord  # replayed as failed_again(record) or put(record)
+
+
+class _Audit(msgspec.Struct, tag="audit", tag_field="op"):
+    entry: AuditEntry
+    key: str
+
+
+class _Failure(msgspec.Struct, tag="record_failure", tag_field="op"):
+    at: float
+    task_name: str
+    failure_type: str
+
+
+_Op = _Put | _FailedAgain | _Audit | _Failure
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(_Op)
+
+
+class SpoolingDlq:
+    def __init__(
+        self,
+        inner: PostgresStore,
+        directory: Path,
+        *,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        write_timeout: float = WRITE_TIMEOUT,
+        prepare: Callable[[], Awaitable[Any]] | None = None,
+    ) -> None:
+        """`prepare` (migrations) runs before the first replay, and until it has run
+        every write is spooled."""
+        self.inner = inner
+        self.name = inner.name
+        self.directory = Path(directory)
+        self.path = self.directory / SPOOL_FILE
+        self.max_bytes = max_bytes
+        self.write_timeout = write_timeout
+        self.metrics: Metrics | None = None  # bound by the app; figures are kept without
+        self.write_failures = 0
+        self._prepare = prepare
+        self._lock = asyncio.Lock()  # appends and the final truncation
+        self._replay_lock = asyncio.Lock()
+        self._fd: int | None = None
+        self._size = 0  # bytes in the file, all of them whole lines
+        self._offset = 0  # bytes of it already applied to the store
+        self._pending = 0  # lines not yet applied
+        self._store_down = False  # for logging once per outage
+        self._disk_failing = False
+        self._outage_started: float | None = None
+        self._load()
+
+    # --- figures -----------------------------------------------------------------------
+
+    @property
+    def pending(self) -> int:
+        """Spooled operations not yet applied to the store."""
+        return self._pending
+
+    def bind(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+        self._publish()
+
+    def _publish(self) -> None:
+        if self.metrics is not None:
+            self.metrics.spool_pending.set(self._pending)
+
+    # --- writes --------------------------------------------------------------------------
+
+    async def put(self, record: DlqRecord) -> None:
+        await self._write(_Put(record), lambda: self.inner.put(record))
+
+    async def failed_again(self, record: DlqRecord) -> bool:
+        taken = await self._write(
+            _FailedAgain(record), lambda: self.inner.failed_again(record), spooled=True
+        )
+        return bool(taken)
+
+    async def audit(self, entry: AuditEntry) -> None:
+        key = str(uuid.uuid4())  # before the first attempt: a lost answer is not a duplicate
+        await self._write(_Audit(entry, key), lambda: self.inner.audit(entry, key=key))
+
+    async def record_failure(self, at: float, task_name: str, failure_type: str) -> None:
+        await self._write(
+            _Failure(float(at), task_name, failure_type),
+            lambda: self.inner.record_failure(at, task_name, failure_type),
+        )
+
+    async def _write(
+        self, op: _Op, direct: Callable[[], Awaitable[Any]], spooled: Any = None
+    ) -> Any:
+        """`direct()`'s result when the store takes the write; else `spooled`, once the
+        operation is in the spool."""
+        if self._prepare is None and self._pending == 0:
+            try:
+                return await asyncio.wait_for(direct(), self.write_timeout)
+            except (StoreUnavailable, TimeoutError) as exc:
+                self._store_unavailable(exc)
+        await self._spool(op)
+        return spooled
+
+    def _store_unavailable(self, exc: BaseException) -> None:
+        if not self._store_down:
+            self._store_down = True
+            self._outage_started = time.monotonic()
+            log.warning(
+                "%s does not take DLQ writes (%s); spooling them to %s",
+                self.name,
+                exc or "timed out",
+                self.path,
+            )
+
+    async def _spool(self, op: _Op) -> None:
+        line = _encoder.encode(op) + b"\n"
+        async with self._lock:
+            try:
+                await asyncio.to_thread(self._append, line)
+            except OSError as exc:
+                self.write_failures += 1
+                if self.metrics is not None:
+                    self.metrics.spool_write_failures.inc()
+                if not self._disk_failing:
+                    self._disk_failing = True
+                    log.error(
+                        "cannot spool a DLQ write to %s (%s): writes are lost until it can",
+                        self.path,
+                        exc.strerror or exc,
+                    )
+                raise SpoolWriteFailed(exc.strerror or str(exc)) from None
+            self._pending += 1
+        if self._disk_failing:
+            self._disk_failing = False
+            log.warning("spooling DLQ writes to %s again", self.path)
+        self._publish()
+
+    def _append(self, line: bytes) -> None:
+        """Append one whole line and fsync it, or leave the file as it was."""
+        if self._size + len(line) > self.max_bytes:
+            raise OSError(errno.ENOSPC, f"spool is full ({self.max_bytes} bytes)")
+        if self._fd is None:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            _fsync_directory(self.directory)
+        try:
+            view = memoryview(line)
+            while view:
+                view = view[os.write(self._fd, view) :]
+            os.fsync(self._fd)
+        except OSError:
+            # A partial line (ENOSPC half-way) would corrupt the next one: cut it off.
+            # Shrinking a file needs no space.
+            os.ftruncate(self._fd, self._size)
+            raise
+        self._size += len(line)
+
+    # --- replay ------------------------------------------------------------------------
+
+    async def replay(self) -> None:
+        """Apply the spooled operations in order, as far as the store answers. Run it
+        often: it returns at once when there is nothing to do."""
+        if self._replay_lock.locked():
+            return
+        async with self._replay_lock:
+            if self._prepare is not None:
+                try:
+                    await self._prepare()
+                except StoreUnavailable as exc:
+                    self._store_unavailable(exc)
+                    return
+                self._prepare = None
+            began, replayed = time.monotonic(), 0
+            while self._pending:
+                batch = await asyncio.to_thread(self._read, self._offset, REPLAY_BATCH)
+                for end, op in batch:
+                    if op is not None:
+                        try:
+                            await asyncio.wait_for(self._apply(op), self.write_timeout)
+                        except (StoreUnavailable, TimeoutError) as exc:
+                            self._store_unavailable(exc)
+                            return
+                    self._offset = end
+                    self._pending -= 1
+                    replayed += 1
+                    self._publish()
+                async with self._lock:
+                    if self._offset == self._size:
+                        await asyncio.to_thread(self._empty)
+            if self._store_down:
+                self._store_down = False
+                outage = time.monotonic() - (self._outage_started or began)
+                log.warning(
+                    "%s takes DLQ writes again; replayed %d spooled operations in %.2fs "
+                    "(outage %.1fs)",
+                    self.name,
+                    replayed,
+                    time.monotonic() - began,
+                    outage,
+                )
+
+    async def _apply(self, op: _Op) -> None:
+        inner = self.inner
+        if isinstance(op, _Put):
+            await inner.put(op.record)
+        elif isinstance(op, _FailedAgain):
+            if not await inner.failed_again(op.record):
+                await inner.put(op.record)
+        elif isinstance(op, _Audit):
+            await inner.audit(op.entry, key=op.key)
+        else:
+            await inner.record_failure(op.at, op.task_name, op.failure_type)
+
+    def _read(self, offset: int, limit: int) -> list[tuple[int, _Op | None]]:
+        """Up to `limit` (end offset, operation) from `offset`; None for a line that does
+        not decode (logged, then skipped)."""
+        out: list[tuple[int, _Op | None]] = []
+        with open(self.path, "rb") as file:
+            file.seek(offset)
+            while len(out) < limit and offset < self._size:
+                line = file.readline()
+                offset += len(line)
+                try:
+                    op: _Op | None = _decoder.decode(line)
+                except msgspec.DecodeError as exc:
+                    log.error("skipping a spool line that does not decode: %s", exc)
+                    op = None
+                out.append((offset, op))
+        return out
+
+    def _empty(self) -> None:
+        """Every line is applied: start the file again (called under the append lock)."""
+        if self._fd is not None:
+            os.ftruncate(self._fd, 0)
+            os.fsync(self._fd)
+        self._size = self._offset = 0
+
+    def _load(self) -> None:
+        """Pick up a spool left by an earlier process; drop a torn last line (its write
+        never completed, so its hook was never answered)."""
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            return
+        whole = data.rfind(b"\n") + 1
+        if whole < len(data):
+            log.warning("dropping a torn last line (%d bytes) from %s", len(data) - whole, self)
+            with open(self.path, "r+b") as file:
+                file.truncate(whole)
+                os.fsync(file.fileno())
+        self._size = whole
+        self._pending = data.count(b"\n", 0, whole)
+        if self._pending:
+            log.warning("%d DLQ writes left in %s: replaying them", self._pending, self.path)
+
+    def __repr__(self) -> str:
+        return f"<SpoolingDlq {self.path} pending={self._pending}>"
+
+    # --- reads and the rest go to the store ----------------------------------------------
+
+    async def resolve(self, dlq_id: str, now: float) -> bool:
+        return await self.inner.resolve(dlq_id, now)
+
+    async def get(self, dlq_id: str) -> DlqRecord | None:
+        return await self.inner.get(dlq_id)
+
+    async def list(self, where: DlqFilter, limit: int, cursor: str | None = None) -> DlqPage:
+        return await self.inner.list(where, limit, cursor)
+
+    async def count(self, where: DlqFilter) -> int:
+        return await self.inner.count(where)
+
+    def iterate(self, where: DlqFilter, batch: int = 500) -> AsyncIterator[DlqRecord]:
+        return self.inner.iterate(where, batch)
+
+    async def transition(
+        self,
+        ids: Sequence[str],
+        to: str,
+        from_statuses: Sequence[str],
+        now: float,
+        *,
+        error: str | None = None,
+        count_retry: bool = False,
+    ) -> list[DlqRecord]:
+        return await self.inner.transition(
+            ids, to, from_statuses, now, error=error, count_retry=count_retry
+        )
+
+    async def counts(self) -> dict[str, int]:
+        return await self.inner.counts()
+
+    async def oldest_pending(self) -> float | None:
+        return await self.inner.oldest_pending()
+
+    async def audit_log(self, limit: int, cursor: str | None = None) -> AuditPage:
+        return await self.inner.audit_log(limit, cursor)
+
+    async def trends(self, since: float, bucket: float = 3600) -> list[TrendBucket]:
+        return await self.inner.trends(since, bucket)
+
+    async def purge(self, now: float, keep_failures: float) -> int:
+        return await self.inner.purge(now, keep_failures)
+
+    async def ping(self) -> None:
+        await self.inner.ping()
+
+    async def close(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+        await self.inner.close()
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
