@@ -286,6 +286,19 @@ def alerts(config: Config) -> list[Alert]:
             per_task=True,
         ),
         Alert(
+            "TaskSidecarSpoolWriteFailed",
+            "critical",
+            f"sum by ({GROUPING}) "
+            "(increase(task_sidecar_spool_write_failures_total[5m])) > 0",
+            Duration("0s"),
+            "Dead letters are being lost: neither PostgreSQL nor the spool takes them",
+            '{{ $value | printf "%.0f" }} dead-lettered task(s) in '
+            "{{ $labels.namespace }}/{{ $labels.job }} could be neither stored in PostgreSQL "
+            "nor written to the local spool (disk full?) in the last 5 minutes: their "
+            "workers got a decision, but the records are not kept.",
+            "failures",
+        ),
+        Alert(
             "TaskSidecarNotScraped",
             "critical",
             f'absent(up{{job=~"{config.scrape_job_regex}"}} == 1)',
