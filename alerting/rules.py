@@ -288,8 +288,7 @@ def alerts(config: Config) -> list[Alert]:
         Alert(
             "TaskSidecarSpoolWriteFailed",
             "critical",
-            f"sum by ({GROUPING}) "
-            "(increase(task_sidecar_spool_write_failures_total[5m])) > 0",
+            f"sum by ({GROUPING}) (increase(task_sidecar_spool_write_failures_total[5m])) > 0",
             Duration("0s"),
             "Dead letters are being lost: neither PostgreSQL nor the spool takes them",
             '{{ $value | printf "%.0f" }} dead-lettered task(s) in '
