@@ -37,6 +37,7 @@ from .keyset import (
 from .migrations import CONNECT_TIMEOUT, named_queries, parse_dsn, unavailable
 
 _QUERIES = "queries.sql"
+POOL_MAX = 4  # connections per sidecar; the pool grows to it on demand
 
 _JSON_FIELDS = ("args", "kwargs", "exception", "context")
 
@@ -53,7 +54,7 @@ class PostgresStore:
     name = "postgres"
 
     def __init__(
-        self, dsn: str, *, min_size: int = 1, max_size: int = 4, timeout: float = 5.0
+        self, dsn: str, *, min_size: int = 1, max_size: int = POOL_MAX, timeout: float = 5.0
     ) -> None:
         # The DSN may name the connections (e.g. per pod, to tell them apart in
         # pg_stat_activity); otherwise they are "task-sidecar".
