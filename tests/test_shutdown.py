@@ -65,7 +65,7 @@ def test_sigterm_under_load_answers_in_flight_requests_and_exits(tmp_path):
         for thread in threads:
             thread.join(timeout=10)
         assert code == 0, sidecar.output()[-2000:]
-        assert took < 5 + 2  # the grace period, plus the interpreter's exit
+        assert took < 5 + 5  # the grace period, plus room for a loaded machine
         assert set(statuses) == {200}, sorted(set(statuses))
         # every connection ended by the server closing it, not by an error answer
         assert len(errors) <= len(threads)
