@@ -30,6 +30,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar.metrics import Metrics
 
+from .polling import wait_for
 from .services import HOST, MissingBinaryError, Service, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -415,16 +416,14 @@ class CaptureServer:
 
 
 def poll(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
-    """Call `check` until it returns a truthy value; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
+    """wait_for, counting a server that does not answer yet as "not yet"."""
+
+    def answered() -> Any:
         with contextlib.suppress(OSError):
-            last = check()
-            if last:
-                return last
-        time.sleep(interval)  # polling with a deadline
-    raise AssertionError(f"{what}: not true after {timeout}s (last: {last!r})")
+            return check()
+        return None
+
+    return wait_for(answered, timeout, what, interval)
 
 
 def load_yaml(path: Path) -> Any:

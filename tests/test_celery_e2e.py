@@ -17,7 +17,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ pytest.importorskip("celery")
 
 import redis
 
+from tests.polling import wait_for
 from tests.processes import SidecarProcess
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -96,16 +97,6 @@ class Env:
 
     def log(self) -> str:
         return self.worker_log.read_text(errors="replace")
-
-
-def wait_for(what: Callable[[], Any], timeout: float = 20, message: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = what()
-        if value:
-            return value
-        time.sleep(0.05)  # polling with a deadline
-    raise AssertionError(f"timed out after {timeout}s: {message}")
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ from sidecar.store.fallback import FallbackState
 from sidecar.store.redis import RedisStore
 
 from .conftest import DEFAULT_POLICIES
+from .polling import wait_for
 from .processes import SidecarProcess
 from .services import free_port
 
@@ -97,16 +98,6 @@ def backend_up(port: int) -> float | None:
     return float(found.group(1)) if found else None
 
 
-def wait_for(check, timeout: float = 10.0, every: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(every)  # polling with a deadline
-    raise AssertionError(f"not true after {timeout}s: {check}")
-
-
 def test_redis_outage_and_return(redis_service, redis_url, postgres_dsn, tmp_path):
     settings = {
         "policies": str(DEFAULT_POLICIES),
@@ -161,7 +152,7 @@ def test_redis_outage_and_return(redis_service, redis_url, postgres_dsn, tmp_pat
             a.call("/v1/hooks/start", {"task_id": "p", "task_name": "faults.probe"})
             return "redis answers again" in a.output()
 
-        wait_for(resumed, every=0.2)
+        wait_for(resumed, 10, "the fleet state resumed", interval=0.2)
         task = f"faults.after_{uuid.uuid4().hex[:8]}"
         for i in range(10):
             status, answer = a.call("/v1/hooks/failure", deadlock(task, f"a{i}"))

@@ -5,9 +5,9 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import time
 
 from .conftest import DEFAULT_POLICIES
+from .polling import wait_for
 from .processes import SidecarProcess
 
 EVENT = {
@@ -22,13 +22,6 @@ def decision(sidecar: SidecarProcess) -> str:
     status, answer = sidecar.call("/v1/decide", EVENT)
     assert status == 200, answer
     return answer["action"]
-
-
-def wait_for(predicate, timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)  # polling with a deadline
 
 
 def serve(*args: str, **env: str) -> subprocess.CompletedProcess[str]:

@@ -11,6 +11,7 @@ import time
 import pytest
 
 from .conftest import DEFAULT_POLICIES
+from .polling import wait_for
 from .processes import SidecarProcess
 
 EVENT = json.dumps(
@@ -54,10 +55,7 @@ def test_sigterm_under_load_answers_in_flight_requests_and_exits(tmp_path):
         ]
         for thread in threads:
             thread.start()
-        deadline = time.monotonic() + 20
-        while len(statuses) < 200:  # under load
-            assert time.monotonic() < deadline, "no load reached the sidecar"
-            time.sleep(0.01)
+        wait_for(lambda: len(statuses) >= 200, 20, "load reaching the sidecar", 0.01)
         started = time.monotonic()
         code = sidecar.stop(signal.SIGTERM, timeout=15)
         took = time.monotonic() - started
