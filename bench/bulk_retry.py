@@ -26,12 +26,11 @@ sys.path.insert(0, str(ROOT))
 from prometheus_client import CollectorRegistry  # noqa: E402
 
 from sidecar.metrics import Metrics  # noqa: E402
-from sidecar.operations import Operations  # noqa: E402
+from sidecar.records import DlqFilter, DlqRecord  # noqa: E402
 from sidecar.requeue.celery import CeleryTarget  # noqa: E402
-from sidecar.service import Policies, Stores  # noqa: E402
-from sidecar.store.base import DlqFilter, DlqRecord  # noqa: E402
-from sidecar.store.embedded import SqliteStore  # noqa: E402
-from sidecar.store.memory import MemoryState  # noqa: E402
+from sidecar.service.dlq import DeadLetters  # noqa: E402
+from sidecar.service.policies import Policies  # noqa: E402
+from sidecar.store.sqlstore import sqlite_store  # noqa: E402
 
 
 def record(i: int, now: float) -> DlqRecord:
@@ -59,7 +58,7 @@ def record(i: int, now: float) -> DlqRecord:
 
 
 async def run(records: int, broker: str, data: Path) -> tuple[float, float]:
-    store = SqliteStore(data / "bench.sqlite3")
+    store = sqlite_store(data / "bench.sqlite3")
     await store.open()
     now = time.time()
     for i in range(records):
@@ -67,7 +66,7 @@ async def run(records: int, broker: str, data: Path) -> tuple[float, float]:
     metrics = Metrics(CollectorRegistry())
     policies = Policies(ROOT / "policies.yaml", metrics)
     target = CeleryTarget(broker)
-    operations = Operations(policies, Stores(MemoryState(), store, store), target, metrics)
+    operations = DeadLetters(policies, store, target, metrics, time.time)
 
     started = time.perf_counter()
     job = await operations.bulk_retry(

@@ -1,4 +1,4 @@
-"""One page of the DLQ listing through `PostgresStore.list` vs the same SQL on bare psycopg.
+"""One DLQ listing page through `SqlStore.list` on PostgreSQL vs the same SQL on psycopg.
 
     .venv/bin/python bench/dlq_list.py [--dsn DSN] [--rows 1000000] [--count 300] [--explain]
 
@@ -28,10 +28,10 @@ from typing import Any
 import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from sidecar.store.base import DlqFilter
+from sidecar.records import DlqFilter
 from sidecar.store.keyset import decode_cursor, filtered
-from sidecar.store.migrations import migrate
-from sidecar.store.postgres import PostgresStore
+from sidecar.store.postgres import migrate
+from sidecar.store.sqlstore import SqlStore, postgres_store
 
 LIMIT = 50
 WHERE = DlqFilter(status="pending")
@@ -70,7 +70,7 @@ async def fill(dsn: str, rows: int) -> None:
         print(f"{rows} rows inserted and analysed in {time.perf_counter() - began:.1f} s")
 
 
-async def store_round(store: PostgresStore, count: int, cursor: str | None) -> float:
+async def store_round(store: SqlStore, count: int, cursor: str | None) -> float:
     samples = []
     for _ in range(count):
         began = time.perf_counter()
@@ -96,7 +96,7 @@ async def raw_round(
 def the_sql(cursor: str | None) -> tuple[str, dict[str, Any]]:
     """What `store.list(WHERE, LIMIT, cursor)` sends."""
     position = None if cursor is None else decode_cursor(cursor, str)
-    sql, params = filtered("queries.sql", "dlq_list", WHERE, "dlq_before", position)
+    sql, params = filtered("postgres", "dlq_list", WHERE, "dlq_before", position)
     return sql, params | {"limit": LIMIT + 1}
 
 
@@ -107,7 +107,7 @@ async def explain(conn: psycopg.AsyncConnection[Any], sql: str, params: dict[str
 
 
 async def bench(dsn: str, count: int, rounds: int, show_plans: bool) -> None:
-    store = PostgresStore(dsn)
+    store = postgres_store(dsn)
     await store.open()
     try:
         # A cursor deep in the listing: past the first 20,000 pending records.

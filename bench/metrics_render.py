@@ -25,7 +25,7 @@ from aiohttp.test_utils import TestClient, TestServer  # noqa: E402
 from prometheus_client import CollectorRegistry, generate_latest  # noqa: E402
 
 from sidecar.http import create_app  # noqa: E402
-from sidecar.http.keys import METRICS, POLICIES  # noqa: E402
+from sidecar.http.keys import METRICS, SERVICES  # noqa: E402
 from sidecar.settings import Settings  # noqa: E402
 
 
@@ -40,14 +40,14 @@ async def main(rounds: int) -> None:
         )
         app = create_app(settings, registry=registry)
         m = app[METRICS]
-        failure_types = list(app[POLICIES].current.failure_types)
+        failure_types = list(app[SERVICES].policies.current.failure_types)
         for t in range(500):
             task = f"app.tasks.task_{t}"
             for ft in failure_types:
-                m.at(m.failures, task, ft, "AUTO_RETRY").inc()
-                m.at(m.retry_outcomes, task, ft, "failure").inc()
+                m._at(m.failures, task, ft, "AUTO_RETRY").inc()
+                m._at(m.retry_outcomes, task, ft, "failure").inc()
             for outcome in ("success", "failure", "retry", "dead_letter"):
-                m.at(m.task_events, task, outcome).inc()
+                m._at(m.task_events, task, outcome).inc()
         series = sum(len(f.samples) for f in registry.collect())
         async with TestClient(TestServer(app)) as client:
             http, direct = [], []

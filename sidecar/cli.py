@@ -129,8 +129,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    from .store.base import StoreUnavailable
-    from .store.migrations import migrate
+    from .errors import StoreUnavailable
+    from .store.postgres import migrate
 
     dsn = args.postgres_dsn or os.environ.get("TASK_SIDECAR_POSTGRES_DSN")
     if not dsn:

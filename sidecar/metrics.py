@@ -2,18 +2,30 @@
 
 Names, types and labels are a contract (DESIGN §5): dashboards and alert rules are written
 against them. Rates are recording rules in alerting/, never gauges computed here.
+
+This is the only module that touches series (labels, inc, set, observe): the rest of the
+sidecar reports what happened through the `record_*` and `set_*` methods of `Metrics`, so
+each series has one writer and its labels are bounded in one place.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from .policy.model import split_breaker_key
+
+if TYPE_CHECKING:
+    from .policy import Decision
+    from .policy.decide import Effects
+
 NAMESPACE = "task_sidecar"
 OTHER_TASK = "__other__"
+BREAKER_STATES = ("closed", "open", "half_open")
 
 # Retry delays run from seconds to hours; policy defaults sit between 30 s and 2 h.
 DELAY_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 21600, 86400)
@@ -194,6 +206,24 @@ class Metrics:
             namespace=ns,
             registry=r,
         )
+        self.spool_quarantined = Counter(
+            "spool_quarantined",
+            "Spooled DLQ writes the store refused for good, moved to the quarantine file.",
+            namespace=ns,
+            registry=r,
+        )
+        self.spool_stalled = Gauge(
+            "spool_stalled_seconds",
+            "Seconds since the spool replay last applied a write while writes wait (0: none).",
+            namespace=ns,
+            registry=r,
+        )
+        self.idempotency_fallbacks = Counter(
+            "idempotency_fallbacks",
+            "Claims answered by the durable store because Redis did not answer.",
+            namespace=ns,
+            registry=r,
+        )
         self.hook_duration = Histogram(
             "hook_duration_seconds",
             "Time to answer a hook.",
@@ -203,9 +233,10 @@ class Metrics:
             registry=r,
         )
         self._children: dict[tuple[str, tuple[str, ...]], Any] = {}
+        self._breakers_seen: set[str] = set()
         self._precreate()
 
-    def at(self, metric: Any, *labels: str) -> Any:
+    def _at(self, metric: Any, *labels: str) -> Any:
         """`metric.labels(*labels)`, memoised: prometheus_client validates and locks on
         every labels() call, which costs more than the increment on the hot path."""
         key = (metric._name, labels)
@@ -216,7 +247,7 @@ class Metrics:
 
     def breaker(self, key: str) -> str:
         """A breaker's label, bounded like `task` (its key starts with the task name)."""
-        owner, _, failure_type = key.rpartition(":")
+        owner, failure_type = split_breaker_key(key)
         return key if self.task(owner) == owner else f"{OTHER_TASK}:{failure_type}"
 
     def _precreate(self) -> None:
@@ -240,7 +271,7 @@ class Metrics:
         """A task's outcome series exist at 0 from its first event on, so a success
         ratio has a denominator and an increase() sees the first failure."""
         for outcome in ("success", "failure", "retry", "dead_letter", "discard"):
-            self.at(self.task_events, task, outcome)
+            self._at(self.task_events, task, outcome)
 
     def precreate_policy(self, failure_types: list[str], tiers: list[str]) -> None:
         for failure_type in failure_types:
@@ -251,3 +282,112 @@ class Metrics:
         for scope in ("global", "user", "device", "task"):
             for result in ("hit", "miss", "error"):
                 self.idempotency_checks.labels(scope, result)
+
+    # --- what the sidecar reports ----------------------------------------------------------
+
+    def hook_timer(self, hook: str) -> AbstractContextManager[Any]:
+        """Times one hook into `hook_duration_seconds`."""
+        return self._at(self.hook_duration, hook).time()
+
+    def record_failure(
+        self,
+        task_name: str,
+        attempt: int,
+        decision: Decision,
+        effects: Effects,
+        queue: str | None,
+        queue_depth: int | None,
+    ) -> None:
+        task = self.task(task_name)
+        c = decision.classification
+        self._at(self.task_events, task, "failure").inc()
+        self._at(self.task_events, task, decision.action).inc()
+        self._at(self.failures, task, c.failure_type, c.remediation).inc()
+        self._at(self.classification_confidence, c.failure_type).observe(c.confidence)
+        self._at(self.priority_assignments, decision.priority, decision.queue).inc()
+        if decision.action == "retry":
+            self._at(self.retry_delay, c.failure_type).observe(decision.delay_seconds)
+        if attempt > 0:
+            self._at(self.retry_outcomes, task, c.failure_type, "failure").inc()
+        if effects.sla_breach_tier:
+            self._at(self.sla_breaches, effects.sla_breach_tier).inc()
+        for reason in effects.deferrals:
+            self._at(self.deferrals, reason).inc()
+        if effects.adaptive:
+            self._at(self.adaptive_adjustments, effects.adaptive).inc()
+        if queue and queue_depth is not None:
+            self.set_queue_depth(queue, queue_depth)
+
+    def record_success(self, task_name: str, retried_failure_type: str | None) -> None:
+        """A run succeeded; `retried_failure_type` when it was a retry of that failure."""
+        task = self.task(task_name)
+        self._at(self.task_events, task, "success").inc()
+        if retried_failure_type is not None:
+            self._at(self.retry_outcomes, task, retried_failure_type, "success").inc()
+
+    def record_deferral(self, reason: str) -> None:
+        self._at(self.deferrals, reason).inc()
+
+    def record_breaker(self, key: str, current: str, moved: str | None) -> None:
+        """A breaker was read or changed: its state set, and the transition if it moved.
+        The state set is written on a transition, or the first time a breaker is seen."""
+        label = self.breaker(key)
+        if moved is None and label in self._breakers_seen:
+            return
+        self._breakers_seen.add(label)
+        self.set_breaker_state(key, current)
+        if moved is not None:
+            self._at(self.breaker_transitions, label, moved).inc()
+
+    def set_breaker_state(self, key: str, current: str) -> None:
+        label = self.breaker(key)
+        for state in BREAKER_STATES:
+            self._at(self.breaker_state, label, state).set(state == current)
+
+    def record_dlq_action(self, action: str, count: int = 1) -> None:
+        self._at(self.dlq_actions, action).inc(count)
+
+    def set_dlq_depth(self, counts: Mapping[str, int], oldest_pending_age: float) -> None:
+        for status, count in counts.items():
+            self._at(self.dlq_depth, status).set(count)
+        self.dlq_oldest_pending_age.set(oldest_pending_age)
+
+    def record_claim(self, scope: str, result: str, backend: str, seconds: float) -> None:
+        """An idempotency claim: `result` hit, miss or error."""
+        self._at(self.idempotency_checks, scope, result).inc()
+        self._at(self.idempotency_duration, backend).observe(seconds)
+
+    def record_policy_reload(self, ok: bool) -> None:
+        self._at(self.policy_reloads, "success" if ok else "failure").inc()
+
+    def set_backend_up(self, backend: str, up: bool) -> None:
+        self._at(self.backend_up, backend).set(up)
+
+    def set_queue_depth(self, queue: str, depth: int) -> None:
+        self._at(self.queue_depth, queue).set(depth)
+
+    def set_spool_pending(self, count: int) -> None:
+        self.spool_pending.set(count)
+
+    def record_spool_write_failure(self) -> None:
+        self.spool_write_failures.inc()
+
+    def record_spool_quarantined(self) -> None:
+        self.spool_quarantined.inc()
+
+    def set_spool_stalled(self, seconds: float) -> None:
+        self.spool_stalled.set(seconds)
+
+    def record_claim_fallback(self) -> None:
+        self.idempotency_fallbacks.inc()
+
+    def set_schedule_health(
+        self, score: float, hotspots: int, conflicts: int, starts: Iterable[tuple[str, int, int]]
+    ) -> None:
+        """The analysis' figures; `starts`: (queue, hour, starts) for every hour of the day
+        of every queue."""
+        self.schedule_health_score.set(score)
+        self.schedule_hotspots.set(hotspots)
+        self.schedule_conflicts.set(conflicts)
+        for queue, hour, count in starts:
+            self._at(self.schedule_starts, queue, f"{hour:02d}").set(count)

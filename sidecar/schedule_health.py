@@ -32,10 +32,13 @@ class Schedules:
 
     async def refresh_gauges(self, policy: Policy) -> None:
         report = await self.analyse(policy)
-        m = self.metrics
-        m.schedule_health_score.set(report.score)
-        m.schedule_hotspots.set(len(report.hotspots))
-        m.schedule_conflicts.set(len(report.conflicts))
-        for queue, per_hour in report.load_by_hour.items():
-            for hour, starts in enumerate(per_hour):
-                m.at(m.schedule_starts, queue, f"{hour:02d}").set(starts)
+        self.metrics.set_schedule_health(
+            report.score,
+            len(report.hotspots),
+            len(report.conflicts),
+            [
+                (queue, hour, starts)
+                for queue, per_hour in report.load_by_hour.items()
+                for hour, starts in enumerate(per_hour)
+            ],
+        )

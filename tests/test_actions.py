@@ -18,7 +18,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 
 from sidecar.http import create_app
-from sidecar.http.keys import OPERATIONS, POLLERS
+from sidecar.http.keys import SERVICES
 from sidecar.requeue.webhook import SIGNATURE_HEADER, WebhookTarget
 from sidecar.settings import Settings, Token
 
@@ -250,7 +250,7 @@ class TestBulkRetry:
             status=202,
         )
         assert job["total"] == 4
-        await client.server.app[OPERATIONS].wait_jobs()
+        await client.server.app[SERVICES].dlq.wait_jobs()
         progress = await call(client, "GET", f"/v1/dlq/bulk-retry/{job['id']}", token=VIEWER)
         assert (progress["state"], progress["requeued"], progress["done"]) == ("finished", 4, 4)
         assert {s["queue"] for s in client.receiver.received} == {"maintenance"}
@@ -263,14 +263,14 @@ class TestBulkRetry:
             call(client, "POST", "/v1/dlq/bulk-retry", body, status=202),
             call(client, "POST", "/v1/dlq/bulk-retry", body, status=202),
         )
-        await client.server.app[OPERATIONS].wait_jobs()
+        await client.server.app[SERVICES].dlq.wait_jobs()
         sent = [s["id"] for s in client.receiver.received]
         assert sorted(sent) == sorted(ids)
 
     async def test_by_ids_and_bad_bodies(self, client):
         ids = await seed(client, 3)
         job = await call(client, "POST", "/v1/dlq/bulk-retry", {"ids": ids[:2]}, status=202)
-        await client.server.app[OPERATIONS].wait_jobs()
+        await client.server.app[SERVICES].dlq.wait_jobs()
         assert job["total"] == 2
         assert len(client.receiver.received) == 2
         await call(client, "POST", "/v1/dlq/bulk-retry", {}, status=400)
@@ -353,7 +353,7 @@ class TestBreakersTrendsPolicy:
 
     async def test_failure_trends(self, client):
         await seed(client, 3)
-        await client.server.app[POLLERS].flush_failure_events()
+        await client.server.app[SERVICES].pollers.flush_failure_events()
         trends = await call(client, "GET", "/v1/failure-trends?hours=2", token=VIEWER)
         counts = {b["failure_type"]: b["count"] for b in trends["buckets"]}
         assert counts == {"PERMANENT_VALIDATION": 3}

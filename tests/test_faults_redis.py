@@ -10,8 +10,8 @@ import uuid
 
 import pytest
 
-from sidecar.store.base import StoreUnavailable
-from sidecar.store.fallback import FallbackState
+from sidecar.errors import StoreUnavailable
+from sidecar.store.fallback import FallbackState, Outage
 from sidecar.store.redis import RedisStore
 
 from .conftest import DEFAULT_POLICIES
@@ -50,7 +50,7 @@ class TestFallbackState:
     async def test_a_dead_redis_is_tried_once_per_interval(self):
         now = [0.0]
         shared = Counting(RedisStore(f"redis://127.0.0.1:{free_port()}/0", timeout=0.2))
-        state = FallbackState(shared, retry_interval=1.0, clock=lambda: now[0])  # type: ignore[arg-type]
+        state = FallbackState(shared, Outage("redis", retry_interval=1.0, clock=lambda: now[0]))  # type: ignore[arg-type]
         try:
             assert await state.snapshot("b", "o") == (None, None)
             await state.remember_failure("t1", "TRANSIENT_DATABASE", 60)
@@ -67,7 +67,9 @@ class TestFallbackState:
 
     async def test_recovers_and_drops_the_local_copy(self, redis_service, redis_url):
         now = [0.0]
-        state = FallbackState(RedisStore(redis_url), retry_interval=1.0, clock=lambda: now[0])
+        state = FallbackState(
+            RedisStore(redis_url), Outage("redis", retry_interval=1.0, clock=lambda: now[0])
+        )
         key = f"k-{uuid.uuid4()}"
         try:
             redis_service.stop()
@@ -153,6 +155,14 @@ def test_redis_outage_and_return(redis_service, redis_url, postgres_dsn, tmp_pat
             return "redis answers again" in a.output()
 
         wait_for(resumed, 10, "the fleet state resumed", interval=0.2)
+        # B's pollers read breakers too: if they met the outage, B answers from its own
+        # memory until its next probe of Redis (at most a retry interval later).
+        wait_for(
+            lambda: "redis unavailable (" not in b.output() or "redis answers again" in b.output(),
+            10,
+            "sidecar B resumed the fleet state",
+            interval=0.2,
+        )
         task = f"faults.after_{uuid.uuid4().hex[:8]}"
         for i in range(10):
             status, answer = a.call("/v1/hooks/failure", deadlock(task, f"a{i}"))

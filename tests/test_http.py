@@ -13,7 +13,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 
 from sidecar.http import create_app
-from sidecar.http.keys import POLICIES, STORES
+from sidecar.http.keys import SERVICES
 from sidecar.settings import Settings, Token
 
 from .conftest import DEFAULT_POLICIES
@@ -118,7 +118,7 @@ class TestFailureHook:
         answer = await post(client, "/v1/hooks/failure", VALUE_ERROR)
         assert answer["action"] == "dead_letter"
         assert answer["classification"]["failure_type"] == "PERMANENT_VALIDATION"
-        record = await client.server.app[STORES].dlq.get(answer["dlq_id"])
+        record = await client.server.app[SERVICES].stores.dlq.get(answer["dlq_id"])
         assert record.status == "pending"
         assert record.args == [1, {"nested": ["é", None]}]
         assert record.kwargs == {"currency": "EUR"}
@@ -130,9 +130,9 @@ class TestFailureHook:
         await post(
             client,
             "/v1/hooks/success",
-            {"task_id": "t-9", "task_name": "app.tasks.import_csv", "dlq_id": dlq_id},
+            {"task_id": "t-2", "task_name": "app.tasks.import_csv", "dlq_id": dlq_id},
         )
-        assert (await client.server.app[STORES].dlq.get(dlq_id)).status == "resolved"
+        assert (await client.server.app[SERVICES].stores.dlq.get(dlq_id)).status == "resolved"
 
     async def test_breaker_opens_and_start_refuses(self, client):
         for i in range(9):
@@ -335,7 +335,7 @@ class TestReload:
         settings = Settings(policies=str(path), data_dir=tmp_path, reload_interval=0)
         app = create_app(settings, registry=CollectorRegistry())
         async with TestClient(TestServer(app)) as client:
-            policies = app[POLICIES]
+            policies = app[SERVICES].policies
             path.write_text(
                 Path(path)
                 .read_text()

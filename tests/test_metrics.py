@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar.http import create_app
-from sidecar.http.keys import POLLERS
+from sidecar.http.keys import SERVICES
 from sidecar.metrics import Metrics, TaskLabels
 from sidecar.settings import Settings
 
@@ -82,7 +82,7 @@ async def scraped(tmp_path):
         await post("/v1/hooks/start", {"task_id": "s", "task_name": "billing.charge"})
         for _ in range(3):
             await post("/v1/idempotency/claim", {"key": "k", "scope": "user"})
-        await app[POLLERS].refresh()
+        await app[SERVICES].pollers.refresh()
         text = await (await client.get("/metrics")).text()
     return text, samples(text)
 

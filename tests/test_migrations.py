@@ -15,8 +15,9 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from sidecar.store.base import StoreUnavailable
-from sidecar.store.migrations import migrate, migration_files, named_queries
+from sidecar.errors import StoreUnavailable
+from sidecar.store.connector import migration_files
+from sidecar.store.postgres import migrate
 from tests.services import free_port
 
 # The schema all migrations together must produce, as `dump_schema()` prints it.
@@ -67,6 +68,7 @@ index audit_log_entry_key_key UNIQUE ON audit_log USING btree (entry_key)
 index audit_log_pkey UNIQUE ON audit_log USING btree (id)
 index dlq_records_created_at_id_idx ON dlq_records USING btree (created_at, id)
 index dlq_records_failure_type_created_at_id_idx ON dlq_records USING btree (failure_type, created_at, id)
+index dlq_records_id_pattern_idx ON dlq_records USING btree (id text_pattern_ops)
 index dlq_records_pkey UNIQUE ON dlq_records USING btree (id)
 index dlq_records_status_created_at_id_idx ON dlq_records USING btree (status, created_at, id)
 index dlq_records_task_name_created_at_id_idx ON dlq_records USING btree (task_name, created_at, id)
@@ -128,14 +130,14 @@ def empty_dsn(postgres_dsn: str) -> Iterator[str]:
         admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
-ALL_VERSIONS = [version for version, _ in migration_files()]
+ALL_VERSIONS = [version for version, _ in migration_files("postgres")]
 
 
 class TestMigrationFiles:
     """The numbered files are found and form an unbroken sequence."""
 
     def test_versions_run_from_1_without_gaps(self):
-        versions = [version for version, _ in migration_files()]
+        versions = [version for version, _ in migration_files("postgres")]
         assert versions == list(range(1, len(versions) + 1))
 
 
@@ -190,13 +192,25 @@ class TestMigrate:
         assert "pa55-secret" not in str(raised.value)
 
 
-class TestEmbeddedTwin:
-    """The SQLite schema keeps PostgreSQL's table and column names."""
+def sqlite_schema(path) -> sqlite3.Connection:
+    """A SQLite file migrated by the embedded store's own connector."""
+    from sidecar.store.sqlite import SqliteConnector
 
-    def test_same_tables_and_columns_as_postgres(self):
-        conn = sqlite3.connect(":memory:")
+    async def migrate_file() -> None:
+        connector = SqliteConnector(path)
+        await connector.open()  # migrates
+        await connector.close()
+
+    asyncio.run(migrate_file())
+    return sqlite3.connect(path)
+
+
+class TestEmbeddedTwin:
+    """After their migrations, SQLite and PostgreSQL carry the same tables and columns."""
+
+    def test_same_tables_and_columns_as_postgres(self, tmp_path):
+        conn = sqlite_schema(tmp_path / "sidecar.db")
         try:
-            conn.executescript(named_queries("sqlite.sql")["schema"])
             tables = conn.execute("SELECT name FROM sqlite_schema WHERE type = 'table'")
             columns = [
                 f"{table}.{column}"
@@ -207,15 +221,12 @@ class TestEmbeddedTwin:
             conn.close()
 
         postgres = [line.split()[1] for line in EXPECTED_SCHEMA if line.startswith("column ")]
-        # entry_key: only the spool in front of PostgreSQL writes it (SQLite is local).
-        postgres_only = ("schema_migrations.", "audit_log.entry_key")
-        assert columns == [c for c in postgres if not c.startswith(postgres_only)]
+        assert sorted(columns) == sorted(postgres)
 
-    def test_same_secondary_indexes_as_postgres(self):
+    def test_same_secondary_indexes_as_postgres(self, tmp_path):
         """The listings, trends and retention deletes find the same indexes in both."""
-        conn = sqlite3.connect(":memory:")
+        conn = sqlite_schema(tmp_path / "sidecar.db")
         try:
-            conn.executescript(named_queries("sqlite.sql")["schema"])
             # sql IS NULL: the indexes SQLite makes itself for primary keys.
             names = conn.execute(
                 "SELECT name, tbl_name FROM sqlite_schema WHERE type = 'index' AND sql NOT NULL"
@@ -223,9 +234,59 @@ class TestEmbeddedTwin:
             indexes = []
             for name, table in names.fetchall():
                 columns = [column for (_, _, column) in conn.execute(f"PRAGMA index_info({name})")]
-                indexes.append(f"index {name} ON {table} USING btree ({', '.join(columns)})")
+                unique = "UNIQUE " if name.endswith("_key") else ""
+                indexes.append(
+                    f"index {name} {unique}ON {table} USING btree ({', '.join(columns)})"
+                )
         finally:
             conn.close()
 
         postgres = [line for line in EXPECTED_SCHEMA if line.startswith("index ")]
-        assert sorted(indexes) == [line for line in postgres if "UNIQUE" not in line]
+        # Primary keys are implicit in SQLite; text_pattern_ops serves PostgreSQL's LIKE
+        # on ids, where SQLite's bytewise ids need nothing more than the primary key.
+        wanted = [
+            line for line in postgres if "_pkey " not in line and "text_pattern_ops" not in line
+        ]
+        assert sorted(indexes) == wanted
+
+    def test_a_file_made_before_numbered_migrations_is_adopted(self, tmp_path):
+        """Files created by the schema script of earlier versions upgrade in place."""
+        path = tmp_path / "old.db"
+        old = sqlite3.connect(path)
+        old.executescript(OLD_SQLITE_SCHEMA)
+        old.execute("INSERT INTO failure_events (at, task_name, failure_type) VALUES (1, 't', 'X')")
+        old.commit()
+        old.close()
+
+        conn = sqlite_schema(path)
+        try:
+            versions = [v for (v,) in conn.execute("SELECT version FROM schema_migrations")]
+            kept = conn.execute("SELECT task_name FROM failure_events").fetchall()
+            columns = [c for (_, c, *_) in conn.execute("PRAGMA table_info(audit_log)")]
+        finally:
+            conn.close()
+        assert versions == [v for v, _ in migration_files("sqlite")]
+        assert kept == [("t",)]
+        assert "entry_key" in columns
+
+
+# The embedded schema as earlier versions created it (no schema_migrations, no entry_key).
+OLD_SQLITE_SCHEMA = """
+CREATE TABLE dlq_records (id TEXT PRIMARY KEY NOT NULL, task_id TEXT NOT NULL,
+    task_name TEXT NOT NULL, queue TEXT, args TEXT NOT NULL, kwargs TEXT NOT NULL,
+    exception TEXT NOT NULL, context TEXT NOT NULL, failure_type TEXT NOT NULL,
+    category TEXT NOT NULL, remediation TEXT NOT NULL, confidence REAL NOT NULL,
+    rule TEXT NOT NULL, priority TEXT NOT NULL, priority_value INTEGER NOT NULL,
+    target_queue TEXT NOT NULL, attempts INTEGER NOT NULL,
+    status TEXT NOT NULL DEFAULT 'pending', created_at REAL NOT NULL,
+    updated_at REAL NOT NULL, dlq_retries INTEGER NOT NULL DEFAULT 0, last_error TEXT
+) STRICT;
+CREATE INDEX dlq_records_task_name_idx ON dlq_records (task_name);
+CREATE TABLE audit_log (id INTEGER PRIMARY KEY, at REAL NOT NULL, actor TEXT NOT NULL,
+    action TEXT NOT NULL, record_ids TEXT NOT NULL DEFAULT '[]', from_status TEXT,
+    reason TEXT, details TEXT NOT NULL DEFAULT '{}') STRICT;
+CREATE TABLE failure_events (id INTEGER PRIMARY KEY, at REAL NOT NULL,
+    task_name TEXT NOT NULL, failure_type TEXT NOT NULL) STRICT;
+CREATE TABLE idempotency_keys (key TEXT PRIMARY KEY NOT NULL, state TEXT NOT NULL,
+    first_seen_at REAL NOT NULL, expires_at REAL NOT NULL) STRICT;
+"""

@@ -129,8 +129,8 @@ def workload(sidecar: SidecarProcess, first_dlq_id: str) -> None:
     assert not claim(sidecar, "order-1", "global")
     for scope in ("global", "user", "device", "task"):
         assert claim(sidecar, f"{scope}-fresh", scope)
-    # A dead-lettered task that succeeds on its retry resolves its record.
-    success(sidecar, "import.csv", "v0-retry", attempt=1, dlq_id=first_dlq_id)
+    # A dead-lettered task that succeeds on its retry (same task id) resolves its record.
+    success(sidecar, "import.csv", "v0", attempt=1, dlq_id=first_dlq_id)
 
 
 # --- the stack -----------------------------------------------------------------------------------

@@ -8,9 +8,9 @@ import json
 import pytest
 import redis
 
+from sidecar.records import DlqRecord
 from sidecar.requeue import NoTarget, RequeueError
 from sidecar.requeue.celery import DLQ_HEADER, CeleryTarget
-from sidecar.store.base import DlqRecord
 
 
 def record(**changes) -> DlqRecord:
@@ -94,7 +94,7 @@ async def test_queue_depth_probe_counts_priority_sub_queues(redis_url, tmp_path)
     from prometheus_client import CollectorRegistry
 
     from sidecar.http import create_app
-    from sidecar.http.keys import POLLERS
+    from sidecar.http.keys import SERVICES
     from sidecar.settings import Settings
 
     from .conftest import DEFAULT_POLICIES
@@ -116,7 +116,7 @@ async def test_queue_depth_probe_counts_priority_sub_queues(redis_url, tmp_path)
     )
     app = create_app(settings, registry=CollectorRegistry())
     async with TestClient(TestServer(app)) as client:
-        await app[POLLERS].refresh()
+        await app[SERVICES].pollers.refresh()
         text = await (await client.get("/metrics")).text()
     assert 'task_sidecar_queue_depth{queue="reports"} 4.0' in text
     assert 'task_sidecar_queue_depth{queue="critical"} 0.0' in text

@@ -12,10 +12,10 @@ import msgspec
 import psycopg
 import pytest
 
-from sidecar.store.base import AuditEntry, DlqRecord
-from sidecar.store.migrations import migrate
-from sidecar.store.postgres import PostgresStore
+from sidecar.records import AuditEntry, DlqRecord
+from sidecar.store.postgres import migrate
 from sidecar.store.spool import SPOOL_FILE, SpoolingDlq, SpoolWriteFailed, _Audit, _Put
+from sidecar.store.sqlstore import SqlStore, postgres_store
 from tests.services import free_port
 
 
@@ -30,15 +30,15 @@ def record(task: str, i: int) -> DlqRecord:
     )  # fmt: skip
 
 
-async def down_store() -> PostgresStore:
-    store = PostgresStore(f"postgresql://postgres@127.0.0.1:{free_port()}/x", timeout=0.5)
-    await store.open(wait=False)
+async def down_store() -> SqlStore:
+    store = postgres_store(f"postgresql://postgres@127.0.0.1:{free_port()}/x", timeout=0.5)
+    await store.db.open(wait=False)
     return store
 
 
-async def up_store(dsn: str) -> PostgresStore:
+async def up_store(dsn: str) -> SqlStore:
     await migrate(dsn)
-    store = PostgresStore(dsn)
+    store = postgres_store(dsn)
     await store.open()
     return store
 

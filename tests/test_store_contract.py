@@ -20,19 +20,19 @@ import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
-from sidecar.store.base import (
+from sidecar.errors import StoreUnavailable
+from sidecar.records import (
     STATUSES,
     AuditEntry,
     AuditPage,
     Claim,
     DlqFilter,
     DlqRecord,
-    StoreUnavailable,
     TrendBucket,
 )
-from sidecar.store.embedded import SqliteStore
-from sidecar.store.migrations import migrate
-from sidecar.store.postgres import PostgresStore
+from sidecar.store.postgres import migrate
+from sidecar.store.redis import RedisStore
+from sidecar.store.sqlstore import postgres_store, sqlite_store
 from tests.services import free_port
 
 T = TypeVar("T")
@@ -60,19 +60,25 @@ def migrated_dsn(postgres_dsn: str, run: Run) -> str:
 def open_store(request: pytest.FixtureRequest, run: Run, tmp_path) -> Iterator[Callable[[], Any]]:
     """Opens a store on this test's database; each call opens another one, with its own
     connections, as a second sidecar process would."""
+    yield from store_opener(request.param, request, run, tmp_path)
+
+
+def store_opener(
+    kind: str, request: pytest.FixtureRequest, run: Run, tmp_path
+) -> Iterator[Callable[[], Any]]:
     make: Callable[[], Any]
-    if request.param == "sqlite":
+    if kind == "sqlite":
         path = tmp_path / "sidecar.db"
 
         def make() -> Any:
-            return SqliteStore(path)
+            return sqlite_store(path)
     else:
         dsn = request.getfixturevalue("migrated_dsn")
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute("TRUNCATE dlq_records, idempotency_keys, audit_log, failure_events")
 
         def make() -> Any:
-            return PostgresStore(dsn, min_size=4, max_size=8)
+            return postgres_store(dsn, min_size=4, max_size=8)
 
     opened = []
 
@@ -222,7 +228,7 @@ class TestDlqRecords:
         record = make_record(status="retrying")
         run(store.put(record))
 
-        results = run(concurrently(20, lambda: store.resolve(record.id, NOW + 60)))
+        results = run(concurrently(20, lambda: store.resolve(record.id, record.task_id, NOW + 60)))
 
         assert results.count(True) == 1
         stored = run(store.get(record.id))
@@ -241,12 +247,22 @@ class TestDlqRecords:
         record = make_record(status=status)
         run(store.put(record))
 
-        assert run(store.resolve(record.id, NOW + 60)) is resolved
+        assert run(store.resolve(record.id, record.task_id, NOW + 60)) is resolved
         expected = "resolved" if resolved else status
         assert run(store.get(record.id)).status == expected
 
     def test_resolve_of_an_unknown_id_is_false(self, store, run):
-        assert run(store.resolve("no-such-id", NOW)) is False
+        assert run(store.resolve("no-such-id", "6f1c0b9e", NOW)) is False
+
+    def test_resolve_and_failed_again_touch_only_their_own_tasks_record(self, store, run):
+        """A success or failure hook naming another task's dlq_id changes nothing."""
+        record = make_record(status="retrying", task_id="mine")
+        run(store.put(record))
+
+        assert run(store.resolve(record.id, "someone-else", NOW + 60)) is False
+        intruder = make_record(id=record.id, task_id="someone-else", status="pending")
+        assert run(store.failed_again(intruder)) is False
+        assert run(store.get(record.id)) == record
 
     @pytest.mark.parametrize(
         ("status", "moved"),
@@ -261,8 +277,7 @@ class TestDlqRecords:
         record = make_record(status=status, dlq_retries=1)
         run(store.put(record))
         failure = make_record(
-            id=record.id,
-            task_id="retry-run-id",
+            id=record.id,  # the retried run keeps the record's task id
             args=["not", "stored"],
             exception={"type": "OperationalError", "message": "server closed the connection"},
             failure_type="TRANSIENT_NETWORK",
@@ -563,7 +578,7 @@ class TestDlqTransition:
         """Provably concurrent: a third session holds one row, so both statements are
         running, blocked on row locks, when it lets go (having abandoned that record)."""
         name = f"race-{uuid.uuid4()}"
-        stores = [PostgresStore(make_conninfo(migrated_dsn, application_name=name)) for _ in "ab"]
+        stores = [postgres_store(make_conninfo(migrated_dsn, application_name=name)) for _ in "ab"]
         records = [make_record(created_at=NOW + i) for i in range(200)]
         held = sorted(ids(records))[100]
 
@@ -770,66 +785,88 @@ async def wait_for_lock_waits(dsn: str, name: str, n: int) -> None:
     raise AssertionError(f"never saw {n} statements waiting on each other")
 
 
+@pytest.fixture(params=["sqlite", "postgres", "redis"])
+def claims(request: pytest.FixtureRequest, run: Run, tmp_path) -> Iterator[Any]:
+    """An IdempotencyStore: the two SQL stores and Redis keep one contract."""
+    if request.param != "redis":
+        opener = store_opener(request.param, request, run, tmp_path)
+        yield next(opener)()
+        next(opener, None)  # closes what it opened
+        return
+    store = RedisStore(request.getfixturevalue("redis_url"), prefix=f"test-{uuid.uuid4()}:")
+    yield store
+    run(store.close())
+
+
+def virtual_clock_only(store: Any) -> None:
+    """Redis expires keys on its own clock (PX), not on the `now` the tests pass."""
+    if isinstance(store, RedisStore):
+        pytest.skip("expiry on Redis follows the server's clock, not a virtual one")
+
+
 class TestIdempotencyClaims:
     """Exactly one caller holds a key until it is released or expires; others see the holder."""
 
-    def test_the_first_claim_wins(self, store, run):
-        assert run(store.claim("k", TTL, NOW)) == Claim(claimed=True)
+    def test_the_first_claim_wins(self, claims, run):
+        assert run(claims.claim("k", TTL, NOW)) == Claim(claimed=True)
 
-    def test_one_of_50_concurrent_claims_wins(self, store, run):
-        results = run(concurrently(50, lambda: store.claim("k", TTL, NOW)))
+    def test_one_of_50_concurrent_claims_wins(self, claims, run):
+        results = run(concurrently(50, lambda: claims.claim("k", TTL, NOW)))
 
         assert sum(claim.claimed for claim in results) == 1
         duplicates = {claim for claim in results if not claim.claimed}
         assert duplicates == {Claim(claimed=False, first_seen_at=NOW, state="running")}
 
-    def test_a_duplicate_sees_when_and_in_what_state(self, store, run):
-        run(store.claim("k", TTL, NOW))
+    def test_a_duplicate_sees_when_and_in_what_state(self, claims, run):
+        run(claims.claim("k", TTL, NOW))
 
-        assert run(store.claim("k", TTL, NOW + 5)) == Claim(False, NOW, "running")
+        assert run(claims.claim("k", TTL, NOW + 5)) == Claim(False, NOW, "running")
 
-    def test_complete_marks_done_and_keeps_the_key_for_its_ttl(self, store, run):
-        run(store.claim("k", 10, NOW))
+    def test_complete_marks_done_and_keeps_the_key_for_its_ttl(self, claims, run):
+        virtual_clock_only(claims)
+        run(claims.claim("k", 10, NOW))
 
-        assert run(store.complete("k", TTL, NOW + 5)) is True
+        assert run(claims.complete("k", TTL, NOW + 5)) is True
         # Past the claim's own expiry, inside the TTL given to complete().
-        assert run(store.claim("k", TTL, NOW + 60)) == Claim(False, NOW, "done")
+        assert run(claims.claim("k", TTL, NOW + 60)) == Claim(False, NOW, "done")
 
-    def test_complete_of_an_unknown_key_is_false(self, store, run):
-        assert run(store.complete("k", TTL, NOW)) is False
-        assert run(store.claim("k", TTL, NOW)).claimed
+    def test_complete_of_an_unknown_key_is_false(self, claims, run):
+        assert run(claims.complete("k", TTL, NOW)) is False
+        assert run(claims.claim("k", TTL, NOW)).claimed
 
-    def test_release_lets_the_key_be_claimed_again(self, store, run):
-        run(store.claim("k", TTL, NOW))
+    def test_release_lets_the_key_be_claimed_again(self, claims, run):
+        run(claims.claim("k", TTL, NOW))
 
-        assert run(store.release("k")) is True
-        assert run(store.claim("k", TTL, NOW + 1)) == Claim(claimed=True)
-        assert run(store.claim("k", TTL, NOW + 2)) == Claim(False, NOW + 1, "running")
+        assert run(claims.release("k")) is True
+        assert run(claims.claim("k", TTL, NOW + 1)) == Claim(claimed=True)
+        assert run(claims.claim("k", TTL, NOW + 2)) == Claim(False, NOW + 1, "running")
 
-    def test_release_leaves_a_done_key_alone(self, store, run):
-        run(store.claim("k", TTL, NOW))
-        run(store.complete("k", TTL, NOW + 1))
+    def test_release_leaves_a_done_key_alone(self, claims, run):
+        run(claims.claim("k", TTL, NOW))
+        run(claims.complete("k", TTL, NOW + 1))
 
-        assert run(store.release("k")) is False
-        assert run(store.claim("k", TTL, NOW + 2)) == Claim(False, NOW, "done")
+        assert run(claims.release("k")) is False
+        assert run(claims.claim("k", TTL, NOW + 2)) == Claim(False, NOW, "done")
 
-    def test_release_of_an_unknown_key_is_false(self, store, run):
-        assert run(store.release("k")) is False
+    def test_release_of_an_unknown_key_is_false(self, claims, run):
+        assert run(claims.release("k")) is False
 
     @pytest.mark.parametrize("done", [False, True], ids=["running", "done"])
-    def test_an_expired_key_can_be_claimed_again(self, store, run, done):
-        run(store.claim("k", 10, NOW))
+    def test_an_expired_key_can_be_claimed_again(self, claims, run, done):
+        virtual_clock_only(claims)
+        run(claims.claim("k", 10, NOW))
         if done:
-            run(store.complete("k", 10, NOW))
+            run(claims.complete("k", 10, NOW))
 
-        assert run(store.claim("k", TTL, NOW + 9.5)).claimed is False
-        assert run(store.claim("k", TTL, NOW + 10)) == Claim(claimed=True)  # expires_at <= now
-        assert run(store.claim("k", TTL, NOW + 11)) == Claim(False, NOW + 10, "running")
+        assert run(claims.claim("k", TTL, NOW + 9.5)).claimed is False
+        assert run(claims.claim("k", TTL, NOW + 10)) == Claim(claimed=True)  # expires_at <= now
+        assert run(claims.claim("k", TTL, NOW + 11)) == Claim(False, NOW + 10, "running")
 
-    def test_one_of_50_concurrent_takeovers_of_an_expired_key_wins(self, store, run):
-        run(store.claim("k", 10, NOW))
+    def test_one_of_50_concurrent_takeovers_of_an_expired_key_wins(self, claims, run):
+        virtual_clock_only(claims)
+        run(claims.claim("k", 10, NOW))
 
-        results = run(concurrently(50, lambda: store.claim("k", TTL, NOW + 20)))
+        results = run(concurrently(50, lambda: claims.claim("k", TTL, NOW + 20)))
 
         assert sum(claim.claimed for claim in results) == 1
         # The losers report the new holder, never the expired one they raced against.
@@ -866,10 +903,10 @@ class TestAvailability:
     @pytest.mark.parametrize("backend", ["sqlite", "postgres"])
     def test_an_unreachable_backend_is_unavailable(self, run, tmp_path, backend):
         if backend == "sqlite":
-            store: Any = SqliteStore(tmp_path / "no-such-dir" / "sidecar.db")
+            store: Any = sqlite_store(tmp_path / "no-such-dir" / "sidecar.db")
         else:
             dsn = f"postgresql://sidecar:{SECRET}@127.0.0.1:{free_port()}/sidecar"
-            store = PostgresStore(dsn, timeout=0.5)
+            store = postgres_store(dsn, timeout=0.5)
 
         with pytest.raises(StoreUnavailable) as raised:
             run(store.open())
@@ -879,12 +916,12 @@ class TestAvailability:
 
     def test_a_malformed_dsn_is_refused_without_quoting_it(self):
         with pytest.raises(ValueError, match="malformed") as raised:
-            PostgresStore(f"postgresql//sidecar:{SECRET}@127.0.0.1/sidecar")
+            postgres_store(f"postgresql//sidecar:{SECRET}@127.0.0.1/sidecar")
         assert SECRET not in str(raised.value)
 
     def test_postgres_dropped_connections_fail_as_unavailable_then_recover(self, run, migrated_dsn):
         name = f"outage-{uuid.uuid4()}"  # so only this store's connections are hit
-        store = PostgresStore(make_conninfo(migrated_dsn, application_name=name), max_size=2)
+        store = postgres_store(make_conninfo(migrated_dsn, application_name=name), max_size=2)
         run(store.open())
         try:
             run(store.ping())

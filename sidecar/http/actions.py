@@ -3,20 +3,18 @@ policy and the audit log. Reads need `viewer`, actions `operator`."""
 
 from __future__ import annotations
 
-import csv
-import io
-from datetime import UTC, datetime
 from typing import Annotated
 
 import msgspec
 from aiohttp import web
 from msgspec import Meta
 
-from ..operations import Conflict, NotFound, parse_time
+from ..records import DlqRecord
 from ..requeue import RequeueError
-from ..store.base import STATUSES, DlqFilter, DlqRecord
+from ..service.errors import Ambiguous, Conflict, NotFound
 from .auth import TOKEN_NAME, requires
-from .keys import METRICS, OPERATIONS, POLICIES
+from .keys import SERVICES
+from .params import dlq_filter, limit_of
 from .problems import Problem, invalid, json_response, read
 
 MAX_PAGE = 500
@@ -53,27 +51,6 @@ def actor(request: web.Request) -> str:
     return request.get(TOKEN_NAME, "anonymous")
 
 
-def dlq_filter(values: dict[str, object], where: str = "query") -> DlqFilter:
-    """Filters from a query string or a JSON body, each checked, 400 naming the bad one."""
-    status = values.get("status")
-    if status is not None and status not in STATUSES:
-        raise invalid(f"{where}.status", f"expected one of {list(STATUSES)}, got {status!r}")
-    times = {}
-    for name in ("since", "until"):
-        value = values.get(name)
-        if value is not None:
-            try:
-                times[name] = parse_time(str(value), name)
-            except ValueError as exc:
-                raise invalid(f"{where}.{name}", str(exc).partition(": ")[2]) from None
-    return DlqFilter(
-        status=status,  # type: ignore[arg-type]
-        task_name=values.get("task_name") or None,  # type: ignore[arg-type]
-        failure_type=values.get("failure_type") or None,  # type: ignore[arg-type]
-        **times,
-    )
-
-
 def public(record: DlqRecord, *, traceback: bool = True) -> dict[str, object]:
     data = msgspec.to_builtins(record)
     if not traceback:
@@ -81,8 +58,14 @@ def public(record: DlqRecord, *, traceback: bool = True) -> dict[str, object]:
     return data
 
 
+def _lookup_problem(exc: NotFound | Ambiguous) -> Problem:
+    if isinstance(exc, Ambiguous):
+        return Problem(409, "Ambiguous id", str(exc), extra={"candidates": exc.candidates})
+    return Problem(404, "Not found", str(exc))
+
+
 def _priority_problem(name: str | None, request: web.Request) -> Problem:
-    levels = [level.name for level in request.app[POLICIES].current.priority.levels]
+    levels = [level.name for level in request.app[SERVICES].policies.current.priority.levels]
     return invalid("priority", f"expected one of {levels}, got {name!r}")
 
 
@@ -92,15 +75,10 @@ def _priority_problem(name: str | None, request: web.Request) -> Problem:
 @requires("viewer")
 async def list_dlq(request: web.Request) -> web.Response:
     query = request.query
-    try:
-        limit = int(query.get("limit", "50"))
-    except ValueError:
-        raise invalid("query.limit", f"expected a whole number, got {query['limit']!r}") from None
-    if not 1 <= limit <= MAX_PAGE:
-        raise invalid("query.limit", f"expected 1 to {MAX_PAGE}, got {limit}")
+    limit = limit_of(dict(query), most=MAX_PAGE)
     where = dlq_filter(dict(query))
     try:
-        page = await request.app[OPERATIONS].stores.dlq.list(where, limit, query.get("cursor"))
+        page = await request.app[SERVICES].dlq.list(where, limit, query.get("cursor"))
     except ValueError:
         raise invalid("query.cursor", "not a cursor this API returned") from None
     return json_response(
@@ -114,9 +92,9 @@ async def list_dlq(request: web.Request) -> web.Response:
 @requires("viewer")
 async def get_dlq(request: web.Request) -> web.Response:
     try:
-        record = await request.app[OPERATIONS].get(request.match_info["id"])
-    except NotFound as exc:
-        raise Problem(404, "Not found", str(exc)) from None
+        record = await request.app[SERVICES].dlq.get(request.match_info["id"])
+    except (NotFound, Ambiguous) as exc:
+        raise _lookup_problem(exc) from None
     return json_response(public(record))
 
 
@@ -124,13 +102,13 @@ async def get_dlq(request: web.Request) -> web.Response:
 async def retry_dlq(request: web.Request) -> web.Response:
     body = await read(request, RetryRequest)
     try:
-        record = await request.app[OPERATIONS].retry(
+        record = await request.app[SERVICES].dlq.retry(
             request.match_info["id"], actor(request), body.priority, body.queue
         )
     except KeyError:
         raise _priority_problem(body.priority, request) from None
-    except NotFound as exc:
-        raise Problem(404, "Not found", str(exc)) from None
+    except (NotFound, Ambiguous) as exc:
+        raise _lookup_problem(exc) from None
     except Conflict as exc:
         raise Problem(409, "Conflict", str(exc)) from None
     except RequeueError as exc:
@@ -142,11 +120,11 @@ async def retry_dlq(request: web.Request) -> web.Response:
 async def abandon_dlq(request: web.Request) -> web.Response:
     body = await read(request, AbandonRequest)
     try:
-        record = await request.app[OPERATIONS].abandon(
+        record = await request.app[SERVICES].dlq.abandon(
             request.match_info["id"], actor(request), body.reason
         )
-    except NotFound as exc:
-        raise Problem(404, "Not found", str(exc)) from None
+    except (NotFound, Ambiguous) as exc:
+        raise _lookup_problem(exc) from None
     except Conflict as exc:
         raise Problem(409, "Conflict", str(exc)) from None
     return json_response(public(record))
@@ -161,7 +139,7 @@ async def bulk_retry(request: web.Request) -> web.Response:
     if body.filter is not None:
         where = dlq_filter(msgspec.to_builtins(body.filter), "filter")
     try:
-        answer = await request.app[OPERATIONS].bulk_retry(
+        answer = await request.app[SERVICES].dlq.bulk_retry(
             actor(request),
             ids=body.ids,
             where=where,
@@ -176,61 +154,15 @@ async def bulk_retry(request: web.Request) -> web.Response:
 
 @requires("viewer")
 async def bulk_retry_progress(request: web.Request) -> web.Response:
-    job = request.app[OPERATIONS].jobs.get(request.match_info["job"])
+    job = request.app[SERVICES].dlq.jobs.get(request.match_info["job"])
     if job is None:
         raise Problem(404, "Not found", "no such bulk retry in this sidecar")
     return json_response(job.view())
 
 
-CSV_COLUMNS = (
-    "id",
-    "status",
-    "task_name",
-    "task_id",
-    "queue",
-    "failure_type",
-    "category",
-    "remediation",
-    "confidence",
-    "rule",
-    "priority",
-    "target_queue",
-    "attempts",
-    "dlq_retries",
-    "created_at",
-    "updated_at",
-    "exception_type",
-    "message",
-    "last_error",
-)
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
-
-
-def safe_cell(value: object) -> str:
-    """A cell a spreadsheet shows as text: one starting like a formula gets a quote first
-    (OWASP's advice for CSV injection)."""
-    text = "" if value is None else str(value)
-    return "'" + text if text.startswith(FORMULA_STARTS) else text
-
-
-def csv_row(record: DlqRecord) -> list[str]:
-    def iso(t: float) -> str:
-        return datetime.fromtimestamp(t, UTC).isoformat()
-
-    values = {
-        **msgspec.to_builtins(record),
-        "created_at": iso(record.created_at),
-        "updated_at": iso(record.updated_at),
-        "exception_type": record.exception.get("type"),
-        "message": record.exception.get("message"),
-    }
-    return [safe_cell(values.get(column)) for column in CSV_COLUMNS]
-
-
 @requires("viewer")
 async def export_csv(request: web.Request) -> web.StreamResponse:
     where = dlq_filter(dict(request.query))
-    operations = request.app[OPERATIONS]
     response = web.StreamResponse(
         headers={
             "Content-Type": "text/csv; charset=utf-8",
@@ -238,19 +170,9 @@ async def export_csv(request: web.Request) -> web.StreamResponse:
         }
     )
     await response.prepare(request)
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(CSV_COLUMNS)
-    async for record in operations.stores.dlq.iterate(where):
-        writer.writerow(csv_row(record))
-        if buffer.tell() > 64 * 1024:
-            await response.write(buffer.getvalue().encode())
-            buffer.seek(0)
-            buffer.truncate()
-    await response.write(buffer.getvalue().encode())
+    async for chunk in request.app[SERVICES].exports.dlq_csv(where):
+        await response.write(chunk)
     await response.write_eof()
-    metrics = request.app[METRICS]
-    metrics.at(metrics.dlq_actions, "export").inc()
     return response
 
 
@@ -259,15 +181,13 @@ async def export_csv(request: web.Request) -> web.StreamResponse:
 
 @requires("viewer")
 async def list_breakers(request: web.Request) -> web.Response:
-    return json_response({"breakers": await request.app[OPERATIONS].breakers()})
+    return json_response({"breakers": await request.app[SERVICES].breakers.views()})
 
 
 @requires("operator")
 async def reset_breaker(request: web.Request) -> web.Response:
     try:
-        view = await request.app[OPERATIONS].reset_breaker(
-            request.match_info["key"], actor(request)
-        )
+        view = await request.app[SERVICES].breakers.reset(request.match_info["key"], actor(request))
     except NotFound as exc:
         raise Problem(404, "Not found", str(exc)) from None
     return json_response(view)
@@ -282,19 +202,21 @@ async def failure_trends(request: web.Request) -> web.Response:
         raise invalid("query.hours", f"expected a number of hours, got {raw!r}") from None
     if not 0 < hours <= 24 * 90:
         raise invalid("query.hours", f"expected more than 0 and at most 2160, got {raw}")
-    buckets = await request.app[OPERATIONS].trends(hours)
+    buckets = await request.app[SERVICES].exports.trends(hours)
     return json_response({"hours": hours, "bucket_seconds": 3600, "buckets": buckets})
 
 
 @requires("viewer")
 async def get_policies(request: web.Request) -> web.Response:
-    policies = request.app[POLICIES]
-    return json_response({"path": str(policies.path), "policy": policy_document(policies)})
+    policies = request.app[SERVICES].policies
+    return json_response({"path": str(policies.path), "policy": policies.document()})
 
 
 @requires("operator")
 async def reload_policies(request: web.Request) -> web.Response:
-    problems = await request.app[OPERATIONS].reload_policy(actor(request))
+    problems = await request.app[SERVICES].policies.reload_by(
+        actor(request), request.app[SERVICES].stores.dlq
+    )
     if problems:
         raise Problem(
             422,
@@ -307,40 +229,12 @@ async def reload_policies(request: web.Request) -> web.Response:
 
 @requires("viewer")
 async def audit_log(request: web.Request) -> web.Response:
+    limit = limit_of(dict(request.query), most=MAX_PAGE)
     try:
-        limit = int(request.query.get("limit", "50"))
-    except ValueError:
-        raise invalid("query.limit", "expected a whole number") from None
-    if not 1 <= limit <= MAX_PAGE:
-        raise invalid("query.limit", f"expected 1 to {MAX_PAGE}, got {limit}")
-    try:
-        page = await request.app[OPERATIONS].stores.dlq.audit_log(
-            limit, request.query.get("cursor")
-        )
+        page = await request.app[SERVICES].dlq.audit_log(limit, request.query.get("cursor"))
     except ValueError:
         raise invalid("query.cursor", "not a cursor this API returned") from None
     return json_response(page)
-
-
-def policy_document(policies) -> dict[str, object]:
-    """The effective policy (defaults filled in) as plain JSON values."""
-    import dataclasses
-
-    def plain(value: object) -> object:
-        if dataclasses.is_dataclass(value):
-            return {
-                f.name: plain(getattr(value, f.name))
-                for f in dataclasses.fields(value)
-                if not f.name.startswith("_")
-            }
-        if isinstance(value, dict):
-            return {str(k): plain(v) for k, v in value.items()}
-        if isinstance(value, tuple | list | frozenset | set):
-            items = [plain(v) for v in value]
-            return sorted(items, key=str) if isinstance(value, frozenset | set) else items
-        return value
-
-    return plain(policies.current)  # type: ignore[return-value]
 
 
 def routes() -> list[web.RouteDef]:

@@ -13,33 +13,22 @@ from collections.abc import AsyncIterator, Callable
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from ..errors import StoreUnavailable
 from ..metrics import Metrics
-from ..operations import Operations
-from ..pollers import Pollers, every
-from ..requeue import NoTarget, RequeueTarget
-from ..schedule_health import Schedules
-from ..service import Policies, Sidecar, Stores
+from ..requeue import RequeueTarget
+from ..service.compose import Stores, open_services
+from ..service.policies import Policies
+from ..service.pollers import every
 from ..settings import Settings
-from ..store import open_stores
-from ..store.base import StoreUnavailable
 from . import actions, hooks, schedules
-from .keys import (
-    METRICS,
-    OPERATIONS,
-    POLICIES,
-    POLLERS,
-    SCHEDULES,
-    SETTINGS,
-    SIDECAR,
-    STORES,
-)
+from .keys import METRICS, SERVICES, SETTINGS
 from .limits import in_flight_limit
 from .openapi import openapi
 from .problems import json_response, problem_middleware
 
 log = logging.getLogger("task_sidecar")
-PING_TIMEOUT = 1.0
 STOP_TIMEOUT = 5.0  # how long shutdown waits for a poll in progress
+STALLED_AFTER = 10.0  # a spool replay that applied nothing for this long is called stalled
 
 
 def create_app(
@@ -61,26 +50,16 @@ def create_app(
     metrics = Metrics(registry, task_limit=settings.task_label_limit)
     app[SETTINGS] = settings
     app[METRICS] = metrics
-    app[POLICIES] = Policies(settings.policies, metrics)
-    app[SCHEDULES] = Schedules(metrics)
+    policies = Policies(settings.policies, metrics)  # a bad file stops the start here
 
-    async def open_and_close_stores(app: web.Application) -> AsyncIterator[None]:
-        if stores is not None:
-            app[STORES] = stores
-        else:
-            app[STORES] = await open_stores(settings)
-        app[SIDECAR] = Sidecar(app[POLICIES], app[STORES], metrics, clock=clock, rng=rng)
-        requeue = target if target is not None else open_target(settings)
-        app[OPERATIONS] = Operations(app[POLICIES], app[STORES], requeue, metrics, clock=clock)
-        yield
-        await app[OPERATIONS].wait_jobs()
-        if target is None:
-            await requeue.close()
-        if stores is None:
-            for store in app[STORES].distinct():
-                await store.close()
+    async def services_ctx(app: web.Application) -> AsyncIterator[None]:
+        async with open_services(
+            settings, metrics, policies=policies, stores=stores, target=target, clock=clock, rng=rng
+        ) as services:
+            app[SERVICES] = services
+            yield
 
-    app.cleanup_ctx.append(open_and_close_stores)
+    app.cleanup_ctx.append(services_ctx)
     app.cleanup_ctx.append(watch_policies)
     app.cleanup_ctx.append(run_pollers)
     app.add_routes(hooks.routes())
@@ -99,13 +78,14 @@ def create_app(
 
 async def watch_policies(app: web.Application) -> AsyncIterator[None]:
     """Reload the policy on SIGHUP and when the file changes."""
-    policies, interval = app[POLICIES], app[SETTINGS].reload_interval
+    services = app[SERVICES]
+    policies, interval = services.policies, app[SETTINGS].reload_interval
     loop = asyncio.get_running_loop()
     background: set[asyncio.Task[None]] = set()
 
     async def reload() -> None:
         if policies.reload() is None:
-            await app[SCHEDULES].refresh_gauges(policies.current)
+            await services.schedules.refresh_gauges(policies.current)
 
     def on_sighup() -> None:
         task = asyncio.create_task(reload())
@@ -132,40 +112,24 @@ async def watch_policies(app: web.Application) -> AsyncIterator[None]:
         loop.remove_signal_handler(signal.SIGHUP)
 
 
-def open_target(settings: Settings) -> RequeueTarget:
-    if settings.requeue == "celery":
-        from ..requeue.celery import CeleryTarget
-
-        return CeleryTarget(settings.celery_broker_url or "")
-    if settings.requeue == "webhook":
-        from ..requeue.webhook import WebhookTarget
-
-        return WebhookTarget(settings.webhook_url or "", settings.webhook_secret or "")
-    return NoTarget()
-
-
 async def run_pollers(app: web.Application) -> AsyncIterator[None]:
     """Gauges that need a query, batched failure events, purges: in the background."""
-    settings = app[SETTINGS]
-    pollers = Pollers(settings, app[OPERATIONS], app[METRICS], app[SIDECAR].failure_events)
+    services, settings = app[SERVICES], app[SETTINGS]
+    pollers = services.pollers
     stop = asyncio.Event()
-    tasks = [
-        asyncio.create_task(every(settings.poll_interval, pollers.refresh, "refresh", stop)),
-        asyncio.create_task(every(1.0, pollers.flush_failure_events, "failure events", stop)),
-        asyncio.create_task(every(3600.0, pollers.purge, "purge", stop)),
-        asyncio.create_task(
-            every(
-                3600.0,
-                lambda: app[SCHEDULES].refresh_gauges(app[POLICIES].current),
-                "schedules",
-                stop,
-            )
+    work = [
+        (settings.poll_interval, pollers.refresh, "refresh"),
+        (1.0, pollers.flush_failure_events, "failure events"),
+        (3600.0, pollers.purge, "purge"),
+        (
+            3600.0,
+            lambda: services.schedules.refresh_gauges(services.policies.current),
+            "schedules",
         ),
     ]
-    if hasattr(app[STORES].dlq, "replay"):  # a spool in front of PostgreSQL
-        app[STORES].dlq.bind(app[METRICS])
-        tasks.append(asyncio.create_task(every(0.5, pollers.replay_spool, "spool", stop)))
-    app[POLLERS] = pollers
+    if services.stores.spool is not None:
+        work.append((0.5, services.stores.spool.replay, "spool"))
+    tasks = [asyncio.create_task(every(seconds, fn, name, stop)) for seconds, fn, name in work]
     yield
     stop.set()
     _, stuck = await asyncio.wait(tasks, timeout=STOP_TIMEOUT)
@@ -174,7 +138,6 @@ async def run_pollers(app: web.Application) -> AsyncIterator[None]:
     await asyncio.gather(*tasks, return_exceptions=True)
     with contextlib.suppress(StoreUnavailable):
         await pollers.flush_failure_events()
-    await pollers.close()
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -184,19 +147,15 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     """Which backends answer and which do not; 503 while any does not."""
-    checks: dict[str, str] = {}
-    metrics = request.app[METRICS]
-    for store in request.app[STORES].distinct():
-        try:
-            await asyncio.wait_for(store.ping(), PING_TIMEOUT)
-            checks[store.name] = "ok"
-        except (StoreUnavailable, TimeoutError) as exc:
-            checks[store.name] = f"unavailable: {exc or 'timed out'}"
-        metrics.backend_up.labels(store.name).set(checks[store.name] == "ok")
+    services = request.app[SERVICES]
+    checks = await services.pollers.check_backends()
     ready = all(value == "ok" for value in checks.values())
-    pending = getattr(request.app[STORES].dlq, "pending", 0)
-    if pending:  # informs; replaying the spool does not make the sidecar unready
-        checks["spool"] = f"spooling {pending}"
+    spool = services.stores.spool
+    if spool is not None and spool.pending:  # informs; replaying does not make it unready
+        checks["spool"] = f"spooling {spool.pending}"
+        stalled = spool.stalled_for()
+        if stalled > STALLED_AFTER:
+            checks["spool"] += f"; replay stalled for {stalled:.0f}s"
     return json_response(
         {"status": "ready" if ready else "unavailable", "checks": checks},
         status=200 if ready else 503,

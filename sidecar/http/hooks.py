@@ -11,7 +11,7 @@ from msgspec import Meta
 from ..policy import FailureEvent, StartEvent, SuccessEvent
 from ..policy.events import Seconds
 from .auth import requires
-from .keys import METRICS, SIDECAR
+from .keys import METRICS, SERVICES
 from .problems import Problem, decode, json_response, read
 
 MAX_BATCH = 1000
@@ -38,22 +38,21 @@ KINDS: dict[str, type] = {"failure": FailureEvent, "success": SuccessEvent, "sta
 
 
 def _timer(request: web.Request, hook: str):
-    metrics = request.app[METRICS]
-    return metrics.at(metrics.hook_duration, hook).time()
+    return request.app[METRICS].hook_timer(hook)
 
 
 @requires("hooks")
 async def failure(request: web.Request) -> web.Response:
     event = await read(request, FailureEvent)
     with _timer(request, "failure"):
-        return json_response(await request.app[SIDECAR].failure(event))
+        return json_response(await request.app[SERVICES].hooks.failure(event))
 
 
 @requires("hooks")
 async def success(request: web.Request) -> web.Response:
     event = await read(request, SuccessEvent)
     with _timer(request, "success"):
-        await request.app[SIDECAR].success(event)
+        await request.app[SERVICES].hooks.success(event)
     return json_response({"recorded": True})
 
 
@@ -61,7 +60,7 @@ async def success(request: web.Request) -> web.Response:
 async def start(request: web.Request) -> web.Response:
     event = await read(request, StartEvent)
     with _timer(request, "start"):
-        return json_response(await request.app[SIDECAR].start(event))
+        return json_response(await request.app[SERVICES].hooks.start(event))
 
 
 @requires("hooks")
@@ -70,7 +69,7 @@ async def batch(request: web.Request) -> web.Response:
     items = await read(request, list[msgspec.Raw])
     if len(items) > MAX_BATCH:
         raise Problem(413, "Batch too large", f"at most {MAX_BATCH} events per batch")
-    sidecar = request.app[SIDECAR]
+    sidecar = request.app[SERVICES].hooks
     results: list[Any] = []
     with _timer(request, "batch"):
         for index, raw in enumerate(items):
@@ -97,34 +96,38 @@ async def batch(request: web.Request) -> web.Response:
 @requires("hooks", "viewer")
 async def classify(request: web.Request) -> web.Response:
     event = await read(request, FailureEvent)
-    return json_response(request.app[SIDECAR].classify(event))
+    return json_response(request.app[SERVICES].hooks.classify(event))
 
 
 @requires("hooks", "viewer")
 async def dry_run(request: web.Request) -> web.Response:
     event = await read(request, FailureEvent)
-    return json_response(await request.app[SIDECAR].dry_run(event))
+    return json_response(await request.app[SERVICES].hooks.dry_run(event))
 
 
 @requires("hooks")
 async def claim(request: web.Request) -> web.Response:
     body = await read(request, ClaimRequest)
     with _timer(request, "claim"):
-        answer = await request.app[SIDECAR].claim(body.key, body.scope, body.ttl_seconds)
+        answer = await request.app[SERVICES].idempotency.claim(
+            body.key, body.scope, body.ttl_seconds
+        )
     return json_response(answer)
 
 
 @requires("hooks")
 async def complete(request: web.Request) -> web.Response:
     body = await read(request, KeyRequest)
-    done = await request.app[SIDECAR].complete(body.key, body.scope, body.ttl_seconds)
+    done = await request.app[SERVICES].idempotency.complete(body.key, body.scope, body.ttl_seconds)
     return json_response({"completed": done})
 
 
 @requires("hooks")
 async def release(request: web.Request) -> web.Response:
     body = await read(request, KeyRequest)
-    return json_response({"released": await request.app[SIDECAR].release(body.key, body.scope)})
+    return json_response(
+        {"released": await request.app[SERVICES].idempotency.release(body.key, body.scope)}
+    )
 
 
 def routes() -> list[web.RouteDef]:

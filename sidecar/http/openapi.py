@@ -9,7 +9,6 @@ import msgspec
 from aiohttp import web
 
 from .. import __version__
-from ..operations import BreakerView
 from ..policy.events import (
     Classification,
     Decision,
@@ -18,7 +17,8 @@ from ..policy.events import (
     StartEvent,
     SuccessEvent,
 )
-from ..store.base import AuditPage, Claim, DlqRecord
+from ..records import AuditPage, Claim, DlqRecord
+from ..service.breakers import BreakerView
 from . import actions, hooks
 from .problems import json_response
 

@@ -12,8 +12,8 @@ from typing import Any, TypeVar
 import msgspec
 from aiohttp import web
 
+from ..errors import StoreRefused, StoreUnavailable
 from ..policy.events import decode_error_path
-from ..store.base import StoreUnavailable
 
 T = TypeVar("T")
 log = logging.getLogger("task_sidecar.http")
@@ -29,10 +29,12 @@ class Problem(Exception):
         detail: str = "",
         errors: list[dict[str, str]] | None = None,
         headers: dict[str, str] | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(detail or title)
         self.status, self.title, self.detail = status, title, detail
         self.errors, self.headers = errors, headers
+        self.extra = extra or {}  # members of the document beyond RFC 9457's
 
     def response(self) -> web.Response:
         body: dict[str, Any] = {
@@ -43,6 +45,7 @@ class Problem(Exception):
         }
         if self.errors:
             body["errors"] = self.errors
+        body.update(self.extra)
         return web.Response(
             status=self.status,
             body=_encode(body),
@@ -89,6 +92,9 @@ async def problem_middleware(request: web.Request, handler) -> web.StreamRespons
         if exc.status < 400:
             raise
         return Problem(exc.status, exc.reason, headers=_allow(exc)).response()
+    except StoreRefused as exc:  # data it will never take: the client's to fix
+        log.warning("backend refused the request's data: %s", exc)
+        return Problem(400, "Refused by the store", str(exc)).response()
     except StoreUnavailable as exc:
         log.warning("backend unavailable: %s", exc)
         return Problem(

@@ -12,7 +12,7 @@ from aiohttp import web
 from ..policy.durations import parse_duration
 from ..policy.schedules import ScheduleError, parse_schedules
 from .auth import requires
-from .keys import POLICIES, SCHEDULES
+from .keys import SERVICES
 from .problems import Problem, invalid, json_response, read
 
 
@@ -28,9 +28,8 @@ async def health(request: web.Request) -> web.Response:
     except ValueError:
         raise invalid("query.threshold", "expected a whole number") from None
     try:
-        report = await request.app[SCHEDULES].analyse(
-            request.app[POLICIES].current, horizon, threshold
-        )
+        services = request.app[SERVICES]
+        report = await services.schedules.analyse(services.policies.current, horizon, threshold)
     except ScheduleError as exc:  # a reported schedule the current policy cannot take
         raise Problem(422, "Unusable schedule", str(exc)) from None
     except ValueError as exc:
@@ -50,9 +49,9 @@ async def replace_schedules(request: web.Request) -> web.Response:
             str(exc),
             [{"path": p.path, "message": p.message} for p in exc.problems],
         ) from None
-    book = request.app[SCHEDULES]
-    book.reported = schedules
-    await book.refresh_gauges(request.app[POLICIES].current)
+    services = request.app[SERVICES]
+    services.schedules.reported = schedules
+    await services.schedules.refresh_gauges(services.policies.current)
     return json_response({"schedules": len(schedules)})
 
 

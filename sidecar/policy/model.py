@@ -273,6 +273,14 @@ class Policy:
         owner = self._memoised(("owner", task_name), self._breaker_owner)
         return f"{owner}:{failure_type}"
 
+    def breaker_settings(self, key: str) -> BreakerSettings | None:
+        """The settings of the breaker a `breaker_key()` names; None when its failure
+        type is unknown or has no breaker (any more)."""
+        owner, failure_type = split_breaker_key(key)
+        if failure_type not in self.failure_types:
+            return None
+        return self.retry_policy(owner, failure_type).breaker
+
     def _breaker_owner(self, task_name: str) -> str:
         for dependency in self.dependencies:
             if fnmatchcase(task_name, dependency.task):
@@ -309,3 +317,10 @@ class Route:
     outcomes_key: str  # where retry outcomes are counted for adaptive learning
     failure_type: FailureType
     base_level: Level
+
+
+def split_breaker_key(key: str) -> tuple[str, str]:
+    """(owner, failure type) of a `Policy.breaker_key()`: task names may hold colons,
+    failure types do not."""
+    owner, _, failure_type = key.rpartition(":")
+    return owner, failure_type

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from ..store.base import DlqRecord
+from ..records import DlqRecord
 
 
 class RequeueError(Exception):

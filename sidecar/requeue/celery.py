@@ -7,19 +7,16 @@ from __future__ import annotations
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
 
-from ..store.base import DlqRecord
+from ..integrations.kombu import DLQ_HEADER, message_priority
+from ..records import DlqRecord
 from . import RequeueError
-
-DLQ_HEADER = "task_sidecar_dlq_id"
 
 
 class CeleryTarget:
     name = "celery"
 
     def __init__(self, broker_url: str) -> None:
-        # On Redis, kombu treats 0 as the highest priority (RabbitMQ: the highest number),
-        # so our levels (CRITICAL 10 … DEFERRED 2) are turned around for it.
-        self.lowest_first = broker_url.startswith(("redis://", "rediss://", "sentinel://"))
+        self.broker_url = broker_url
         try:
             from celery import Celery
         except ImportError:  # pragma: no cover - depends on the installation
@@ -39,13 +36,16 @@ class CeleryTarget:
                 queue=queue,
                 priority=self.message_priority(priority),
                 headers={DLQ_HEADER: record.id},
+                # The run keeps the task's id: its hooks may only touch the record of
+                # their own task id, and operators follow one id through the retry.
+                task_id=record.task_id,
                 retries=record.attempts,
             )
         except Exception as exc:  # kombu raises many types; all mean "not handed over"
             raise RequeueError(f"celery: {type(exc).__name__}: {exc}") from exc
 
     def message_priority(self, priority: int) -> int:
-        return max(0, min(9, 10 - priority)) if self.lowest_first else priority
+        return message_priority(priority, self.broker_url)
 
     async def requeue(self, record: DlqRecord, queue: str, priority: int) -> None:
         loop = asyncio.get_running_loop()

@@ -13,7 +13,7 @@ import time
 import aiohttp
 import msgspec
 
-from ..store.base import DlqRecord
+from ..records import DlqRecord
 from . import RequeueError
 
 SIGNATURE_HEADER = "X-Task-Sidecar-Signature"

@@ -1,4 +1,9 @@
-"""Fleet state that survives a Redis outage.
+"""Fleet state and claims that survive a Redis outage (stopped, or hanging).
+
+One `Outage` per shared store says whether it is down; `FallbackState` and
+`FallbackIdempotency` share it, so the first call that meets the outage sends every later
+one, breakers and claims alike, to its fallback at once instead of each waiting out the
+store's timeout.
 
 `FallbackState` serves breakers and adaptive statistics from the shared store (Redis) and,
 while it does not answer, from this process's memory (`MemoryState`), so hooks keep being
@@ -15,52 +20,59 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 from ..policy.breaker import BreakerState, Status
 from ..policy.window import Window
-from .base import BreakerUpdate, StateStore, StoreUnavailable, WindowUpdate
+from ..records import Claim
 from .memory import MemoryState
+from .ports import BreakerUpdate, IdempotencyStore, StateStore, StoreUnavailable, WindowUpdate
 
 log = logging.getLogger("task_sidecar.store")
 RETRY_INTERVAL = 1.0
+T = TypeVar("T")
 
 
-class FallbackState:
+class Outage:
+    """Whether a shared store is down; while it is, it is tried again at most once per
+    `retry_interval` (one call probes, the others go to the fallback)."""
+
     def __init__(
         self,
-        shared: StateStore,
+        name: str,
         *,
         retry_interval: float = RETRY_INTERVAL,
         clock: Callable[[], float] = time.monotonic,
+        on_recovered: Callable[[], None] = lambda: None,
     ) -> None:
-        self.shared = shared
-        self.local = MemoryState()
-        self.name = shared.name
+        self.name = name
         self.retry_interval = retry_interval
         self.clock = clock
+        self.on_recovered = on_recovered
         self.down_since: float | None = None  # monotonic time the outage began
-        self.fallbacks = 0  # calls answered locally during the current outage
+        self.fallbacks = 0  # calls answered by a fallback during the current outage
         self._retry_at = 0.0
 
     @property
     def degraded(self) -> bool:
         return self.down_since is not None
 
-    async def _call(self, method: str, *args: Any) -> Any:
+    async def call(
+        self, shared: Callable[[], Awaitable[T]], fallback: Callable[[], Awaitable[T]]
+    ) -> T:
         if self.down_since is not None:
             now = self.clock()
             if now < self._retry_at:
                 self.fallbacks += 1
-                return await getattr(self.local, method)(*args)
-            self._retry_at = now + self.retry_interval  # this call probes; others stay local
+                return await fallback()
+            self._retry_at = now + self.retry_interval  # this call probes; others fall back
         try:
-            result = await getattr(self.shared, method)(*args)
+            result = await shared()
         except StoreUnavailable as exc:
             self._failed(exc)
             self.fallbacks += 1
-            return await getattr(self.local, method)(*args)
+            return await fallback()
         if self.down_since is not None:
             self._recovered()
         return result
@@ -72,8 +84,8 @@ class FallbackState:
             self.down_since = now
             self.fallbacks = 0
             log.warning(
-                "%s unavailable (%s); breakers and adaptive statistics are this process's "
-                "own until it answers",
+                "%s unavailable (%s); breakers, adaptive statistics and claims are this "
+                "process's own (claims: the durable store's) until it answers",
                 self.name,
                 exc,
             )
@@ -81,14 +93,37 @@ class FallbackState:
     def _recovered(self) -> None:
         assert self.down_since is not None
         log.warning(
-            "%s answers again after %.1fs (%d calls answered from local state); "
+            "%s answers again after %.1fs (%d calls answered by the fallback); "
             "using the fleet state again",
             self.name,
             self.clock() - self.down_since,
             self.fallbacks,
         )
         self.down_since = None
-        self.local = MemoryState()  # a later outage starts from nothing, not stale state
+        self.on_recovered()
+
+
+class FallbackState:
+    def __init__(self, shared: StateStore, outage: Outage | None = None) -> None:
+        self.shared = shared
+        self.local = MemoryState()
+        self.name = shared.name
+        self.outage = outage or Outage(shared.name)
+        # A later outage starts from nothing, not from what was learnt in this one.
+        self.outage.on_recovered = self._forget_local
+
+    def _forget_local(self) -> None:
+        self.local = MemoryState()
+
+    @property
+    def degraded(self) -> bool:
+        return self.outage.degraded
+
+    async def _call(self, method: str, *args: Any) -> Any:
+        return await self.outage.call(
+            lambda: getattr(self.shared, method)(*args),
+            lambda: getattr(self.local, method)(*args),
+        )
 
     # --- StateStore ---------------------------------------------------------------------
 
@@ -122,3 +157,46 @@ class FallbackState:
 
     async def close(self) -> None:
         await self.shared.close()
+
+
+class FallbackIdempotency:
+    """Claims go to the fast store; while it does not answer, to the durable one."""
+
+    def __init__(
+        self,
+        fast: IdempotencyStore,
+        durable: IdempotencyStore,
+        outage: Outage | None = None,
+        on_fallback: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.fast, self.durable = fast, durable
+        self.name = fast.name
+        self.outage = outage or Outage(fast.name)
+        self.on_fallback = on_fallback  # each claim answered by the durable store
+
+    async def _durable(self, call: Callable[[], Awaitable[T]]) -> T:
+        self.on_fallback()
+        return await call()
+
+    async def claim(self, key: str, ttl: float, now: float) -> Claim:
+        return await self.outage.call(
+            lambda: self.fast.claim(key, ttl, now),
+            lambda: self._durable(lambda: self.durable.claim(key, ttl, now)),
+        )
+
+    async def complete(self, key: str, ttl: float, now: float) -> bool:
+        return await self.outage.call(
+            lambda: self.fast.complete(key, ttl, now),
+            lambda: self.durable.complete(key, ttl, now),
+        )
+
+    async def release(self, key: str) -> bool:
+        return await self.outage.call(
+            lambda: self.fast.release(key), lambda: self.durable.release(key)
+        )
+
+    async def ping(self) -> None:
+        await self.fast.ping()
+
+    async def close(self) -> None:
+        return None  # both stores are closed on their own

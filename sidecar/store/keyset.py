@@ -16,8 +16,8 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from .base import STATUSES, AuditEntry, AuditPage, DlqFilter, DlqPage, DlqRecord
-from .migrations import named_queries
+from ..records import STATUSES, AuditEntry, AuditPage, DlqFilter, DlqPage, DlqRecord
+from .connector import named_queries
 
 K = TypeVar("K", str, int)
 
@@ -75,7 +75,7 @@ def check_bucket(bucket: float) -> float:
 
 
 def filtered(
-    filename: str,
+    dialect: str,
     query: str,
     where: DlqFilter,
     keyset: str | None = None,
@@ -95,15 +95,15 @@ def filtered(
     if position is not None and keyset is not None:
         fragments.append(keyset)
         params["cursor_at"], params["cursor_id"] = position
-    return compose(filename, query, tuple(fragments)), params
+    return compose(dialect, query, tuple(fragments)), params
 
 
 @cache  # a few dozen shapes at most: 2**5 filter combinations per query
-def compose(filename: str, query: str, fragments: tuple[str, ...]) -> str:
-    queries = named_queries(filename)
+def compose(dialect: str, query: str, fragments: tuple[str, ...]) -> str:
+    queries = named_queries(dialect)
     text = queries[query]
     if text.count("{where}") != 1:  # e.g. a comment that names the slot
-        raise RuntimeError(f"{filename}: {query} needs exactly one {{where}}")
+        raise RuntimeError(f"{dialect}: {query} needs exactly one {{where}}")
     # Fragments hold no comments, and a newline ends any that might: AND stays live.
     condition = "\n  AND ".join(queries[name] for name in fragments) or "TRUE"
     return text.replace("{where}", condition)

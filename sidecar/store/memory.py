@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from ..policy.breaker import BreakerState, Status
 from ..policy.window import Window
-from .base import BreakerUpdate, WindowUpdate
+from .ports import BreakerUpdate, WindowUpdate
 
 MAX_KEYS = 100_000  # bounds memory whatever task names clients invent
 

@@ -16,16 +16,9 @@ from redis.exceptions import RedisError, WatchError
 
 from ..policy.breaker import BreakerState, Status
 from ..policy.window import Window
-from .base import (
-    BreakerUpdate,
-    Claim,
-    StoreUnavailable,
-    WindowUpdate,
-    decode_breaker,
-    decode_window,
-    encode_breaker,
-    encode_window,
-)
+from ..records import Claim
+from .codec import decode_breaker, decode_window, encode_breaker, encode_window
+from .ports import BreakerUpdate, StoreUnavailable, WindowUpdate
 
 T = TypeVar("T")
 CAS_ATTEMPTS = 50

@@ -1,9 +1,9 @@
 """A local, fsync'd spool in front of the durable DLQ store: nothing is lost while
 PostgreSQL does not answer.
 
-`SpoolingDlq` is a `DlqStore`. Writes (`put`, `failed_again`, `audit`, `record_failure`) go
-to the inner store; when it raises `StoreUnavailable` (or does not answer within
-`write_timeout`) the operation is appended to `<dir>/dlq.spool`, one JSON line per
+`SpoolingDlq` is a `DlqStore`. Writes (`put`, `failed_again`, `resolve`, `audit`,
+`record_failure`) go to the inner store; when it raises `StoreUnavailable` (or does not
+answer within `write_timeout`) the operation is appended to `<dir>/dlq.spool`, one JSON line per
 operation, fsync'd before the caller is answered. While the spool holds operations, new
 writes go to it too, so they reach the store in the order they were made. `replay()` (run
 by a poller) applies the spooled operations in order once the store answers, and empties
@@ -14,6 +14,11 @@ was lost) is not applied twice: DLQ ids are made before the first write and `put
 INSERT … ON CONFLICT (id) DO NOTHING; audit entries get a key before their first write
 (`audit_log.entry_key`, unique). Failure events (trends only) have no key: a replay cut
 short by a crash may count a few of them twice.
+
+A spooled operation the store refuses for good (`StoreRefused`: data no retry can make it
+take) is moved to `<dir>/dlq.quarantine`, fsync'd, counted and logged, and the replay goes
+on: one bad write never holds back the ones behind it. Quarantined lines keep their JSON;
+docs/runbooks/TaskSidecarSpoolQuarantined.md says how to read and re-apply them.
 
 The spool is bounded by `max_bytes`. When an operation can be neither written nor spooled
 (disk full, spool full), `SpoolWriteFailed` is raised, counted in
@@ -31,23 +36,12 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 
-from .base import (
-    AuditEntry,
-    AuditPage,
-    DlqFilter,
-    DlqPage,
-    DlqRecord,
-    StoreUnavailable,
-    TrendBucket,
-)
-
-if TYPE_CHECKING:
-    from ..metrics import Metrics
-    from .postgres import PostgresStore
+from ..records import AuditEntry, AuditPage, DlqFilter, DlqPage, DlqRecord, TrendBucket
+from .ports import DlqStore, StoreRefused, StoreUnavailable
 
 log = logging.getLogger("task_sidecar.spool")
 
@@ -55,6 +49,7 @@ DEFAULT_MAX_BYTES = 256 * 1024 * 1024
 WRITE_TIMEOUT = 2.0  # a write the store has not taken by then is spooled
 REPLAY_BATCH = 500  # lines read from the file at a time
 SPOOL_FILE = "dlq.spool"
+QUARANTINE_FILE = "dlq.quarantine"
 
 
 class SpoolWriteFailed(StoreUnavailable):
@@ -80,13 +75,19 @@ class _Audit(msgspec.Struct, tag="audit", tag_field="op"):
     key: str
 
 
+class _Resolve(msgspec.Struct, tag="resolve", tag_field="op"):
+    dlq_id: str
+    task_id: str
+    now: float
+
+
 class _Failure(msgspec.Struct, tag="record_failure", tag_field="op"):
     at: float
     task_name: str
     failure_type: str
 
 
-_Op = _Put | _FailedAgain | _Audit | _Failure
+_Op = _Put | _FailedAgain | _Resolve | _Audit | _Failure
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(_Op)
 
@@ -94,22 +95,34 @@ _decoder = msgspec.json.Decoder(_Op)
 class SpoolingDlq:
     def __init__(
         self,
-        inner: PostgresStore,
+        inner: DlqStore,
         directory: Path,
         *,
         max_bytes: int = DEFAULT_MAX_BYTES,
         write_timeout: float = WRITE_TIMEOUT,
         prepare: Callable[[], Awaitable[Any]] | None = None,
+        on_pending: Callable[[int], None] = lambda count: None,
+        on_write_failure: Callable[[], None] = lambda: None,
+        on_quarantine: Callable[[], None] = lambda: None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """`prepare` (migrations) runs before the first replay, and until it has run
-        every write is spooled."""
+        every write is spooled. `on_pending` hears the number of spooled operations
+        whenever it changes, `on_write_failure` of each write that was lost,
+        `on_quarantine` of each operation moved to the quarantine file."""
         self.inner = inner
         self.name = inner.name
         self.directory = Path(directory)
         self.path = self.directory / SPOOL_FILE
         self.max_bytes = max_bytes
         self.write_timeout = write_timeout
-        self.metrics: Metrics | None = None  # bound by the app; figures are kept without
+        self.on_pending = on_pending
+        self.on_write_failure = on_write_failure
+        self.on_quarantine = on_quarantine
+        self.clock = clock
+        self.quarantine_path = self.directory / QUARANTINE_FILE
+        self.quarantined = 0
+        self._progress_at = clock()  # the last time the replay applied a line (or had none)
         self.write_failures = 0
         self._prepare = prepare
         self._lock = asyncio.Lock()  # appends and the final truncation
@@ -122,6 +135,7 @@ class SpoolingDlq:
         self._disk_failing = False
         self._outage_started: float | None = None
         self._load()
+        self._publish()
 
     # --- figures -----------------------------------------------------------------------
 
@@ -130,13 +144,16 @@ class SpoolingDlq:
         """Spooled operations not yet applied to the store."""
         return self._pending
 
-    def bind(self, metrics: Metrics) -> None:
-        self.metrics = metrics
-        self._publish()
+    def stalled_for(self) -> float:
+        """Seconds since the replay last applied an operation, while some wait (0 when
+        nothing waits): a store that answers but takes nothing shows here."""
+        if not self._pending:
+            self._progress_at = self.clock()
+            return 0.0
+        return max(0.0, self.clock() - self._progress_at)
 
     def _publish(self) -> None:
-        if self.metrics is not None:
-            self.metrics.spool_pending.set(self._pending)
+        self.on_pending(self._pending)
 
     # --- writes --------------------------------------------------------------------------
 
@@ -149,8 +166,18 @@ class SpoolingDlq:
         )
         return bool(taken)
 
-    async def audit(self, entry: AuditEntry) -> None:
-        key = str(uuid.uuid4())  # before the first attempt: a lost answer is not a duplicate
+    async def resolve(self, dlq_id: str, task_id: str, now: float) -> bool:
+        """True once the store has resolved the record; spooled, it reads as not (yet)."""
+        taken = await self._write(
+            _Resolve(dlq_id, task_id, float(now)),
+            lambda: self.inner.resolve(dlq_id, task_id, now),
+            spooled=False,
+        )
+        return bool(taken)
+
+    async def audit(self, entry: AuditEntry, *, key: str | None = None) -> None:
+        # A key before the first attempt: a lost answer is not a duplicate.
+        key = key or str(uuid.uuid4())
         await self._write(_Audit(entry, key), lambda: self.inner.audit(entry, key=key))
 
     async def record_failure(self, at: float, task_name: str, failure_type: str) -> None:
@@ -179,7 +206,7 @@ class SpoolingDlq:
             log.warning(
                 "%s does not take DLQ writes (%s); spooling them to %s",
                 self.name,
-                exc or "timed out",
+                str(exc) or type(exc).__name__,
                 self.path,
             )
 
@@ -190,8 +217,7 @@ class SpoolingDlq:
                 await asyncio.to_thread(self._append, line)
             except OSError as exc:
                 self.write_failures += 1
-                if self.metrics is not None:
-                    self.metrics.spool_write_failures.inc()
+                self.on_write_failure()
                 if not self._disk_failing:
                     self._disk_failing = True
                     log.error(
@@ -251,7 +277,10 @@ class SpoolingDlq:
                         except (StoreUnavailable, TimeoutError) as exc:
                             self._store_unavailable(exc)
                             return
+                        except StoreRefused as exc:
+                            await asyncio.to_thread(self._quarantine, op, exc)
                     self._offset = end
+                    self._progress_at = self.clock()
                     self._pending -= 1
                     replayed += 1
                     self._publish()
@@ -277,10 +306,31 @@ class SpoolingDlq:
         elif isinstance(op, _FailedAgain):
             if not await inner.failed_again(op.record):
                 await inner.put(op.record)
+        elif isinstance(op, _Resolve):
+            await inner.resolve(op.dlq_id, op.task_id, op.now)
         elif isinstance(op, _Audit):
             await inner.audit(op.entry, key=op.key)
         else:
             await inner.record_failure(op.at, op.task_name, op.failure_type)
+
+    def _quarantine(self, op: _Op, exc: StoreRefused) -> None:
+        """Keep a refused operation aside, with why, before the spool forgets it."""
+        line = _encoder.encode({"refused": str(exc), "operation": op}) + b"\n"
+        fd = os.open(self.quarantine_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, line)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self.quarantined += 1
+        self.on_quarantine()
+        log.error(
+            "%s refused a spooled %s for good (%s): moved to %s",
+            self.name,
+            type(op).__name__.strip("_").lower(),
+            exc,
+            self.quarantine_path,
+        )
 
     def _read(self, offset: int, limit: int) -> list[tuple[int, _Op | None]]:
         """Up to `limit` (end offset, operation) from `offset`; None for a line that does
@@ -329,11 +379,11 @@ class SpoolingDlq:
 
     # --- reads and the rest go to the store ----------------------------------------------
 
-    async def resolve(self, dlq_id: str, now: float) -> bool:
-        return await self.inner.resolve(dlq_id, now)
-
     async def get(self, dlq_id: str) -> DlqRecord | None:
         return await self.inner.get(dlq_id)
+
+    async def ids_with_prefix(self, prefix: str, limit: int) -> list[str]:
+        return await self.inner.ids_with_prefix(prefix, limit)
 
     async def list(self, where: DlqFilter, limit: int, cursor: str | None = None) -> DlqPage:
         return await self.inner.list(where, limit, cursor)

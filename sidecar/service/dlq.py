@@ -1,5 +1,5 @@
-"""What operators do: retry, abandon and export dead-lettered tasks, bulk retries with a
-rate limit and readable progress, breaker resets, trends and the audit log.
+"""What operators do with dead letters: look them up (by id or a unique prefix of it),
+retry, abandon, bulk retries with a rate limit and readable progress, the audit log.
 
 Every state change is a conditional transition in the store (so it happens once however
 many operators or sidecars try at the same time) and is written to the audit log.
@@ -16,28 +16,16 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from .metrics import Metrics
-from .policy.breaker import BreakerState, Status, reset
-from .policy.durations import parse_duration
-from .policy.model import BreakerSettings
-from .requeue import RequeueError, RequeueTarget
-from .service import Policies, Stores
-from .store.base import AuditEntry, DlqFilter, DlqRecord
+from ..metrics import Metrics
+from ..records import AuditEntry, AuditPage, DlqFilter, DlqPage, DlqRecord
+from ..requeue import RequeueError, RequeueTarget
+from ..store.ports import DlqStore
+from .errors import Ambiguous, Conflict, NotFound
+from .policies import Policies
 
-log = logging.getLogger("task_sidecar.operations")
+log = logging.getLogger("task_sidecar.dlq")
 BATCH = 200
-
-
-class NotFound(Exception):
-    pass
-
-
-class Conflict(Exception):
-    """The record is not in a state the action applies to."""
-
-    def __init__(self, record: DlqRecord, action: str) -> None:
-        self.record = record
-        super().__init__(f"record {record.id} is {record.status}; cannot {action} it")
+MIN_PREFIX = 4  # shorter prefixes would match too much to be meant
 
 
 @dataclass(frozen=True)
@@ -45,14 +33,6 @@ class Route:
     queue: str
     priority: str
     priority_value: int
-
-
-class BreakerView(msgspec.Struct, frozen=True):
-    key: str
-    state: str
-    failures_in_window: int
-    opened_at: float | None
-    half_open_in_seconds: float | None
 
 
 @dataclass
@@ -87,31 +67,46 @@ class BulkJob:
         }
 
 
-class Operations:
+class DeadLetters:
     def __init__(
         self,
         policies: Policies,
-        stores: Stores,
+        store: DlqStore,
         target: RequeueTarget,
         metrics: Metrics,
-        *,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float],
     ) -> None:
         self.policies = policies
-        self.stores = stores
+        self.store = store
         self.target = target
         self.metrics = metrics
         self.clock = clock
         self.jobs: dict[str, BulkJob] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
-    # --- single records ----------------------------------------------------------------
+    # --- reading -----------------------------------------------------------------------
 
-    async def get(self, dlq_id: str) -> DlqRecord:
-        record = await self.stores.dlq.get(dlq_id)
-        if record is None:
-            raise NotFound(f"no DLQ record {dlq_id}")
-        return record
+    async def get(self, id_or_prefix: str) -> DlqRecord:
+        """The record with this id, or the one record whose id starts with it."""
+        record = await self.store.get(id_or_prefix)
+        if record is not None:
+            return record
+        if len(id_or_prefix) >= MIN_PREFIX:
+            ids = await self.store.ids_with_prefix(id_or_prefix, limit=10)
+            if len(ids) > 1:
+                raise Ambiguous(id_or_prefix, ids)
+            if ids and (record := await self.store.get(ids[0])) is not None:
+                return record
+        raise NotFound(f"no DLQ record {id_or_prefix}")
+
+    async def list(self, where: DlqFilter, limit: int, cursor: str | None) -> DlqPage:
+        return await self.store.list(where, limit, cursor)
+
+    def iterate(self, where: DlqFilter) -> AsyncIterator[DlqRecord]:
+        return self.store.iterate(where)
+
+    async def audit_log(self, limit: int, cursor: str | None) -> AuditPage:
+        return await self.store.audit_log(limit, cursor)
 
     def route(self, record: DlqRecord, priority: str | None, queue: str | None) -> Route:
         """The record's own queue and priority, or the level an operator chose."""
@@ -120,65 +115,66 @@ class Operations:
         level = self.policies.current.priority.level(priority)
         return Route(queue or level.queue, level.name, level.value)
 
+    # --- single records ----------------------------------------------------------------
+
     async def retry(
         self, dlq_id: str, actor: str, priority: str | None = None, queue: str | None = None
     ) -> DlqRecord:
         record = await self.get(dlq_id)
         route = self.route(record, priority, queue)  # KeyError: unknown priority
-        [moved] = await self._take([dlq_id]) or [None]
+        [moved] = await self._take([record.id]) or [None]
         if moved is None:
-            raise Conflict(await self.get(dlq_id), "retry")
+            raise Conflict(await self.get(record.id), "retry")
         await self._requeue(moved, route)
-        await self.stores.dlq.audit(
+        await self.store.audit(
             AuditEntry(
                 at=self.clock(),
                 actor=actor,
                 action="retry",
-                record_ids=[dlq_id],
+                record_ids=[record.id],
                 from_status=moved.status,
                 details={"queue": route.queue, "priority": route.priority},
             )
         )
-        return await self.get(dlq_id)
+        return await self.get(record.id)
 
     async def abandon(self, dlq_id: str, actor: str, reason: str) -> DlqRecord:
         record = await self.get(dlq_id)
-        moved = await self.stores.dlq.transition(
-            [dlq_id], "abandoned", ("pending", "retrying"), self.clock(), error=None
+        moved = await self.store.transition(
+            [record.id], "abandoned", ("pending", "retrying"), self.clock(), error=None
         )
         if not moved:
             raise Conflict(record, "abandon")
-        self.metrics.at(self.metrics.dlq_actions, "abandon").inc()
-        await self.stores.dlq.audit(
+        self.metrics.record_dlq_action("abandon")
+        await self.store.audit(
             AuditEntry(
                 at=self.clock(),
                 actor=actor,
                 action="abandon",
-                record_ids=[dlq_id],
+                record_ids=[record.id],
                 from_status=moved[0].status,
                 reason=reason,
             )
         )
-        return await self.get(dlq_id)
+        return await self.get(record.id)
 
     async def _take(self, ids: list[str]) -> list[DlqRecord]:
         """pending → retrying, once: the records this call may requeue."""
-        return await self.stores.dlq.transition(
+        return await self.store.transition(
             ids, "retrying", ("pending",), self.clock(), count_retry=True
         )
 
-    async def _requeue(self, record: DlqRecord, route: Route) -> bool:
+    async def _requeue(self, record: DlqRecord, route: Route) -> None:
         """Hand a record (already `retrying`) to the target; on failure back to pending."""
         try:
             await self.target.requeue(record, route.queue, route.priority_value)
         except RequeueError as exc:
-            await self.stores.dlq.transition(
+            await self.store.transition(
                 [record.id], "pending", ("retrying",), self.clock(), error=str(exc)
             )
             log.warning("requeue of %s failed: %s", record.id, exc)
             raise
-        self.metrics.at(self.metrics.dlq_actions, "retry").inc()
-        return True
+        self.metrics.record_dlq_action("retry")
 
     # --- bulk -----------------------------------------------------------------------------
 
@@ -197,7 +193,7 @@ class Operations:
         if priority is not None:
             self.policies.current.priority.level(priority)  # KeyError: unknown priority
         if ids is not None:
-            found = [await self.stores.dlq.get(i) for i in ids]
+            found = [await self.store.get(i) for i in ids]
             total = sum(1 for r in found if r is not None and r.status == "pending")
         else:
             # Only what is pending now: records dead-lettered while it runs are left alone.
@@ -205,7 +201,7 @@ class Operations:
             where = where or DlqFilter()
             until = now if where.until is None else min(where.until, now)
             where = msgspec.structs.replace(where, status="pending", until=until)
-            total = await self.stores.dlq.count(where)
+            total = await self.store.count(where)
         if dry_run:
             return {"dry_run": True, "total": total}
         job = BulkJob(str(uuid.uuid4()), actor, total, rate_per_second, self.clock())
@@ -220,11 +216,11 @@ class Operations:
     ) -> AsyncIterator[list[DlqRecord]]:
         if ids is not None:
             for start in range(0, len(ids), BATCH):
-                found = [await self.stores.dlq.get(i) for i in ids[start : start + BATCH]]
+                found = [await self.store.get(i) for i in ids[start : start + BATCH]]
                 yield [r for r in found if r is not None]
             return
         batch: list[DlqRecord] = []
-        async for record in self.stores.dlq.iterate(where or DlqFilter(), batch=BATCH):
+        async for record in self.store.iterate(where or DlqFilter(), batch=BATCH):
             batch.append(record)
             if len(batch) == BATCH:
                 yield batch
@@ -251,7 +247,7 @@ class Operations:
                         job.failed += 1
                         job.errors.append(f"{record.id}: {exc}")
                 if moved:
-                    await self.stores.dlq.audit(
+                    await self.store.audit(
                         AuditEntry(
                             at=self.clock(),
                             actor=job.actor,
@@ -266,101 +262,9 @@ class Operations:
             log.exception("bulk retry %s stopped", job.id)
         finally:
             job.finished_at = self.clock()
-            self.metrics.at(self.metrics.dlq_actions, "bulk_retry").inc()
+            self.metrics.record_dlq_action("bulk_retry")
 
     async def wait_jobs(self) -> None:
         """Let running bulk retries finish (used at shutdown and by tests)."""
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
-
-    # --- breakers ---------------------------------------------------------------------------
-
-    def _breaker_settings(self, key: str) -> BreakerSettings | None:
-        owner, _, failure_type = key.rpartition(":")
-        policy = self.policies.current
-        if failure_type not in policy.failure_types:
-            return None
-        return policy.retry_policy(owner, failure_type).breaker
-
-    async def breakers(self) -> list[BreakerView]:
-        now = self.clock()
-        views = []
-        for key, state in sorted((await self.stores.state.all_breakers()).items()):
-            settings = self._breaker_settings(key)
-            if settings is None:
-                continue  # its failure type has no breaker any more
-            views.append(self._view(key, state, settings, now))
-        return views
-
-    def _view(
-        self, key: str, state: BreakerState, settings: BreakerSettings, now: float
-    ) -> BreakerView:
-        current = state.current(settings, now)
-        return BreakerView(
-            key=key,
-            state=current.value,
-            failures_in_window=state.window.totals(now, settings.window)[1],
-            opened_at=state.opened_at if current is not Status.CLOSED else None,
-            half_open_in_seconds=round(state.reopens_in(settings, now), 3)
-            if current is Status.OPEN
-            else None,
-        )
-
-    async def reset_breaker(self, key: str, actor: str) -> BreakerView:
-        settings = self._breaker_settings(key)
-        found = await self.stores.state.breakers([key])
-        if settings is None or key not in found:
-            raise NotFound(f"no breaker {key}")
-        now = self.clock()
-        state, moved = await self.stores.state.update_breaker(
-            key, lambda s: reset(s or found[key], settings, now), 2 * settings.open_for + 60
-        )
-        if moved is not None:
-            label = self.metrics.breaker(key)
-            self.metrics.at(self.metrics.breaker_transitions, label, moved.value).inc()
-        await self.stores.dlq.audit(
-            AuditEntry(
-                at=now,
-                actor=actor,
-                action="breaker_reset",
-                from_status=found[key].current(settings, now).value,
-                details={"breaker": key},
-            )
-        )
-        return self._view(key, state, settings, now)
-
-    # --- trends, policy -----------------------------------------------------------------------
-
-    async def trends(self, hours: float) -> list[dict[str, object]]:
-        since = self.clock() - hours * 3600
-        buckets = await self.stores.dlq.trends(since, 3600)
-        return [msgspec.to_builtins(b) for b in buckets]
-
-    async def reload_policy(self, actor: str) -> list[str]:
-        error = self.policies.reload()
-        await self.stores.dlq.audit(
-            AuditEntry(
-                at=self.clock(), actor=actor, action="policy_reload", details={"ok": error is None}
-            )
-        )
-        return [] if error is None else [str(p) for p in error.problems]
-
-
-def parse_time(value: str, name: str) -> float:
-    """Unix seconds, an ISO 8601 time, or an age like `24h` (that long ago)."""
-    from datetime import datetime
-
-    try:
-        return float(value)
-    except ValueError:
-        pass
-    try:
-        return datetime.fromisoformat(value).timestamp()
-    except ValueError:
-        pass
-    try:
-        return time.time() - parse_duration(value)
-    except ValueError:
-        raise ValueError(
-            f"{name}: expected unix seconds, an ISO 8601 time or an age like 24h, got {value!r}"
-        ) from None

@@ -1,82 +1,5 @@
--- The embedded (SQLite) twin of the PostgreSQL schema and queries: same tables, columns
--- and semantics. Times are REAL epoch seconds, JSON is TEXT; STRICT tables enforce the
--- column types as PostgreSQL would.
-
--- name: schema
-BEGIN;
-
-CREATE TABLE IF NOT EXISTS dlq_records (
-    id              TEXT PRIMARY KEY NOT NULL,
-    task_id         TEXT NOT NULL,
-    task_name       TEXT NOT NULL,
-    queue           TEXT,
-    args            TEXT NOT NULL,
-    kwargs          TEXT NOT NULL,
-    exception       TEXT NOT NULL,
-    context         TEXT NOT NULL,
-    failure_type    TEXT NOT NULL,
-    category        TEXT NOT NULL,
-    remediation     TEXT NOT NULL,
-    confidence      REAL NOT NULL,
-    rule            TEXT NOT NULL,
-    priority        TEXT NOT NULL,
-    priority_value  INTEGER NOT NULL,
-    target_queue    TEXT NOT NULL,
-    attempts        INTEGER NOT NULL,
-    status          TEXT NOT NULL DEFAULT 'pending'
-        CHECK (status IN ('pending', 'retrying', 'resolved', 'abandoned')),
-    created_at      REAL NOT NULL,
-    updated_at      REAL NOT NULL,
-    dlq_retries     INTEGER NOT NULL DEFAULT 0,
-    last_error      TEXT
-) STRICT;
-
-CREATE INDEX IF NOT EXISTS dlq_records_status_created_at_id_idx
-    ON dlq_records (status, created_at, id);
-CREATE INDEX IF NOT EXISTS dlq_records_created_at_id_idx ON dlq_records (created_at, id);
--- As PostgreSQL's 0002: equality filters page through (column, created_at, id). The DROPs
--- upgrade files made before it.
-DROP INDEX IF EXISTS dlq_records_task_name_idx;
-DROP INDEX IF EXISTS dlq_records_failure_type_idx;
-CREATE INDEX IF NOT EXISTS dlq_records_task_name_created_at_id_idx
-    ON dlq_records (task_name, created_at, id);
-CREATE INDEX IF NOT EXISTS dlq_records_failure_type_created_at_id_idx
-    ON dlq_records (failure_type, created_at, id);
-
-CREATE TABLE IF NOT EXISTS audit_log (
-    id           INTEGER PRIMARY KEY,
-    at           REAL NOT NULL DEFAULT ((julianday('now') - 2440587.5) * 86400.0),
-    actor        TEXT NOT NULL,
-    action       TEXT NOT NULL,
-    record_ids   TEXT NOT NULL DEFAULT '[]',  -- JSON array (PostgreSQL: text[])
-    from_status  TEXT,
-    reason       TEXT,
-    details      TEXT NOT NULL DEFAULT '{}'
-) STRICT;
-
-CREATE INDEX IF NOT EXISTS audit_log_at_id_idx ON audit_log (at, id);
-
-CREATE TABLE IF NOT EXISTS failure_events (
-    id            INTEGER PRIMARY KEY,
-    at            REAL NOT NULL,
-    task_name     TEXT NOT NULL,
-    failure_type  TEXT NOT NULL
-) STRICT;
-
-DROP INDEX IF EXISTS failure_events_at_idx;
-CREATE INDEX IF NOT EXISTS failure_events_at_failure_type_idx
-    ON failure_events (at, failure_type);
-
-CREATE TABLE IF NOT EXISTS idempotency_keys (
-    key            TEXT PRIMARY KEY NOT NULL,
-    state          TEXT NOT NULL CHECK (state IN ('running', 'done')),
-    first_seen_at  REAL NOT NULL,
-    expires_at     REAL NOT NULL
-) STRICT;
-
-CREATE INDEX IF NOT EXISTS idempotency_keys_expires_at_idx ON idempotency_keys (expires_at);
-
-COMMIT;
+-- Named queries of the SQL store (store/sql.py) on SQLite: the same names as
+-- postgres/queries.sql. Times are REAL epoch seconds, JSON is TEXT.
 
 -- name: dlq_put
 INSERT INTO dlq_records (
@@ -106,12 +29,12 @@ SET status = 'pending',
     target_queue = :target_queue,
     attempts = :attempts,
     updated_at = :updated_at
-WHERE id = :id AND status IN ('retrying', 'pending');
+WHERE id = :id AND task_id = :task_id AND status IN ('retrying', 'pending');
 
 -- name: dlq_resolve
 UPDATE dlq_records
 SET status = 'resolved', updated_at = :now
-WHERE id = :id AND status IN ('retrying', 'pending');
+WHERE id = :id AND task_id = :task_id AND status IN ('retrying', 'pending');
 
 -- name: dlq_get
 SELECT id, task_id, task_name, queue, args, kwargs, exception, context,
@@ -119,6 +42,10 @@ SELECT id, task_id, task_name, queue, args, kwargs, exception, context,
        target_queue, attempts, status, created_at, updated_at, dlq_retries, last_error
 FROM dlq_records
 WHERE id = :id;
+
+-- name: dlq_ids_with_prefix
+-- Ids compare bytewise (BINARY): the primary key serves the range.
+SELECT id FROM dlq_records WHERE id >= :prefix AND id < :upper ORDER BY id LIMIT :limit;
 
 -- name: dlq_list
 -- The WHERE slot: the dlq_where_* fragments and, after the first page, dlq_before.
@@ -191,8 +118,10 @@ SELECT status, count(*) AS count FROM dlq_records GROUP BY status;
 SELECT min(created_at) AS oldest FROM dlq_records WHERE status = 'pending';
 
 -- name: audit_insert
-INSERT INTO audit_log (at, actor, action, record_ids, from_status, reason, details)
-VALUES (:at, :actor, :action, :record_ids, :from_status, :reason, :details);
+-- entry_key NULL (no key) never conflicts; a key already stored leaves the row as it is.
+INSERT INTO audit_log (at, actor, action, record_ids, from_status, reason, details, entry_key)
+VALUES (:at, :actor, :action, :record_ids, :from_status, :reason, :details, :entry_key)
+ON CONFLICT (entry_key) DO NOTHING;
 
 -- name: audit_list
 SELECT id, at, actor, action, record_ids, from_status, reason, details
@@ -229,7 +158,8 @@ ON CONFLICT (key) DO UPDATE
     SET state = 'running',
         first_seen_at = excluded.first_seen_at,
         expires_at = excluded.expires_at
-    WHERE k.expires_at <= excluded.first_seen_at;
+    WHERE k.expires_at <= excluded.first_seen_at
+RETURNING 1 AS claimed;
 
 -- name: idempotency_holder
 SELECT first_seen_at, state FROM idempotency_keys WHERE key = :key;
@@ -242,3 +172,15 @@ DELETE FROM idempotency_keys WHERE key = :key AND state = 'running';
 
 -- name: ping
 SELECT 1;
+
+-- name: migrations_table
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version     INTEGER PRIMARY KEY,
+    applied_at  REAL NOT NULL DEFAULT ((julianday('now') - 2440587.5) * 86400.0)
+) STRICT;
+
+-- name: migrations_applied
+SELECT version FROM schema_migrations ORDER BY version;
+
+-- name: migrations_record
+INSERT INTO schema_migrations (version) VALUES (:version);

@@ -1,6 +1,6 @@
 """Background work of a running sidecar: figures that need a query are read here, every
 `poll_interval`, and set on gauges, so a Prometheus scrape never waits on PostgreSQL or
-Redis; failure events are written in batches; old rows are purged."""
+Redis; failure events are written in batches; the spool is replayed; old rows are purged."""
 
 from __future__ import annotations
 
@@ -9,90 +9,95 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
-from .metrics import Metrics
-from .operations import Operations
-from .policy.breaker import Status
-from .settings import Settings
-from .store.base import StoreUnavailable
+from ..errors import StoreUnavailable
+from ..integrations import kombu
+from ..metrics import Metrics
+from ..store.ports import DlqStore, IdempotencyStore, StateStore
+from ..store.spool import SpoolingDlq
+from .breakers import Breakers
+from .hooks import FailureEventRow
 
 log = logging.getLogger("task_sidecar.pollers")
-
-# Celery's Redis transport keeps priorities 3, 6 and 9 in sub-queues named
-# "<queue>\x06\x16<priority>" beside the queue itself (kombu's priority_steps).
-CELERY_PRIORITY_SUFFIXES = ("", "\x06\x163", "\x06\x166", "\x06\x169")
+PING_TIMEOUT = 1.0
 
 
 class Pollers:
     def __init__(
         self,
-        settings: Settings,
-        operations: Operations,
+        backends: Sequence[StateStore | DlqStore | IdempotencyStore],
+        dlq: DlqStore,
+        breakers: Breakers,
         metrics: Metrics,
-        failure_events: deque[tuple[float, str, str]],
+        failure_events: deque[FailureEventRow],
+        *,
+        failure_retention: float,
+        queues: Sequence[str] = (),
+        broker_url: str | None = None,
+        spool: SpoolingDlq | None = None,
     ) -> None:
-        self.settings = settings
-        self.operations = operations
+        self.backends = backends
+        self.dlq = dlq
+        self.breakers = breakers
         self.metrics = metrics
         self.failure_events = failure_events
-        self._broker = None
-        if settings.queues and (settings.celery_broker_url or "").startswith(("redis", "rediss")):
+        self.failure_retention = failure_retention
+        self.queues = tuple(queues)
+        self.spool = spool
+        self._broker: Any = None
+        if self.queues and (broker_url or "").startswith(("redis", "rediss")):
             import redis.asyncio as aioredis
 
             self._broker = aioredis.Redis.from_url(
-                settings.celery_broker_url, socket_timeout=1, socket_connect_timeout=1
+                broker_url, socket_timeout=1, socket_connect_timeout=1
             )
+
+    async def check_backends(self) -> dict[str, str]:
+        """Ping each backend: "ok" or why not, and `backend_up` to match."""
+        checks: dict[str, str] = {}
+        for store in self.backends:
+            try:
+                await asyncio.wait_for(store.ping(), PING_TIMEOUT)
+                checks[store.name] = "ok"
+            except (StoreUnavailable, TimeoutError) as exc:
+                checks[store.name] = f"unavailable: {exc or 'timed out'}"
+            self.metrics.set_backend_up(store.name, checks[store.name] == "ok")
+        return checks
 
     async def refresh(self) -> None:
         """Read every slow figure once."""
-        stores, m = self.operations.stores, self.metrics
-        for store in stores.distinct():
-            try:
-                await asyncio.wait_for(store.ping(), 1.0)
-                m.at(m.backend_up, store.name).set(1)
-            except (StoreUnavailable, TimeoutError):
-                m.at(m.backend_up, store.name).set(0)
+        await self.check_backends()
+        if self.spool is not None:
+            self.metrics.set_spool_stalled(self.spool.stalled_for())
         with _logged("DLQ depth"):
-            for status, count in (await stores.dlq.counts()).items():
-                m.at(m.dlq_depth, status).set(count)
-            oldest = await stores.dlq.oldest_pending()
-            m.dlq_oldest_pending_age.set(max(0.0, time.time() - oldest) if oldest else 0)
+            counts = await self.dlq.counts()
+            oldest = await self.dlq.oldest_pending()
+            self.metrics.set_dlq_depth(counts, max(0.0, time.time() - oldest) if oldest else 0)
         with _logged("breakers"):
-            for view in await self.operations.breakers():
-                label = m.breaker(view.key)
-                for status in Status:
-                    m.at(m.breaker_state, label, status.value).set(view.state == status.value)
+            await self.breakers.refresh_gauges()
         if self._broker is not None:
             with _logged("queue depth"):
                 await self._queue_depths()
 
     async def _queue_depths(self) -> None:
         async with self._broker.pipeline(transaction=False) as pipe:
-            for queue in self.settings.queues:
-                for suffix in CELERY_PRIORITY_SUFFIXES:
-                    pipe.llen(queue + suffix)
+            for queue in self.queues:
+                for name in kombu.redis_lists(queue):
+                    pipe.llen(name)
             lengths = await pipe.execute()
-        step = len(CELERY_PRIORITY_SUFFIXES)
-        for i, queue in enumerate(self.settings.queues):
-            depth = sum(lengths[i * step : (i + 1) * step])
-            self.metrics.at(self.metrics.queue_depth, queue).set(depth)
+        for queue, depth in kombu.queue_depths(self.queues, lengths).items():
+            self.metrics.set_queue_depth(queue, depth)
 
     async def flush_failure_events(self) -> None:
-        dlq = self.operations.stores.dlq
         while self.failure_events:
             at, task, failure_type = self.failure_events[0]
-            await dlq.record_failure(at, task, failure_type)
+            await self.dlq.record_failure(at, task, failure_type)
             self.failure_events.popleft()  # only once it is stored
 
-    async def replay_spool(self) -> None:
-        """DLQ writes spooled while PostgreSQL was away, in order, once it answers."""
-        await self.operations.stores.dlq.replay()  # type: ignore[attr-defined]
-
     async def purge(self) -> None:
-        removed = await self.operations.stores.dlq.purge(
-            time.time(), self.settings.failure_retention
-        )
+        removed = await self.dlq.purge(time.time(), self.failure_retention)
         if removed:
             log.info("purged %d old failure events and expired claims", removed)
 

@@ -1,4 +1,5 @@
--- Named queries of the PostgreSQL store and of the migration runner, loaded once.
+-- Named queries of the SQL store (store/sql.py) on PostgreSQL, and of its migration
+-- runner, loaded once. sqlite/queries.sql has the same names.
 -- Parameters are always bound (%(name)s), never formatted into the text.
 
 -- name: dlq_put
@@ -18,7 +19,8 @@ ON CONFLICT (id) DO NOTHING;
 
 -- name: dlq_failed_again
 -- The new failure replaces the old one; what the task is (name, args, history) stays.
--- The status test in the WHERE makes the transition happen once under concurrency.
+-- The status test in the WHERE makes the transition happen once under concurrency; the
+-- task id, that a failure can only send back the record of its own task.
 UPDATE dlq_records
 SET status = 'pending',
     queue = %(queue)s,
@@ -34,12 +36,13 @@ SET status = 'pending',
     target_queue = %(target_queue)s,
     attempts = %(attempts)s,
     updated_at = to_timestamp(%(updated_at)s)
-WHERE id = %(id)s AND status IN ('retrying', 'pending');
+WHERE id = %(id)s AND task_id = %(task_id)s AND status IN ('retrying', 'pending');
 
 -- name: dlq_resolve
+-- Only the record of the task that reports the success (a hook names its own task id).
 UPDATE dlq_records
 SET status = 'resolved', updated_at = to_timestamp(%(now)s)
-WHERE id = %(id)s AND status IN ('retrying', 'pending');
+WHERE id = %(id)s AND task_id = %(task_id)s AND status IN ('retrying', 'pending');
 
 -- name: dlq_get
 SELECT id, task_id, task_name, queue, args, kwargs, exception, context,
@@ -50,6 +53,10 @@ SELECT id, task_id, task_name, queue, args, kwargs, exception, context,
        dlq_retries, last_error
 FROM dlq_records
 WHERE id = %(id)s;
+
+-- name: dlq_ids_with_prefix
+-- text_pattern_ops (migration 0004) serves a LIKE on a prefix whatever the collation.
+SELECT id FROM dlq_records WHERE id LIKE %(pattern)s ORDER BY id LIMIT %(limit)s;
 
 -- name: dlq_list
 -- Newest first. The WHERE slot takes the dlq_where_* fragments the filter asks for and,
@@ -120,31 +127,30 @@ created_at < to_timestamp(%(until)s)
 -- name: dlq_after
 (created_at, id) > (to_timestamp(%(cursor_at)s), %(cursor_id)s)
 
--- name: dlq_transition
--- One statement, so each record moves once whatever the concurrency. FOR UPDATE makes a
+-- name: dlq_transition_select
+-- With dlq_transition_update, in one transaction: the rows as they were, then the same
+-- rows moved, so each record moves once whatever the concurrency. FOR UPDATE makes a
 -- concurrent caller wait for the row, then re-check the WHERE on its new version (READ
 -- COMMITTED), so it skips the rows that already moved. Locking in id order keeps two bulk
--- actions over overlapping ids from deadlocking. `old` is the row as it was before.
-WITH old AS (
-    SELECT id, task_id, task_name, queue, args, kwargs, exception, context,
-           failure_type, category, remediation, confidence, rule, priority, priority_value,
-           target_queue, attempts, status,
-           extract(epoch FROM created_at)::float8 AS created_at,
-           extract(epoch FROM updated_at)::float8 AS updated_at,
-           dlq_retries, last_error
-    FROM dlq_records
-    WHERE id = ANY(%(ids)s::text[]) AND status = ANY(%(from_statuses)s::text[])
-    ORDER BY id
-    FOR UPDATE
-)
-UPDATE dlq_records AS d
+-- actions over overlapping ids from deadlocking.
+SELECT id, task_id, task_name, queue, args, kwargs, exception, context,
+       failure_type, category, remediation, confidence, rule, priority, priority_value,
+       target_queue, attempts, status,
+       extract(epoch FROM created_at)::float8 AS created_at,
+       extract(epoch FROM updated_at)::float8 AS updated_at,
+       dlq_retries, last_error
+FROM dlq_records
+WHERE id = ANY(%(ids)s::text[]) AND status = ANY(%(from_statuses)s::text[])
+ORDER BY id
+FOR UPDATE;
+
+-- name: dlq_transition_update
+UPDATE dlq_records
 SET status = %(to)s,
     updated_at = to_timestamp(%(now)s),
-    last_error = coalesce(%(error)s::text, d.last_error),
-    dlq_retries = d.dlq_retries + %(retries)s
-FROM old
-WHERE d.id = old.id
-RETURNING old.*;
+    last_error = coalesce(%(error)s::text, last_error),
+    dlq_retries = dlq_retries + %(retries)s
+WHERE id = ANY(%(ids)s::text[]) AND status = ANY(%(from_statuses)s::text[]);
 
 -- name: dlq_counts
 SELECT status, count(*) AS count FROM dlq_records GROUP BY status;
@@ -193,40 +199,31 @@ WHERE at >= to_timestamp(%(since)s)
 GROUP BY 1, 2
 ORDER BY 1, 2;
 
--- name: purge
--- Both retention deletes in one statement. A key taken over while we wait for its row
--- lock is re-checked on its new version, and kept.
-WITH events AS (
-    DELETE FROM failure_events WHERE at < to_timestamp(%(events_before)s) RETURNING 1
-), keys AS (
-    DELETE FROM idempotency_keys WHERE expires_at <= to_timestamp(%(now)s) RETURNING 1
-)
-SELECT (SELECT count(*) FROM events) + (SELECT count(*) FROM keys) AS deleted;
+-- name: purge_failure_events
+DELETE FROM failure_events WHERE at < to_timestamp(%(events_before)s);
+
+-- name: purge_idempotency_keys
+-- A key taken over while we wait for its row lock is re-checked on its new version, and
+-- kept.
+DELETE FROM idempotency_keys WHERE expires_at <= to_timestamp(%(now)s);
 
 -- name: idempotency_claim
--- One round trip for both answers. A new key is inserted; an expired one is taken over
--- (ON CONFLICT locks the row, so only one caller can). Otherwise the second branch
--- reports the holder. That branch reads the statement's snapshot, which misses (or sees
--- the expired version of) a holder that committed while we waited for its row lock:
--- then no row comes back and the caller asks again.
-WITH taken AS (
-    INSERT INTO idempotency_keys AS k (key, state, first_seen_at, expires_at)
-    VALUES (%(key)s, 'running', to_timestamp(%(now)s), to_timestamp(%(expires_at)s))
-    ON CONFLICT (key) DO UPDATE
-        SET state = 'running',
-            first_seen_at = excluded.first_seen_at,
-            expires_at = excluded.expires_at
-        WHERE k.expires_at <= excluded.first_seen_at
-    RETURNING true AS claimed, first_seen_at, state
-)
-SELECT claimed, extract(epoch FROM first_seen_at)::float8 AS first_seen_at, state
-FROM taken
-UNION ALL
-SELECT false, extract(epoch FROM first_seen_at)::float8, state
+-- A new key is inserted; an expired one is taken over. Otherwise no row comes back, and
+-- ON CONFLICT has locked the holder's row (it does even when the WHERE is false), so
+-- idempotency_holder, next in the same transaction, reads a holder that cannot change.
+INSERT INTO idempotency_keys AS k (key, state, first_seen_at, expires_at)
+VALUES (%(key)s, 'running', to_timestamp(%(now)s), to_timestamp(%(expires_at)s))
+ON CONFLICT (key) DO UPDATE
+    SET state = 'running',
+        first_seen_at = excluded.first_seen_at,
+        expires_at = excluded.expires_at
+    WHERE k.expires_at <= excluded.first_seen_at
+RETURNING true AS claimed;
+
+-- name: idempotency_holder
+SELECT extract(epoch FROM first_seen_at)::float8 AS first_seen_at, state
 FROM idempotency_keys
-WHERE key = %(key)s
-  AND expires_at > to_timestamp(%(now)s)
-  AND NOT EXISTS (SELECT FROM taken);
+WHERE key = %(key)s;
 
 -- name: idempotency_complete
 UPDATE idempotency_keys

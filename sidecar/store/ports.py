@@ -1,4 +1,4 @@
-"""The small interfaces the service keeps its state behind, and the records they hold.
+"""The small interfaces (ports) the services keep their state behind.
 
 Three kinds of state, each with its own lifetime and backend choice:
 
@@ -13,97 +13,15 @@ The decision core never imports this package.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any, Protocol, TypeVar
+from typing import Protocol
 
-import msgspec
-
+from ..errors import StoreRefused, StoreUnavailable
 from ..policy.breaker import BreakerState, Status
 from ..policy.window import Window
-
-T = TypeVar("T")
+from ..records import AuditEntry, AuditPage, Claim, DlqFilter, DlqPage, DlqRecord, TrendBucket
 
 BreakerUpdate = Callable[[BreakerState | None], tuple[BreakerState, Status | None]]
 WindowUpdate = Callable[[Window | None], Window]
-
-
-class StoreUnavailable(Exception):
-    """A backend did not answer; the message says which and why (never a secret)."""
-
-    def __init__(self, backend: str, reason: str) -> None:
-        self.backend = backend
-        super().__init__(f"{backend}: {reason}")
-
-
-class Claim(msgspec.Struct, frozen=True, omit_defaults=True):
-    claimed: bool
-    first_seen_at: float | None = None
-    state: str | None = None  # "running" | "done", for a duplicate
-
-
-class DlqRecord(msgspec.Struct, kw_only=True):
-    """A dead-lettered task: everything needed to understand it and run it again."""
-
-    id: str
-    task_id: str
-    task_name: str
-    queue: str | None  # the queue the task ran on
-    args: list[Any]
-    kwargs: dict[str, Any]
-    exception: dict[str, Any]  # the wire ExceptionInfo, traceback included
-    context: dict[str, Any]
-    failure_type: str
-    category: str
-    remediation: str
-    confidence: float
-    rule: str
-    priority: str
-    priority_value: int
-    target_queue: str  # where a retry goes unless an operator chooses another
-    attempts: int  # retries made before it was dead-lettered
-    status: str = "pending"  # pending | retrying | resolved | abandoned
-    created_at: float
-    updated_at: float
-    dlq_retries: int = 0  # times it was retried from the DLQ
-    last_error: str | None = None  # why the last requeue failed, if it did
-
-
-STATUSES = ("pending", "retrying", "resolved", "abandoned")
-
-
-class DlqFilter(msgspec.Struct, frozen=True, kw_only=True):
-    """Which DLQ records an action or a listing applies to; every field narrows."""
-
-    status: str | None = None  # one of STATUSES
-    task_name: str | None = None  # exact name
-    failure_type: str | None = None
-    since: float | None = None  # created_at >= since (unix seconds)
-    until: float | None = None  # created_at < until
-
-
-class DlqPage(msgspec.Struct, frozen=True):
-    records: list[DlqRecord]
-    next_cursor: str | None  # opaque; None on the last page
-
-
-class AuditEntry(msgspec.Struct, frozen=True, kw_only=True):
-    at: float
-    actor: str  # the token's name ("anonymous" without auth)
-    action: str  # retry | abandon | bulk_retry | resolve | breaker_reset | policy_reload
-    record_ids: list[str] = []
-    from_status: str | None = None
-    reason: str | None = None
-    details: dict[str, Any] = {}
-
-
-class AuditPage(msgspec.Struct, frozen=True):
-    entries: list[AuditEntry]
-    next_cursor: str | None
-
-
-class TrendBucket(msgspec.Struct, frozen=True):
-    start: float  # unix seconds, aligned to the bucket size
-    failure_type: str
-    count: int
 
 
 class StateStore(Protocol):
@@ -139,12 +57,17 @@ class DlqStore(Protocol):
         """Insert; a record whose id is already stored is left as it is."""
 
     async def failed_again(self, record: DlqRecord) -> bool:
-        """A retry from the DLQ failed for good: back to `pending` with the new failure."""
+        """A retry from the DLQ failed for good: back to `pending` with the new failure
+        (only the record of the same task id)."""
 
-    async def resolve(self, dlq_id: str, now: float) -> bool:
-        """A retry from the DLQ succeeded: `retrying|pending → resolved`, once."""
+    async def resolve(self, dlq_id: str, task_id: str, now: float) -> bool:
+        """A retry from the DLQ succeeded: `retrying|pending → resolved`, once, for the
+        record of that task id only."""
 
     async def get(self, dlq_id: str) -> DlqRecord | None: ...
+
+    async def ids_with_prefix(self, prefix: str, limit: int) -> list[str]:
+        """Up to `limit` ids that start with `prefix`, in order."""
 
     async def list(self, where: DlqFilter, limit: int, cursor: str | None = None) -> DlqPage:
         """Newest first, keyset-paged on (created_at, id): stable while records arrive."""
@@ -176,7 +99,9 @@ class DlqStore(Protocol):
     async def oldest_pending(self) -> float | None:
         """created_at of the oldest pending record."""
 
-    async def audit(self, entry: AuditEntry) -> None: ...
+    async def audit(self, entry: AuditEntry, *, key: str | None = None) -> None:
+        """`key`, when given, makes the insert idempotent: an entry with the same key is
+        stored once (the spool replays entries whose first write may have committed)."""
 
     async def audit_log(self, limit: int, cursor: str | None = None) -> AuditPage:
         """Newest first."""
@@ -211,27 +136,12 @@ class IdempotencyStore(Protocol):
     async def close(self) -> None: ...
 
 
-# --- serialisation of core state, shared by the backends that store bytes ------------------
-
-_breaker_encoder = msgspec.msgpack.Encoder()
-
-
-def encode_breaker(state: BreakerState) -> bytes:
-    return _breaker_encoder.encode(
-        (state.status.value, state.opened_at, state.window.buckets, state.probes, state.probe_at)
-    )
-
-
-def decode_breaker(data: bytes) -> BreakerState:
-    status, opened_at, buckets, probes, probe_at = msgspec.msgpack.decode(data)
-    return BreakerState(
-        Status(status), opened_at, Window(tuple(map(tuple, buckets))), probes, probe_at
-    )
-
-
-def encode_window(window: Window) -> bytes:
-    return _breaker_encoder.encode(window.buckets)
-
-
-def decode_window(data: bytes) -> Window:
-    return Window(tuple(map(tuple, msgspec.msgpack.decode(data))))
+__all__ = [
+    "BreakerUpdate",
+    "DlqStore",
+    "IdempotencyStore",
+    "StateStore",
+    "StoreRefused",
+    "StoreUnavailable",
+    "WindowUpdate",
+]

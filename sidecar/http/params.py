@@ -1,0 +1,61 @@
+"""Reading operators' parameters: times and DLQ filters from a query string or a body,
+each checked, with a 400 that names the bad one."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+
+from ..policy.durations import parse_duration
+from ..records import STATUSES, DlqFilter
+from .problems import invalid
+
+
+def parse_time(value: str, name: str, now: float | None = None) -> float:
+    """Unix seconds, an ISO 8601 time, or an age like `24h` (that long before now)."""
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        return datetime.fromisoformat(value).timestamp()
+    except ValueError:
+        pass
+    try:
+        return (time.time() if now is None else now) - parse_duration(value)
+    except ValueError:
+        raise ValueError(
+            f"{name}: expected unix seconds, an ISO 8601 time or an age like 24h, got {value!r}"
+        ) from None
+
+
+def dlq_filter(values: dict[str, object], where: str = "query") -> DlqFilter:
+    """Filters from a query string or a JSON body, each checked, 400 naming the bad one."""
+    status = values.get("status")
+    if status is not None and status not in STATUSES:
+        raise invalid(f"{where}.status", f"expected one of {list(STATUSES)}, got {status!r}")
+    times = {}
+    for name in ("since", "until"):
+        value = values.get(name)
+        if value is not None:
+            try:
+                times[name] = parse_time(str(value), name)
+            except ValueError as exc:
+                raise invalid(f"{where}.{name}", str(exc).partition(": ")[2]) from None
+    return DlqFilter(
+        status=status,  # type: ignore[arg-type]
+        task_name=values.get("task_name") or None,  # type: ignore[arg-type]
+        failure_type=values.get("failure_type") or None,  # type: ignore[arg-type]
+        **times,
+    )
+
+
+def limit_of(values: dict[str, str], default: int = 50, most: int = 500) -> int:
+    raw = values.get("limit", str(default))
+    try:
+        limit = int(raw)
+    except ValueError:
+        raise invalid("query.limit", f"expected a whole number, got {raw!r}") from None
+    if not 1 <= limit <= most:
+        raise invalid("query.limit", f"expected 1 to {most}, got {limit}")
+    return limit

@@ -1,0 +1,25 @@
+"""What a service refuses, for the HTTP layer to turn into problem documents."""
+
+from __future__ import annotations
+
+from ..records import DlqRecord
+
+
+class NotFound(Exception):
+    pass
+
+
+class Ambiguous(Exception):
+    """An id prefix that matches more than one record."""
+
+    def __init__(self, prefix: str, candidates: list[str]) -> None:
+        self.candidates = candidates
+        super().__init__(f"{prefix!r} matches {len(candidates)} records: give more of the id")
+
+
+class Conflict(Exception):
+    """The record is not in a state the action applies to."""
+
+    def __init__(self, record: DlqRecord, action: str) -> None:
+        self.record = record
+        super().__init__(f"record {record.id} is {record.status}; cannot {action} it")

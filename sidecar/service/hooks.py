@@ -1,0 +1,172 @@
+"""The worker-side use cases: a failure (decide, store the changes, dead-letter), a
+success (close breakers, learn, resolve a DLQ record), a start (the breaker gate), and
+the dry runs that change nothing."""
+
+from __future__ import annotations
+
+import random
+import uuid
+from collections import deque
+from collections.abc import Callable
+
+import msgspec
+
+from ..metrics import Metrics
+from ..policy import (
+    Decision,
+    FailureEvent,
+    Snapshot,
+    SuccessEvent,
+    decide,
+    keys_for,
+    on_success,
+    task_breakers,
+)
+from ..policy.breaker import Status
+from ..policy.decide import OutcomeChange
+from ..policy.events import BreakerOut, Classification, StartAnswer, StartEvent
+from ..records import DlqRecord
+from ..store.ports import DlqStore, StateStore
+from ..store.spool import SpoolWriteFailed
+from .breakers import Breakers
+from .policies import Policies
+
+FailureEventRow = tuple[float, str, str]  # (at, task name, failure type), for trends
+
+
+class Hooks:
+    def __init__(
+        self,
+        policies: Policies,
+        state: StateStore,
+        dlq: DlqStore,
+        breakers: Breakers,
+        metrics: Metrics,
+        *,
+        clock: Callable[[], float],
+        rng: random.Random,
+    ) -> None:
+        self.policies = policies
+        self.state = state
+        self.dlq = dlq
+        self.breakers = breakers
+        self.metrics = metrics
+        self.clock = clock
+        self.rng = rng
+        # Written to the store in batches by a poller, off the hook's path (bounded: while
+        # the store is away the oldest are dropped first).
+        self.failure_events: deque[FailureEventRow] = deque(maxlen=100_000)
+
+    async def failure(self, event: FailureEvent) -> Decision:
+        policy, now = self.policies.current, self.clock()
+        keys = keys_for(event, policy)
+        route = keys.route
+        breaker, outcomes = await self.state.snapshot(route.breaker_key, route.outcomes_key)
+        outcome = decide(event, policy, Snapshot(breaker, outcomes), now, self.rng, keys)
+        decision, effects = outcome.decision, outcome.effects
+        if effects.breaker is not None:
+            stored = await self.breakers.apply(effects.breaker, event.task_name)
+            status = stored.current(effects.breaker.settings, now).value
+            decision = msgspec.structs.replace(
+                decision, breaker=BreakerOut(effects.breaker.key, status)
+            )
+        if effects.outcome is not None:
+            await self._record_outcome(effects.outcome)
+        if decision.action == "retry":
+            await self.state.remember_failure(
+                event.task_id, decision.classification.failure_type, policy.adaptive.window
+            )
+        elif decision.action == "dead_letter":
+            dlq_id = await self._dead_letter(event, decision, now)
+            decision = msgspec.structs.replace(decision, dlq_id=dlq_id)
+        self.metrics.record_failure(
+            event.task_name,
+            event.attempt,
+            decision,
+            effects,
+            event.queue,
+            event.context.queue_depth,
+        )
+        self.failure_events.append((now, event.task_name, decision.classification.failure_type))
+        return decision
+
+    async def success(self, event: SuccessEvent) -> None:
+        policy, now = self.policies.current, self.clock()
+        keys = [key for key, _ in task_breakers(policy, event.task_name)]
+        breakers = await self.state.breakers(keys) if keys else {}
+        last = await self.state.last_failure(event.task_id) if event.attempt > 0 else None
+        changes, outcome = on_success(event, policy, breakers, last, now)
+        for change in changes:
+            if breakers[change.key].current(change.settings, now) is not Status.CLOSED:
+                await self.breakers.apply(change, event.task_name)
+        if outcome is not None:
+            await self._record_outcome(outcome)
+        self.metrics.record_success(event.task_name, last if outcome is not None else None)
+        if event.dlq_id and await self.dlq.resolve(event.dlq_id, event.task_id, now):
+            self.metrics.record_dlq_action("resolve")
+
+    async def start(self, event: StartEvent) -> StartAnswer:
+        """Refused while one of the task's breakers is open, or its probes are taken."""
+        policy, now = self.policies.current, self.clock()
+        breakers = task_breakers(policy, event.task_name)
+        states = await self.state.breakers([key for key, _ in breakers]) if breakers else {}
+        for key, settings in breakers:
+            state = states.get(key)
+            if state is None or state.current(settings, now) is Status.CLOSED:
+                continue
+            allow, delay, status = await self.breakers.gate(key, settings, now)
+            if not allow:
+                self.metrics.record_deferral("breaker")
+                return StartAnswer(False, round(delay, 3), BreakerOut(key, status))
+        return StartAnswer(True)
+
+    # --- dry runs ---------------------------------------------------------------------------
+
+    def classify(self, event: FailureEvent) -> Classification:
+        return self.policies.current.classify(event.exception, event.task_name)
+
+    async def dry_run(self, event: FailureEvent) -> Decision:
+        """The decision the failure hook would give now, changing nothing."""
+        policy = self.policies.current
+        route = keys_for(event, policy).route
+        breaker, outcomes = await self.state.snapshot(route.breaker_key, route.outcomes_key)
+        return decide(event, policy, Snapshot(breaker, outcomes), self.clock(), self.rng).decision
+
+    # --- state changes --------------------------------------------------------------------------
+
+    async def _record_outcome(self, change: OutcomeChange) -> None:
+        await self.state.update_outcomes(change.key, change.apply, 2 * change.window)
+
+    async def _dead_letter(self, event: FailureEvent, decision: Decision, now: float) -> str | None:
+        c = decision.classification
+        record = DlqRecord(
+            id=event.dlq_id or str(uuid.uuid4()),
+            task_id=event.task_id,
+            task_name=event.task_name,
+            queue=event.queue,
+            args=list(event.args),
+            kwargs=event.kwargs,
+            exception=msgspec.to_builtins(event.exception),
+            context=msgspec.to_builtins(event.context),
+            failure_type=c.failure_type,
+            category=c.category,
+            remediation=c.remediation,
+            confidence=c.confidence,
+            rule=c.rule,
+            priority=decision.priority,
+            priority_value=decision.priority_value,
+            target_queue=decision.queue,
+            attempts=event.attempt,
+            created_at=now,
+            updated_at=now,
+        )
+        try:
+            if event.dlq_id and await self.dlq.failed_again(record):
+                return record.id
+            await self.dlq.put(record)
+        except SpoolWriteFailed:  # neither stored nor spooled (counted and logged there)
+            return None
+        return record.id
+
+
+__all__ = ["Hooks"]

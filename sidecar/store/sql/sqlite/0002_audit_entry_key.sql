@@ -1,0 +1,5 @@
+-- 0002: as PostgreSQL's 0003, a client-made key for audit entries, so that an entry
+-- replayed from a spool is stored once. NULL for entries written without one; a unique
+-- index allows any number of NULLs.
+ALTER TABLE audit_log ADD COLUMN entry_key TEXT;
+CREATE UNIQUE INDEX audit_log_entry_key_key ON audit_log (entry_key);
