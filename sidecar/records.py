@@ -7,11 +7,41 @@ Nothing here does I/O.
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import msgspec
 
 STATUSES = ("pending", "retrying", "resolved", "abandoned")
+
+# What the stores keep in indexed text columns, in UTF-8 bytes (PostgreSQL's btree entries
+# hold at most 2704 bytes, and (task_name, created_at, id) is one): the wire's character
+# limits allow four times as much.
+MAX_NAME_BYTES = 1024
+MAX_ID_BYTES = 256
+
+
+# The unix times a PostgreSQL timestamptz can hold (4714 BC to 294276 AD). Outside them
+# to_timestamp() fails, which would surface as a store error rather than a bad request.
+EARLIEST = -210866803200.0
+LATEST = 9224318016000.0
+
+
+def check_time(name: str, value: float) -> float:
+    """`value` as a float, or ValueError when no store could compare a time with it."""
+    if not EARLIEST <= value < LATEST:  # NaN included
+        raise ValueError(f"{name} is not a usable unix time: {value}")
+    return float(value)
+
+
+def text_problem(value: str, limit: int) -> str | None:
+    """Why a store could not keep `value` in a text column, or None."""
+    if "\x00" in value:
+        return "must not contain NUL characters"
+    size = len(value.encode("utf-8", "surrogatepass"))
+    if size > limit:
+        return f"at most {limit} bytes of UTF-8, got {size}"
+    return None
 
 
 class Claim(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -45,6 +75,21 @@ class DlqRecord(msgspec.Struct, kw_only=True):
     updated_at: float
     dlq_retries: int = 0  # times it was retried from the DLQ
     last_error: str | None = None  # why the last requeue failed, if it did
+
+
+_REPORTS = uuid.UUID("3c1f6f0e-2a53-4d5e-9a49-6b7f8a7f3e01")  # our namespace for uuid5
+
+
+def record_id(report_id: str | None) -> str:
+    """A new DLQ record's id: derived from the client's report id when it sent one, so a
+    report sent twice (a timeout, then a batch) is stored once; random otherwise."""
+    return str(uuid.uuid5(_REPORTS, report_id) if report_id else uuid.uuid4())
+
+
+def successor_id(record: DlqRecord) -> str:
+    """The id a failure gets when the record it names cannot take it (another task's, or
+    one already resolved): a record of its own, the same one however often replayed."""
+    return str(uuid.uuid5(_REPORTS, f"{record.id}/{record.task_id}/{record.updated_at!r}"))
 
 
 class DlqFilter(msgspec.Struct, frozen=True, kw_only=True):

@@ -7,6 +7,7 @@ and started again on the same port.
 from __future__ import annotations
 
 import contextlib
+import re
 import signal
 import subprocess
 import time
@@ -178,7 +179,10 @@ class TestSidecarKilled:
         with SidecarProcess(tmp_path, data_dir=data_dir, **settings) as second:
             stored, _ = wait_for_rows(postgres_dsn, task, 200)
             assert sorted(stored) == sorted(answered)
-            assert "200 DLQ writes left in" in second.output()
+            # The 200 dead letters, and the failure events (for trends) that the first
+            # sidecar's poller flushed into the spool before the kill, if it got to.
+            [left] = re.findall(r"(\d+) DLQ writes left in", second.output())
+            assert int(left) >= 200
             assert second.stop() == 0
 
 
@@ -221,7 +225,9 @@ class TestDiskFull:
             assert spooled, answers  # it filled up part-way
             assert lost, answers
             assert answers[: len(spooled)] == spooled  # and stayed full
-            assert metric(sidecar, "task_sidecar_spool_write_failures_total") == lost
+            # The lost dead letters, plus any batch of failure events (trends) the poller
+            # could not spool either.
+            assert metric(sidecar, "task_sidecar_spool_write_failures_total") >= lost
             assert sidecar.output().count("cannot spool a DLQ write") == 1  # once per outage
             postgres.start()
             stored, _ = wait_for_rows(postgres_dsn, task, len(spooled))

@@ -793,7 +793,8 @@ def claims(request: pytest.FixtureRequest, run: Run, tmp_path) -> Iterator[Any]:
         yield next(opener)()
         next(opener, None)  # closes what it opened
         return
-    store = RedisStore(request.getfixturevalue("redis_url"), prefix=f"test-{uuid.uuid4()}:")
+    url = request.getfixturevalue("redis_url")
+    store = RedisStore(url, prefix=f"test-{uuid.uuid4()}:", timeout=5)  # a contract, not speed
     yield store
     run(store.close())
 

@@ -9,24 +9,28 @@ import msgspec
 from aiohttp import web
 from msgspec import Meta
 
-from ..records import DlqRecord
+from ..records import MAX_ID_BYTES, DlqRecord
 from ..requeue import RequeueError
 from ..service.errors import Ambiguous, Conflict, NotFound
 from .auth import TOKEN_NAME, requires
 from .keys import SERVICES
-from .params import dlq_filter, limit_of
+from .params import dlq_filter, limit_of, path_id
 from .problems import Problem, invalid, json_response, read
 
 MAX_PAGE = 500
 
 
+NO_NUL = r"^[^\x00]*$"  # PostgreSQL text cannot hold NUL
+Id = Annotated[str, Meta(min_length=1, max_length=MAX_ID_BYTES, pattern=NO_NUL)]
+
+
 class RetryRequest(msgspec.Struct, frozen=True):
     priority: str | None = None
-    queue: Annotated[str, Meta(min_length=1, max_length=255)] | None = None
+    queue: Annotated[str, Meta(min_length=1, max_length=255, pattern=NO_NUL)] | None = None
 
 
 class AbandonRequest(msgspec.Struct, frozen=True):
-    reason: Annotated[str, Meta(min_length=1, max_length=2000)]
+    reason: Annotated[str, Meta(min_length=1, max_length=2000, pattern=NO_NUL)]
 
 
 class FilterBody(msgspec.Struct, frozen=True):
@@ -38,9 +42,7 @@ class FilterBody(msgspec.Struct, frozen=True):
 
 
 class BulkRetryRequest(msgspec.Struct, frozen=True):
-    ids: Annotated[list[Annotated[str, Meta(max_length=512)]], Meta(max_length=100_000)] | None = (
-        None
-    )
+    ids: Annotated[list[Id], Meta(max_length=100_000)] | None = None
     filter: FilterBody | None = None
     priority: str | None = None
     rate_per_second: Annotated[float, Meta(gt=0, le=100_000)] | None = None
@@ -92,7 +94,7 @@ async def list_dlq(request: web.Request) -> web.Response:
 @requires("viewer")
 async def get_dlq(request: web.Request) -> web.Response:
     try:
-        record = await request.app[SERVICES].dlq.get(request.match_info["id"])
+        record = await request.app[SERVICES].dlq.get(path_id(request))
     except (NotFound, Ambiguous) as exc:
         raise _lookup_problem(exc) from None
     return json_response(public(record))
@@ -103,7 +105,7 @@ async def retry_dlq(request: web.Request) -> web.Response:
     body = await read(request, RetryRequest)
     try:
         record = await request.app[SERVICES].dlq.retry(
-            request.match_info["id"], actor(request), body.priority, body.queue
+            path_id(request), actor(request), body.priority, body.queue
         )
     except KeyError:
         raise _priority_problem(body.priority, request) from None
@@ -121,7 +123,7 @@ async def abandon_dlq(request: web.Request) -> web.Response:
     body = await read(request, AbandonRequest)
     try:
         record = await request.app[SERVICES].dlq.abandon(
-            request.match_info["id"], actor(request), body.reason
+            path_id(request), actor(request), body.reason
         )
     except (NotFound, Ambiguous) as exc:
         raise _lookup_problem(exc) from None

@@ -8,8 +8,11 @@ import msgspec
 from aiohttp import web
 from msgspec import Meta
 
+from ..errors import StoreUnavailable
 from ..policy import FailureEvent, StartEvent, SuccessEvent
 from ..policy.events import Seconds
+from ..service.errors import InvalidInput
+from ..service.hooks import Hooks
 from .auth import requires
 from .keys import METRICS, SERVICES
 from .problems import Problem, decode, json_response, read
@@ -18,14 +21,17 @@ MAX_BATCH = 1000
 Scope = Literal["global", "user", "device", "task"]
 
 
+Key = Annotated[str, Meta(min_length=1, max_length=1024, pattern=r"^[^\x00]*$")]
+
+
 class ClaimRequest(msgspec.Struct, frozen=True):
-    key: Annotated[str, Meta(min_length=1, max_length=1024)]
+    key: Key
     scope: Scope = "global"
     ttl_seconds: Annotated[float, Meta(gt=0, le=365 * 86400)] | None = None
 
 
 class KeyRequest(msgspec.Struct, frozen=True):
-    key: Annotated[str, Meta(min_length=1, max_length=1024)]
+    key: Key
     scope: Scope = "global"
     ttl_seconds: Seconds | None = None
 
@@ -83,14 +89,23 @@ async def batch(request: web.Request) -> web.Response:
                 ]
                 results.append({"error": {"status": problem.status, "errors": errors}})
                 continue
-            if kind == "failure":
-                results.append(await sidecar.failure(event))
-            elif kind == "success":
-                await sidecar.success(event)
-                results.append({"recorded": True})
-            else:
-                results.append(await sidecar.start(event))
+            try:
+                results.append(await apply(sidecar, kind, event))
+            except InvalidInput as exc:
+                error = {"path": f"[{index}].{exc.path}", "message": exc.message}
+                results.append({"error": {"status": 400, "errors": [error]}})
+            except StoreUnavailable as exc:  # this event only: the others are answered
+                results.append({"error": {"status": 503, "detail": str(exc)}})
     return json_response({"results": results})
+
+
+async def apply(hooks: Hooks, kind: str, event: Any) -> Any:
+    if kind == "failure":
+        return await hooks.failure(event)
+    if kind == "success":
+        await hooks.success(event)
+        return {"recorded": True}
+    return await hooks.start(event)
 
 
 @requires("hooks", "viewer")

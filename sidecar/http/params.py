@@ -6,8 +6,18 @@ from __future__ import annotations
 import time
 from datetime import datetime
 
+from aiohttp import web
+
 from ..policy.durations import parse_duration
-from ..records import STATUSES, DlqFilter
+from ..records import (
+    EARLIEST,
+    LATEST,
+    MAX_ID_BYTES,
+    MAX_NAME_BYTES,
+    STATUSES,
+    DlqFilter,
+    text_problem,
+)
 from .problems import invalid
 
 
@@ -34,6 +44,10 @@ def dlq_filter(values: dict[str, object], where: str = "query") -> DlqFilter:
     status = values.get("status")
     if status is not None and status not in STATUSES:
         raise invalid(f"{where}.status", f"expected one of {list(STATUSES)}, got {status!r}")
+    for name in ("task_name", "failure_type"):
+        value = values.get(name)
+        if isinstance(value, str) and (problem := text_problem(value, MAX_NAME_BYTES)):
+            raise invalid(f"{where}.{name}", problem)
     times = {}
     for name in ("since", "until"):
         value = values.get(name)
@@ -42,6 +56,8 @@ def dlq_filter(values: dict[str, object], where: str = "query") -> DlqFilter:
                 times[name] = parse_time(str(value), name)
             except ValueError as exc:
                 raise invalid(f"{where}.{name}", str(exc).partition(": ")[2]) from None
+            if not EARLIEST <= times[name] < LATEST:  # 1e309 reads as inf
+                raise invalid(f"{where}.{name}", f"not a usable unix time: {value}")
     return DlqFilter(
         status=status,  # type: ignore[arg-type]
         task_name=values.get("task_name") or None,  # type: ignore[arg-type]
@@ -59,3 +75,11 @@ def limit_of(values: dict[str, str], default: int = 50, most: int = 500) -> int:
     if not 1 <= limit <= most:
         raise invalid("query.limit", f"expected 1 to {most}, got {limit}")
     return limit
+
+
+def path_id(request: web.Request) -> str:
+    """The record id (or id prefix) in the path, refused when no store could hold it."""
+    value = request.match_info["id"]
+    if problem := text_problem(value, MAX_ID_BYTES):
+        raise invalid("path.id", problem)
+    return value

@@ -14,6 +14,7 @@ from aiohttp import web
 
 from ..errors import StoreRefused, StoreUnavailable
 from ..policy.events import decode_error_path
+from ..service.errors import InvalidInput
 
 T = TypeVar("T")
 log = logging.getLogger("task_sidecar.http")
@@ -92,6 +93,8 @@ async def problem_middleware(request: web.Request, handler) -> web.StreamRespons
         if exc.status < 400:
             raise
         return Problem(exc.status, exc.reason, headers=_allow(exc)).response()
+    except InvalidInput as exc:
+        return invalid(exc.path, exc.message).response()
     except StoreRefused as exc:  # data it will never take: the client's to fix
         log.warning("backend refused the request's data: %s", exc)
         return Problem(400, "Refused by the store", str(exc)).response()

@@ -69,6 +69,8 @@ class FailureEvent(msgspec.Struct, frozen=True):
     args: tuple[Any, ...] = ()
     kwargs: dict[str, Any] = msgspec.field(default_factory=dict)
     dlq_id: ShortText | None = None
+    report_id: ShortText | None = None  # made once per failure by the client: stored once
+    workflow: dict[str, Any] | None = None  # what the worker needs to go on (chain, links)
 
 
 class SuccessEvent(msgspec.Struct, frozen=True):
@@ -77,6 +79,7 @@ class SuccessEvent(msgspec.Struct, frozen=True):
     attempt: Attempt = 0
     runtime_seconds: Seconds | None = None
     dlq_id: ShortText | None = None
+    report_id: ShortText | None = None
 
 
 class StartEvent(msgspec.Struct, frozen=True):

@@ -9,6 +9,14 @@ class NotFound(Exception):
     pass
 
 
+class InvalidInput(Exception):
+    """A value the stores could not keep; `path` names it as the problem documents do."""
+
+    def __init__(self, path: str, message: str) -> None:
+        self.path, self.message = path, message
+        super().__init__(f"{path}: {message}")
+
+
 class Ambiguous(Exception):
     """An id prefix that matches more than one record."""
 

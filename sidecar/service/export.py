@@ -34,7 +34,7 @@ CSV_COLUMNS = (
     "message",
     "last_error",
 )
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "\n")
 CHUNK = 64 * 1024
 
 

@@ -5,7 +5,6 @@ the dry runs that change nothing."""
 from __future__ import annotations
 
 import random
-import uuid
 from collections import deque
 from collections.abc import Callable
 
@@ -25,13 +24,24 @@ from ..policy import (
 from ..policy.breaker import Status
 from ..policy.decide import OutcomeChange
 from ..policy.events import BreakerOut, Classification, StartAnswer, StartEvent
-from ..records import DlqRecord
+from ..records import (
+    MAX_ID_BYTES,
+    MAX_NAME_BYTES,
+    DlqRecord,
+    record_id,
+    successor_id,
+    text_problem,
+)
 from ..store.ports import DlqStore, StateStore
 from ..store.spool import SpoolWriteFailed
 from .breakers import Breakers
+from .errors import InvalidInput
 from .policies import Policies
 
 FailureEventRow = tuple[float, str, str]  # (at, task name, failure type), for trends
+ANSWER_TTL = 3600.0  # how long a report's answer is kept for a client that sends it again
+_decision = msgspec.json.Decoder(Decision)
+_encode = msgspec.json.Encoder().encode
 
 
 class Hooks:
@@ -58,6 +68,21 @@ class Hooks:
         self.failure_events: deque[FailureEventRow] = deque(maxlen=100_000)
 
     async def failure(self, event: FailureEvent) -> Decision:
+        """The decision for a failure; the same report sent again gets the same answer,
+        applied once."""
+        storable(event)
+        if event.report_id:
+            known = await self.state.answer_for(f"failure:{event.report_id}")
+            if known is not None:
+                return _decision.decode(known)
+        decision = await self._failure(event)
+        if event.report_id:
+            await self.state.remember_answer(
+                f"failure:{event.report_id}", _encode(decision), ANSWER_TTL
+            )
+        return decision
+
+    async def _failure(self, event: FailureEvent) -> Decision:
         policy, now = self.policies.current, self.clock()
         keys = keys_for(event, policy)
         route = keys.route
@@ -91,6 +116,12 @@ class Hooks:
         return decision
 
     async def success(self, event: SuccessEvent) -> None:
+        """Record a success; the same report sent again is recorded once."""
+        storable(event)
+        if event.report_id:
+            if await self.state.answer_for(f"success:{event.report_id}") is not None:
+                return
+            await self.state.remember_answer(f"success:{event.report_id}", b"1", ANSWER_TTL)
         policy, now = self.policies.current, self.clock()
         keys = [key for key, _ in task_breakers(policy, event.task_name)]
         breakers = await self.state.breakers(keys) if keys else {}
@@ -140,7 +171,7 @@ class Hooks:
     async def _dead_letter(self, event: FailureEvent, decision: Decision, now: float) -> str | None:
         c = decision.classification
         record = DlqRecord(
-            id=event.dlq_id or str(uuid.uuid4()),
+            id=event.dlq_id or record_id(event.report_id),
             task_id=event.task_id,
             task_name=event.task_name,
             queue=event.queue,
@@ -161,8 +192,12 @@ class Hooks:
             updated_at=now,
         )
         try:
-            if event.dlq_id and await self.dlq.failed_again(record):
-                return record.id
+            if event.dlq_id:
+                if await self.dlq.failed_again(record):
+                    return record.id
+                # Not a record this task may send back (another task's, or done): the
+                # failure is kept as a record of its own.
+                record = msgspec.structs.replace(record, id=successor_id(record))
             await self.dlq.put(record)
         except SpoolWriteFailed:  # neither stored nor spooled (counted and logged there)
             return None
@@ -170,3 +205,14 @@ class Hooks:
 
 
 __all__ = ["Hooks"]
+
+
+def storable(event: FailureEvent | SuccessEvent) -> None:
+    """Refuse, before anything is applied, what the stores could not keep: the wire counts
+    characters, PostgreSQL's indexes count bytes."""
+    limits = {"task_name": MAX_NAME_BYTES, "task_id": MAX_NAME_BYTES, "queue": MAX_NAME_BYTES}
+    limits |= {"dlq_id": MAX_ID_BYTES, "report_id": MAX_ID_BYTES}
+    for field, limit in limits.items():
+        value = getattr(event, field, None)
+        if value is not None and (problem := text_problem(value, limit)):
+            raise InvalidInput(field, problem)

@@ -6,9 +6,18 @@ import time
 from collections.abc import Callable
 
 from ..metrics import Metrics
-from ..records import Claim
+from ..records import Claim, text_problem
 from ..store.ports import IdempotencyStore
+from .errors import InvalidInput
 from .policies import Policies
+
+MAX_KEY_BYTES = 2048  # the key is the primary key of idempotency_keys (btree: 2704 bytes)
+
+
+def _stored_key(scope: str, key: str) -> str:
+    if problem := text_problem(key, MAX_KEY_BYTES):
+        raise InvalidInput("key", problem)
+    return f"{scope}:{key}"
 
 
 class Idempotency:
@@ -28,10 +37,11 @@ class Idempotency:
         return ttl if ttl is not None else self.policies.current.idempotency.ttl[scope]
 
     async def claim(self, key: str, scope: str, ttl: float | None) -> Claim:
+        stored = _stored_key(scope, key)
         started = time.perf_counter()
         result = "error"
         try:
-            claim = await self.store.claim(f"{scope}:{key}", self._ttl(scope, ttl), self.clock())
+            claim = await self.store.claim(stored, self._ttl(scope, ttl), self.clock())
             result = "miss" if claim.claimed else "hit"
         finally:
             elapsed = time.perf_counter() - started
@@ -39,10 +49,12 @@ class Idempotency:
         return claim
 
     async def complete(self, key: str, scope: str, ttl: float | None) -> bool:
-        return await self.store.complete(f"{scope}:{key}", self._ttl(scope, ttl), self.clock())
+        return await self.store.complete(
+            _stored_key(scope, key), self._ttl(scope, ttl), self.clock()
+        )
 
     async def release(self, key: str, scope: str) -> bool:
-        return await self.store.release(f"{scope}:{key}")
+        return await self.store.release(_stored_key(scope, key))
 
 
 __all__ = ["Idempotency"]

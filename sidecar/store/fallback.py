@@ -149,6 +149,12 @@ class FallbackState:
     async def last_failure(self, task_id: str) -> str | None:
         return await self._call("last_failure", task_id)
 
+    async def remember_answer(self, report_id: str, answer: bytes, ttl: float) -> None:
+        await self._call("remember_answer", report_id, answer, ttl)
+
+    async def answer_for(self, report_id: str) -> bytes | None:
+        return await self._call("answer_for", report_id)
+
     async def all_breakers(self) -> dict[str, BreakerState]:
         return await self._call("all_breakers")
 

@@ -16,16 +16,20 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from ..records import STATUSES, AuditEntry, AuditPage, DlqFilter, DlqPage, DlqRecord
+from ..records import (
+    EARLIEST,
+    LATEST,
+    STATUSES,
+    AuditEntry,
+    AuditPage,
+    DlqFilter,
+    DlqPage,
+    DlqRecord,
+    check_time,
+)
 from .connector import named_queries
 
 K = TypeVar("K", str, int)
-
-# The unix times a PostgreSQL timestamptz can hold (4714 BC to 294276 AD). Outside them
-# to_timestamp() fails, which would surface as an unavailable store rather than a bad
-# request.
-_EARLIEST = -210866803200.0
-_LATEST = 9224318016000.0
 
 _FILTER_FIELDS = ("status", "task_name", "failure_type", "since", "until")
 
@@ -44,16 +48,9 @@ def decode_cursor(cursor: str, key_type: type[K]) -> tuple[float, K]:
         at, key = msgspec.json.decode(raw, type=tuple[float, key_type])
     except (ValueError, msgspec.DecodeError):  # binascii.Error is a ValueError
         raise ValueError("invalid cursor") from None
-    if not _EARLIEST <= at < _LATEST:
+    if not EARLIEST <= at < LATEST or (isinstance(key, str) and "\x00" in key):
         raise ValueError("invalid cursor")
     return at, key
-
-
-def check_time(name: str, value: float) -> float:
-    """`value` as a float, or ValueError when no store could compare a time with it."""
-    if not _EARLIEST <= value < _LATEST:  # NaN included
-        raise ValueError(f"{name} is not a usable unix time: {value}")
-    return float(value)
 
 
 def check_limit(limit: int) -> None:

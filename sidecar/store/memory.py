@@ -45,6 +45,7 @@ class MemoryState:
         self._breakers = _Expiring()
         self._outcomes = _Expiring()
         self._failures = _Expiring()
+        self._answers = _Expiring()
 
     async def snapshot(
         self, breaker_key: str | None, outcomes_key: str | None
@@ -72,6 +73,12 @@ class MemoryState:
 
     async def last_failure(self, task_id: str) -> str | None:
         return self._failures.fetch(task_id)  # type: ignore[return-value]
+
+    async def remember_answer(self, report_id: str, answer: bytes, ttl: float) -> None:
+        self._answers.put(report_id, answer, ttl)
+
+    async def answer_for(self, report_id: str) -> bytes | None:
+        return self._answers.fetch(report_id)  # type: ignore[return-value]
 
     async def all_breakers(self) -> dict[str, BreakerState]:
         self._breakers.sweep()

@@ -128,6 +128,16 @@ class RedisStore:
             value = await self.redis.get(f"{self.prefix}last-failure:{task_id}")
         return value.decode() if value else None
 
+    async def remember_answer(self, report_id: str, answer: bytes, ttl: float) -> None:
+        async with _errors():
+            await self.redis.set(
+                f"{self.prefix}answer:{report_id}", answer, px=max(1, int(ttl * 1000))
+            )
+
+    async def answer_for(self, report_id: str) -> bytes | None:
+        async with _errors():
+            return await self.redis.get(f"{self.prefix}answer:{report_id}")
+
     async def all_breakers(self) -> dict[str, BreakerState]:
         async with _errors():
             keys = sorted(k.decode() for k in await self.redis.smembers(self._index))

@@ -40,7 +40,15 @@ from typing import Any
 
 import msgspec
 
-from ..records import AuditEntry, AuditPage, DlqFilter, DlqPage, DlqRecord, TrendBucket
+from ..records import (
+    AuditEntry,
+    AuditPage,
+    DlqFilter,
+    DlqPage,
+    DlqRecord,
+    TrendBucket,
+    successor_id,
+)
 from .ports import DlqStore, StoreRefused, StoreUnavailable
 
 log = logging.getLogger("task_sidecar.spool")
@@ -145,9 +153,10 @@ class SpoolingDlq:
         return self._pending
 
     def stalled_for(self) -> float:
-        """Seconds since the replay last applied an operation, while some wait (0 when
-        nothing waits): a store that answers but takes nothing shows here."""
-        if not self._pending:
+        """Seconds since the replay last applied an operation while some wait and the store
+        answers (0 otherwise): a store that answers but takes nothing shows here, an
+        outage shows as the store being down."""
+        if not self._pending or self._store_down:
             self._progress_at = self.clock()
             return 0.0
         return max(0.0, self.clock() - self._progress_at)
@@ -305,7 +314,7 @@ class SpoolingDlq:
             await inner.put(op.record)
         elif isinstance(op, _FailedAgain):
             if not await inner.failed_again(op.record):
-                await inner.put(op.record)
+                await inner.put(msgspec.structs.replace(op.record, id=successor_id(op.record)))
         elif isinstance(op, _Resolve):
             await inner.resolve(op.dlq_id, op.task_id, op.now)
         elif isinstance(op, _Audit):

@@ -1,0 +1,252 @@
+"""Data errors are not outages: what PostgreSQL would refuse is refused with a 400 naming
+the field before anything is applied, a spooled write refused for good is quarantined and
+never blocks the ones behind it, a report sent twice is stored once, and a hook only
+touches the record of its own task.
+
+A real sidecar process on real PostgreSQL and Redis, spoken to over real sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+
+import msgspec
+import psycopg
+import pytest
+
+from sidecar.records import DlqRecord
+from sidecar.store.postgres import migrate
+from sidecar.store.spool import QUARANTINE_FILE, SPOOL_FILE, SpoolingDlq, _Put
+from sidecar.store.sqlstore import postgres_store
+
+from .conftest import DEFAULT_POLICIES
+from .processes import SidecarProcess
+
+HOOKS = "data-hooks-token-0123456789"
+OPERATOR = "data-operator-token-0123456789"
+VIEWER = "data-viewer-token-0123456789"
+WIDE = "\U0001d7d8"  # four bytes of UTF-8, one character
+
+
+def dead_letter(task: str, task_id: str, **extra: object) -> dict:
+    return {
+        "task_id": task_id,
+        "task_name": task,
+        "exception": {"type": "ValueError", "mro": ["builtins.ValueError"], "message": "bad"},
+        **extra,
+    }
+
+
+def call(port: int, method: str, path: str, body: object = None, token: str = HOOKS):
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}",
+        method=method,
+        data=None if body is None else json.dumps(body).encode(),
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            raw = response.read()
+            return response.status, json.loads(raw) if raw.startswith(b"{") else raw
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def rows(dsn: str, sql: str, *params: object) -> list[tuple]:
+    with psycopg.connect(dsn) as conn:
+        return conn.execute(sql, params).fetchall()
+
+
+@pytest.fixture(scope="module")
+def sidecar(postgres_service, redis_service, tmp_path_factory):
+    settings = {
+        "postgres_dsn": postgres_service.start().dsn,
+        "redis_url": redis_service.start().url,
+        "operator_tokens": f"ops:{OPERATOR}",
+        "viewer_tokens": f"grafana:{VIEWER}",
+    }
+    workdir = tmp_path_factory.mktemp("data-errors")
+    with SidecarProcess(workdir, HOOKS, policies=str(DEFAULT_POLICIES), **settings) as process:
+        yield process, settings["postgres_dsn"]
+
+
+class TestRefusedBeforeAnythingIsWritten:
+    """Values PostgreSQL cannot keep get a 400 naming the field; later writes go through."""
+
+    def test_names_over_the_index_limit_in_bytes_then_ordinary_dead_letters(self, sidecar):
+        process, dsn = sidecar
+        task = f"data.{uuid.uuid4().hex[:8]}"
+        huge = dead_letter(WIDE * 512, "t-huge", dlq_id=WIDE * 512)  # within the 512 chars
+
+        status, problem = call(process.port, "POST", "/v1/hooks/failure", huge)
+
+        assert status == 400, problem
+        assert problem["errors"][0]["path"] in ("task_name", "dlq_id")
+        assert "bytes" in problem["errors"][0]["message"]
+        for i in range(20):
+            status, answer = call(
+                process.port, "POST", "/v1/hooks/failure", dead_letter(task, f"t{i}")
+            )
+            assert (status, answer["action"]) == (200, "dead_letter")
+        stored = rows(dsn, "SELECT count(*) FROM dlq_records WHERE task_name = %s", task)
+        assert stored == [(20,)]
+        status, ready = call(process.port, "GET", "/readyz")
+        assert status == 200
+        assert "spool" not in ready["checks"], ready
+
+    def test_an_abandon_reason_with_nul_is_refused_and_the_record_untouched(self, sidecar):
+        process, dsn = sidecar
+        task = f"data.{uuid.uuid4().hex[:8]}"
+        _, answer = call(process.port, "POST", "/v1/hooks/failure", dead_letter(task, "t"))
+        path = f"/v1/dlq/{answer['dlq_id']}/abandon"
+
+        status, problem = call(process.port, "POST", path, {"reason": "a\u0000b"}, OPERATOR)
+
+        assert (status, problem["errors"][0]["path"]) == (400, "reason")
+        status, record = call(process.port, "GET", f"/v1/dlq/{answer['dlq_id']}", token=VIEWER)
+        assert record["status"] == "pending"
+        audited = rows(
+            dsn, "SELECT count(*) FROM audit_log WHERE %s = ANY(record_ids)", record["id"]
+        )
+        assert audited == [(0,)]
+
+    @pytest.mark.parametrize(
+        ("method", "path", "body", "token", "field"),
+        [
+            ("GET", "/v1/dlq/a%00b", None, VIEWER, "path.id"),
+            ("GET", "/v1/dlq?task_name=a%00b", None, VIEWER, "query.task_name"),
+            ("GET", "/v1/dlq?since=1e309", None, VIEWER, "query.since"),
+            ("GET", "/v1/dlq/export.csv?failure_type=%00", None, VIEWER, "query.failure_type"),
+            ("POST", "/v1/dlq/bulk-retry", {"ids": ["a\u0000"]}, OPERATOR, "ids[0]"),
+            ("POST", "/v1/idempotency/claim", {"key": "k\u0000"}, HOOKS, "key"),
+            ("POST", "/v1/idempotency/claim", {"key": WIDE * 1000}, HOOKS, "key"),
+        ],
+    )
+    def test_hostile_parameters_get_a_400_naming_them(
+        self, sidecar, method, path, body, token, field
+    ):
+        process, _ = sidecar
+        status, problem = call(process.port, method, path, body, token)
+        assert status == 400, problem
+        assert problem["errors"][0]["path"] == field
+
+    def test_a_cursor_holding_nul_is_not_a_cursor(self, sidecar):
+        process, _ = sidecar
+        import base64
+
+        cursor = base64.urlsafe_b64encode(b'[1.0,"a\\u0000"]').decode().rstrip("=")
+        status, problem = call(process.port, "GET", f"/v1/dlq?cursor={cursor}", token=VIEWER)
+        assert (status, problem["errors"][0]["path"]) == (400, "query.cursor")
+
+
+class TestReportsAreAppliedOnce:
+    """A report re-sent (after a timeout, in a batch, or replayed) is stored once."""
+
+    def test_the_same_failure_report_three_ways_is_one_record(self, sidecar):
+        process, dsn = sidecar
+        task = f"data.{uuid.uuid4().hex[:8]}"
+        report = dead_letter(task, "t-1", report_id=f"t-1:0:{uuid.uuid4().hex}")
+
+        _, first = call(process.port, "POST", "/v1/hooks/failure", report)
+        _, again = call(process.port, "POST", "/v1/hooks/failure", report)
+        _, batch = call(process.port, "POST", "/v1/hooks/batch", [{"type": "failure", **report}])
+
+        assert first["dlq_id"] == again["dlq_id"] == batch["results"][0]["dlq_id"]
+        assert rows(dsn, "SELECT count(*) FROM dlq_records WHERE task_name = %s", task) == [(1,)]
+
+    def test_a_batch_answers_each_event_and_resends_apply_nothing_twice(self, sidecar):
+        process, dsn = sidecar
+        task = f"data.{uuid.uuid4().hex[:8]}"
+        events = [
+            {"type": "failure", **dead_letter(task, f"t{i}", report_id=f"r{i}-{task}")}
+            for i in range(5)
+        ]
+        events.append({"type": "failure", **dead_letter(WIDE * 512, "bad")})  # refused alone
+        for _ in range(3):
+            status, answer = call(process.port, "POST", "/v1/hooks/batch", events)
+            assert status == 200
+            assert [r.get("action") for r in answer["results"][:5]] == ["dead_letter"] * 5
+            assert answer["results"][5]["error"]["status"] == 400
+        assert rows(dsn, "SELECT count(*) FROM dlq_records WHERE task_name = %s", task) == [(5,)]
+
+
+class TestHooksTouchOnlyTheirOwnRecord:
+    """A hooks token cannot resolve or rewrite another task's dead letter."""
+
+    def test_success_and_failure_naming_another_tasks_record(self, sidecar):
+        process, dsn = sidecar
+        task = f"data.{uuid.uuid4().hex[:8]}"
+        _, victim = call(process.port, "POST", "/v1/hooks/failure", dead_letter(task, "victim"))
+        dlq_id = victim["dlq_id"]
+
+        success = {"task_id": "intruder", "task_name": task, "dlq_id": dlq_id}
+        assert call(process.port, "POST", "/v1/hooks/success", success)[0] == 200
+        intruder = dead_letter(task, "intruder", dlq_id=dlq_id, args=["rewritten"])
+        _, answer = call(process.port, "POST", "/v1/hooks/failure", intruder)
+
+        _, record = call(process.port, "GET", f"/v1/dlq/{dlq_id}", token=VIEWER)
+        assert (record["status"], record["task_id"], record["args"]) == ("pending", "victim", [])
+        assert answer["dlq_id"] != dlq_id  # the intruder's failure is a record of its own
+        owners = rows(dsn, "SELECT task_id FROM dlq_records WHERE id = %s", answer["dlq_id"])
+        assert owners == [("intruder",)]
+
+
+class TestQuarantine:
+    """A spooled write the database refuses for good is set aside; the rest replay."""
+
+    def test_a_refused_line_is_quarantined_and_the_lines_behind_it_replay(
+        self, postgres_dsn, tmp_path
+    ):
+        task = f"data.{uuid.uuid4().hex[:8]}"
+
+        def record(name: str) -> DlqRecord:
+            return DlqRecord(
+                id=str(uuid.uuid4()),
+                task_id="t",
+                task_name=name,
+                queue=None,
+                args=[],
+                kwargs={},
+                exception={"type": "ValueError"},
+                context={},
+                failure_type="PERMANENT_VALIDATION",
+                category="permanent",
+                remediation="FIX_DATA",
+                confidence=0.9,
+                rule="r",
+                priority="LOW",
+                priority_value=4,
+                target_queue="maintenance",
+                attempts=0,
+                created_at=1.0,
+                updated_at=1.0,
+            )
+
+        # As an older sidecar might have spooled it: a name PostgreSQL cannot store.
+        lines = [record(task), record(task + "\u0000"), record(task)]
+        encode = msgspec.json.Encoder().encode
+        (tmp_path / SPOOL_FILE).write_bytes(b"".join(encode(_Put(r)) + b"\n" for r in lines))
+        quarantined = []
+
+        async def replay() -> SpoolingDlq:
+            await migrate(postgres_dsn)
+            store = postgres_store(postgres_dsn)
+            await store.open()
+            spool = SpoolingDlq(store, tmp_path, on_quarantine=lambda: quarantined.append(1))
+            await spool.replay()
+            await spool.close()
+            return spool
+
+        spool = asyncio.run(replay())
+
+        assert (spool.pending, quarantined) == (0, [1])
+        stored = rows(postgres_dsn, "SELECT count(*) FROM dlq_records WHERE task_name = %s", task)
+        assert stored == [(2,)]
+        [kept] = (tmp_path / QUARANTINE_FILE).read_bytes().splitlines()
+        assert json.loads(kept)["operation"]["record"]["task_name"] == task + "\u0000"
+        assert "NUL" in json.loads(kept)["refused"]
