@@ -224,6 +224,13 @@ class Metrics:
             namespace=ns,
             registry=r,
         )
+        self.requests_rejected = Counter(
+            "requests_rejected",
+            "Requests refused before they were handled, by reason.",
+            ["reason"],
+            namespace=ns,
+            registry=r,
+        )
         self.hook_duration = Histogram(
             "hook_duration_seconds",
             "Time to answer a hook.",
@@ -265,6 +272,8 @@ class Metrics:
             self.policy_reloads.labels(result)
         for hook in ("failure", "success", "start", "batch", "claim"):
             self.hook_duration.labels(hook)
+        for reason in ("overloaded", "client_share", "body_timeout", "body_too_large"):
+            self.requests_rejected.labels(reason)
         self.spool_pending.set(0)
 
     def _new_task(self, task: str) -> None:
@@ -377,6 +386,10 @@ class Metrics:
 
     def set_spool_stalled(self, seconds: float) -> None:
         self.spool_stalled.set(seconds)
+
+    def record_rejection(self, reason: str) -> None:
+        """overloaded, client_share, body_timeout, body_too_large."""
+        self._at(self.requests_rejected, reason).inc()
 
     def record_claim_fallback(self) -> None:
         self.idempotency_fallbacks.inc()

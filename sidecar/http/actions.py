@@ -12,7 +12,7 @@ from msgspec import Meta
 from ..records import MAX_ID_BYTES, DlqRecord
 from ..requeue import RequeueError
 from ..service.errors import Ambiguous, Conflict, NotFound
-from .auth import TOKEN_NAME, requires
+from .auth import actor_of, requires
 from .keys import SERVICES
 from .params import dlq_filter, limit_of, path_id
 from .problems import Problem, invalid, json_response, read
@@ -47,10 +47,6 @@ class BulkRetryRequest(msgspec.Struct, frozen=True):
     priority: str | None = None
     rate_per_second: Annotated[float, Meta(gt=0, le=100_000)] | None = None
     dry_run: bool = False
-
-
-def actor(request: web.Request) -> str:
-    return request.get(TOKEN_NAME, "anonymous")
 
 
 def public(record: DlqRecord, *, traceback: bool = True) -> dict[str, object]:
@@ -105,7 +101,7 @@ async def retry_dlq(request: web.Request) -> web.Response:
     body = await read(request, RetryRequest)
     try:
         record = await request.app[SERVICES].dlq.retry(
-            path_id(request), actor(request), body.priority, body.queue
+            path_id(request), actor_of(request), body.priority, body.queue
         )
     except KeyError:
         raise _priority_problem(body.priority, request) from None
@@ -123,7 +119,7 @@ async def abandon_dlq(request: web.Request) -> web.Response:
     body = await read(request, AbandonRequest)
     try:
         record = await request.app[SERVICES].dlq.abandon(
-            path_id(request), actor(request), body.reason
+            path_id(request), actor_of(request), body.reason
         )
     except (NotFound, Ambiguous) as exc:
         raise _lookup_problem(exc) from None
@@ -142,7 +138,7 @@ async def bulk_retry(request: web.Request) -> web.Response:
         where = dlq_filter(msgspec.to_builtins(body.filter), "filter")
     try:
         answer = await request.app[SERVICES].dlq.bulk_retry(
-            actor(request),
+            actor_of(request),
             ids=body.ids,
             where=where,
             priority=body.priority,
@@ -189,7 +185,9 @@ async def list_breakers(request: web.Request) -> web.Response:
 @requires("operator")
 async def reset_breaker(request: web.Request) -> web.Response:
     try:
-        view = await request.app[SERVICES].breakers.reset(request.match_info["key"], actor(request))
+        view = await request.app[SERVICES].breakers.reset(
+            request.match_info["key"], actor_of(request)
+        )
     except NotFound as exc:
         raise Problem(404, "Not found", str(exc)) from None
     return json_response(view)
@@ -217,7 +215,7 @@ async def get_policies(request: web.Request) -> web.Response:
 @requires("operator")
 async def reload_policies(request: web.Request) -> web.Response:
     problems = await request.app[SERVICES].policies.reload_by(
-        actor(request), request.app[SERVICES].stores.dlq
+        actor_of(request), request.app[SERVICES].stores.dlq
     )
     if problems:
         raise Problem(

@@ -20,7 +20,7 @@ from ..service.compose import Stores, open_services
 from ..service.policies import Policies
 from ..service.pollers import every
 from ..settings import Settings
-from . import actions, hooks, schedules
+from . import actions, hooks, redact, schedules
 from .keys import METRICS, SERVICES, SETTINGS
 from .limits import in_flight_limit
 from .openapi import openapi
@@ -43,11 +43,12 @@ def create_app(
     """The sidecar as an aiohttp app. Stores and a requeue target given here are used (and
     not closed); otherwise they are opened from `settings` at start-up and closed at
     shutdown."""
+    redact.install()
+    metrics = Metrics(registry, task_limit=settings.task_label_limit)
     app = web.Application(
         client_max_size=settings.body_limit,
-        middlewares=[in_flight_limit(settings.max_in_flight), problem_middleware],
+        middlewares=[in_flight_limit(settings.max_in_flight, metrics), problem_middleware],
     )
-    metrics = Metrics(registry, task_limit=settings.task_label_limit)
     app[SETTINGS] = settings
     app[METRICS] = metrics
     policies = Policies(settings.policies, metrics)  # a bad file stops the start here

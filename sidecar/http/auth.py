@@ -35,12 +35,19 @@ def requires(*roles: str) -> Callable[[Handler], Handler]:
     return wrap
 
 
+def actor_of(request: web.Request) -> str:
+    """The name of the request's token, for the audit log ("anonymous" without auth)."""
+    return request.get(TOKEN_NAME, "anonymous")
+
+
 def find_token(settings: Settings, roles: tuple[str, ...], presented: str) -> Token | None:
+    # Whatever bytes the client sent (aiohttp keeps undecodable ones as surrogates).
+    offered = presented.encode("utf-8", "surrogateescape")
     found = None
     for role in {r for wanted in roles for r in IMPLIED[wanted]}:
         for token in settings.tokens.get(role, ()):
             # Check every token: the time taken must not tell which one nearly matched.
-            if hmac.compare_digest(token.secret.encode(), presented.encode()):
+            if hmac.compare_digest(token.secret.encode(), offered):
                 found = token
     return found
 

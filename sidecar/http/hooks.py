@@ -13,7 +13,7 @@ from ..policy import FailureEvent, StartEvent, SuccessEvent
 from ..policy.events import Seconds
 from ..service.errors import InvalidInput
 from ..service.hooks import Hooks
-from .auth import requires
+from .auth import actor_of, requires
 from .keys import METRICS, SERVICES
 from .problems import Problem, decode, json_response, read
 
@@ -51,14 +51,14 @@ def _timer(request: web.Request, hook: str):
 async def failure(request: web.Request) -> web.Response:
     event = await read(request, FailureEvent)
     with _timer(request, "failure"):
-        return json_response(await request.app[SERVICES].hooks.failure(event))
+        return json_response(await request.app[SERVICES].hooks.failure(event, actor_of(request)))
 
 
 @requires("hooks")
 async def success(request: web.Request) -> web.Response:
     event = await read(request, SuccessEvent)
     with _timer(request, "success"):
-        await request.app[SERVICES].hooks.success(event)
+        await request.app[SERVICES].hooks.success(event, actor_of(request))
     return json_response({"recorded": True})
 
 
@@ -90,7 +90,7 @@ async def batch(request: web.Request) -> web.Response:
                 results.append({"error": {"status": problem.status, "errors": errors}})
                 continue
             try:
-                results.append(await apply(sidecar, kind, event))
+                results.append(await apply(sidecar, kind, event, actor_of(request)))
             except InvalidInput as exc:
                 error = {"path": f"[{index}].{exc.path}", "message": exc.message}
                 results.append({"error": {"status": 400, "errors": [error]}})
@@ -99,11 +99,11 @@ async def batch(request: web.Request) -> web.Response:
     return json_response({"results": results})
 
 
-async def apply(hooks: Hooks, kind: str, event: Any) -> Any:
+async def apply(hooks: Hooks, kind: str, event: Any, actor: str) -> Any:
     if kind == "failure":
-        return await hooks.failure(event)
+        return await hooks.failure(event, actor)
     if kind == "success":
-        await hooks.success(event)
+        await hooks.success(event, actor)
         return {"recorded": True}
     return await hooks.start(event)
 

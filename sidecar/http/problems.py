@@ -6,6 +6,7 @@ ones 413, a backend that does not answer 503 with Retry-After. A 500 means a bug
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any, TypeVar
 
@@ -15,6 +16,7 @@ from aiohttp import web
 from ..errors import StoreRefused, StoreUnavailable
 from ..policy.events import decode_error_path
 from ..service.errors import InvalidInput
+from .keys import METRICS
 
 T = TypeVar("T")
 log = logging.getLogger("task_sidecar.http")
@@ -72,9 +74,21 @@ def decode(body: bytes, kind: type[T]) -> T:
         raise invalid("", "invalid JSON: nested too deeply") from None
 
 
+BODY_TIMEOUT = 5.0  # seconds a client may take to send its body
+
+
 async def read(request: web.Request, kind: type[T]) -> T:
-    """The request body decoded into `kind` (400 naming the bad field; 413 when too big)."""
-    return decode(await request.read(), kind)
+    """The request body decoded into `kind` (400 naming the bad field; 413 when too big;
+    408 when it does not arrive in time: a slow upload must not hold a slot for long)."""
+    try:
+        async with asyncio.timeout(BODY_TIMEOUT):
+            body = await request.read()
+    except TimeoutError:
+        request.app[METRICS].record_rejection("body_timeout")
+        raise Problem(
+            408, "Request timeout", f"the body did not arrive within {BODY_TIMEOUT:g}s"
+        ) from None
+    return decode(body, kind)
 
 
 def json_response(value: object, status: int = 200) -> web.Response:
@@ -88,6 +102,7 @@ async def problem_middleware(request: web.Request, handler) -> web.StreamRespons
     except Problem as problem:
         return problem.response()
     except web.HTTPRequestEntityTooLarge as exc:
+        request.app[METRICS].record_rejection("body_too_large")
         return Problem(413, "Request body too large", exc.text or "").response()
     except web.HTTPException as exc:
         if exc.status < 400:

@@ -27,6 +27,7 @@ from ..policy.events import BreakerOut, Classification, StartAnswer, StartEvent
 from ..records import (
     MAX_ID_BYTES,
     MAX_NAME_BYTES,
+    AuditEntry,
     DlqRecord,
     record_id,
     successor_id,
@@ -67,7 +68,7 @@ class Hooks:
         # the store is away the oldest are dropped first).
         self.failure_events: deque[FailureEventRow] = deque(maxlen=100_000)
 
-    async def failure(self, event: FailureEvent) -> Decision:
+    async def failure(self, event: FailureEvent, actor: str = "anonymous") -> Decision:
         """The decision for a failure; the same report sent again gets the same answer,
         applied once."""
         storable(event)
@@ -75,14 +76,14 @@ class Hooks:
             known = await self.state.answer_for(f"failure:{event.report_id}")
             if known is not None:
                 return _decision.decode(known)
-        decision = await self._failure(event)
+        decision = await self._failure(event, actor)
         if event.report_id:
             await self.state.remember_answer(
                 f"failure:{event.report_id}", _encode(decision), ANSWER_TTL
             )
         return decision
 
-    async def _failure(self, event: FailureEvent) -> Decision:
+    async def _failure(self, event: FailureEvent, actor: str) -> Decision:
         policy, now = self.policies.current, self.clock()
         keys = keys_for(event, policy)
         route = keys.route
@@ -102,7 +103,7 @@ class Hooks:
                 event.task_id, decision.classification.failure_type, policy.adaptive.window
             )
         elif decision.action == "dead_letter":
-            dlq_id = await self._dead_letter(event, decision, now)
+            dlq_id = await self._dead_letter(event, decision, now, actor)
             decision = msgspec.structs.replace(decision, dlq_id=dlq_id)
         self.metrics.record_failure(
             event.task_name,
@@ -115,7 +116,7 @@ class Hooks:
         self.failure_events.append((now, event.task_name, decision.classification.failure_type))
         return decision
 
-    async def success(self, event: SuccessEvent) -> None:
+    async def success(self, event: SuccessEvent, actor: str = "anonymous") -> None:
         """Record a success; the same report sent again is recorded once."""
         storable(event)
         if event.report_id:
@@ -135,6 +136,7 @@ class Hooks:
         self.metrics.record_success(event.task_name, last if outcome is not None else None)
         if event.dlq_id and await self.dlq.resolve(event.dlq_id, event.task_id, now):
             self.metrics.record_dlq_action("resolve")
+            await self._audit(actor, "resolve", event.dlq_id, "retrying", now)
 
     async def start(self, event: StartEvent) -> StartAnswer:
         """Refused while one of the task's breakers is open, or its probes are taken."""
@@ -165,10 +167,19 @@ class Hooks:
 
     # --- state changes --------------------------------------------------------------------------
 
+    async def _audit(self, actor: str, action: str, dlq_id: str, from_status: str, at: float):
+        """Every change of a record's state is in the audit log, a worker's too."""
+        entry = AuditEntry(
+            at=at, actor=actor, action=action, record_ids=[dlq_id], from_status=from_status
+        )
+        await self.dlq.audit(entry)
+
     async def _record_outcome(self, change: OutcomeChange) -> None:
         await self.state.update_outcomes(change.key, change.apply, 2 * change.window)
 
-    async def _dead_letter(self, event: FailureEvent, decision: Decision, now: float) -> str | None:
+    async def _dead_letter(
+        self, event: FailureEvent, decision: Decision, now: float, actor: str
+    ) -> str | None:
         c = decision.classification
         record = DlqRecord(
             id=event.dlq_id or record_id(event.report_id),
@@ -194,6 +205,7 @@ class Hooks:
         try:
             if event.dlq_id:
                 if await self.dlq.failed_again(record):
+                    await self._audit(actor, "failed_again", record.id, "retrying", now)
                     return record.id
                 # Not a record this task may send back (another task's, or done): the
                 # failure is kept as a record of its own.
