@@ -14,9 +14,9 @@ from .common import (
     RED,
     Q,
     Row,
+    above,
     api,
     bar_panel,
-    above,
     dashboard,
     hole,
     num,
@@ -50,7 +50,9 @@ def build() -> Dashboard:
     system_types = hole("system_failure_types", "bar", "pq")
     dlq_steps = steps(GREEN, (above("dlq.warning"), ORANGE), (above("dlq.critical"), RED))
     age_steps = steps(
-        GREEN, (num("dlq.oldest_pending_warning"), ORANGE), (num("dlq.oldest_pending_critical"), RED)
+        GREEN,
+        (num("dlq.oldest_pending_warning"), ORANGE),
+        (num("dlq.oldest_pending_critical"), RED),
     )
     dlq_links = [
         runbook("TaskSidecarDLQDepthHigh"),

@@ -14,8 +14,8 @@ from .common import (
     RED,
     Q,
     Row,
-    api,
     above,
+    api,
     dashboard,
     hole,
     num,
@@ -128,9 +128,7 @@ def build() -> Dashboard:
                         "not last the period), red above the first page pair's rate.",
                         "x",
                         [Q(q.slo_burn_rates(), "{{window}}")],
-                        thresholds=steps(
-                            GREEN, (1, ORANGE), (num("slo.page.0.burn_rate"), RED)
-                        ),
+                        thresholds=steps(GREEN, (1, ORANGE), (num("slo.page.0.burn_rate"), RED)),
                         links=[runbook("TaskSidecarErrorBudgetBurn")],
                     ),
                     timeseries_panel(

@@ -357,9 +357,7 @@ def sidecars_scraped() -> str:
 # The hook-duration histogram exists from start-up in every sidecar: a good source of
 # clusters, namespaces, jobs and instances before any task has run.
 CLUSTER_VALUES = f"label_values({PRESENCE}{hole('selectors', 'selector')}, {CLUSTER})"
-NAMESPACE_VALUES = (
-    f'label_values({PRESENCE}{{{CLUSTER}=~"$cluster"{SELECTORS}}}, namespace)'
-)
+NAMESPACE_VALUES = f'label_values({PRESENCE}{{{CLUSTER}=~"$cluster"{SELECTORS}}}, namespace)'
 JOB_VALUES = (
     f'label_values({PRESENCE}{{{CLUSTER}=~"$cluster", namespace=~"$namespace"{SELECTORS}}}, job)'
 )

@@ -317,7 +317,11 @@ def json_schema(key: Key = SPEC) -> dict[str, Any]:
             "additionalProperties": {"type": "string"},
         }
     elif key.kind == "names":
-        node |= {"type": "array", "minItems": 1, "items": {"type": "string", "pattern": key.pattern}}
+        node |= {
+            "type": "array",
+            "minItems": 1,
+            "items": {"type": "string", "pattern": key.pattern},
+        }
     elif key.kind == "bool":
         node["type"] = "boolean"
     elif key.kind == "number":

@@ -171,9 +171,7 @@ def recording_rules() -> list[dict[str, Any]]:
         # the sum of the open statuses.
         _record(
             DLQ_BACKLOG,
-            f"sum by ({GROUPING}) (\n"
-            f"  max by ({GROUPING}, status) "
-            f"({open_dlq})\n)",
+            f"sum by ({GROUPING}) (\n  max by ({GROUPING}, status) ({open_dlq})\n)",
         ),
         # How many sidecars of each namespace are scraped now (a scrape that fails marks
         # their series stale at once): the not-scraped alert remembers this.
@@ -201,9 +199,7 @@ def alerts() -> list[Alert]:
     system_types = hole("system_failure_types", "bar", "pq")
     resolved = raw("task_sidecar_dlq_actions_total", 'action="resolve"')
     open_breakers = raw("task_sidecar_breaker_state", OPEN, "breaker{op}" + critical_breakers)
-    thresholds = (
-        f"(warning above {num('dlq.warning')}, critical above {num('dlq.critical')})"
-    )
+    thresholds = f"(warning above {num('dlq.warning')}, critical above {num('dlq.critical')})"
     out = [
         Alert(
             "TaskSidecarDLQDepthHigh",
@@ -222,9 +218,7 @@ def alerts() -> list[Alert]:
             "TaskSidecarBreakerOpen",
             severity,
             with_task_labels(
-                f"max by ({GROUPING}, breaker) "
-                f"({open_breakers.replace('{op}', op)})"
-                " == 1"
+                f"max by ({GROUPING}, breaker) ({open_breakers.replace('{op}', op)}) == 1"
             ),
             hole("breaker_open.for"),
             "Circuit breaker {{ $labels.breaker }} is open",
@@ -290,8 +284,7 @@ def alerts() -> list[Alert]:
         Alert(
             "TaskSidecarDLQRecovered",
             "info",
-            f"sum by ({GROUPING}) "
-            f"(increase({resolved}[{hole('recovered.window')}])) > 0",
+            f"sum by ({GROUPING}) (increase({resolved}[{hole('recovered.window')}])) > 0",
             "0s",
             "Dead-lettered tasks recovered",
             '{{ $value | printf "%.0f" }} dead-lettered task(s) in '

@@ -193,7 +193,7 @@ def _go_value(path: str, scope: frozenset[str]) -> str:
 def _go_action(spec: str, scope: frozenset[str], *, in_string: bool) -> str:
     path, *filters = spec.split(":")
     steps = [_go_value(path, scope)] + [GO_FILTERS[name] for name in filters]
-    if in_string and not (filters and filters[-1] in NUMERIC_FILTERS + ("seconds",)):
+    if in_string and not (filters and filters[-1] in (*NUMERIC_FILTERS, "seconds")):
         steps.append('include "task-sidecar.mixin.json"')  # JSON-escaped text
     return "{{ " + " | ".join(steps) + " }}"
 
