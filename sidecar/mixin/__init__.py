@@ -68,7 +68,7 @@ def dashboard_skeletons() -> dict[str, Any]:
 
 def dashboard_json(dashboard: Any) -> str:
     """Deterministic JSON (sorted keys, 2-space indent, final newline): a golden file."""
-    return json.dumps(dashboard, sort_keys=True, indent=2, ensure_ascii=False) + "\n"
+    return json.dumps(dashboard, sort_keys=True, indent=2) + "\n"
 
 
 def dashboards(config: dict[str, Any]) -> dict[str, str]:
