@@ -206,7 +206,10 @@ def _go_string(text: str, scope: frozenset[str]) -> str:
         return _go_action(whole.group(1), scope, in_string=False)  # a bare number
     out, pos = [], 0
     for match in HOLE.finditer(text):
-        out.append(_literal(text[pos : match.start()]))
+        literal = _literal(text[pos : match.start()])
+        if literal.endswith("{") and not literal.endswith('"{{" }}'):
+            literal = literal[:-1] + '{{ "{" }}'  # `{` then `{{` would open an action
+        out.append(literal)
         out.append(_go_action(match.group(1), scope, in_string=True))
         pos = match.end()
     out.append(_literal(text[pos:]))
