@@ -35,8 +35,10 @@ bench: $(STAMP)
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
 
-# The monitoring mixin: generated files are committed; the tests fail when they are stale.
-.PHONY: dashboards alerting
+# The monitoring mixin (sidecar/mixin): generated files are committed; the tests fail when
+# they are stale. `make mixin` regenerates everything: dashboard skeletons and JSON, the
+# rules for the defaults, the chart's templates, values block and schema.
+.PHONY: dashboards alerting mixin
 
 dashboards: $(STAMP)
 	$(BIN)/python -m grafana.dashboards
@@ -49,6 +51,8 @@ alerting: $(STAMP)
 	promtool check rules alerting/task-sidecar.rules.yaml
 	cd alerting && promtool test rules rules.test.yaml
 	amtool check-config alerting/alertmanager.yml
+
+mixin: dashboards alerting
 
 chart-files: $(STAMP)
 	$(BIN)/python scripts/sync-chart-files.py

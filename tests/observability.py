@@ -38,8 +38,9 @@ INSTALL_HINT = (
     "run scripts/install-test-deps.sh (it installs the Debian packages prometheus and "
     "prometheus-alertmanager; `make test` runs it)"
 )
-# Labels Prometheus adds to every scraped series (namespace: by Kubernetes relabelling).
-TARGET_LABELS = frozenset({"job", "instance", "namespace"})
+# Labels Prometheus adds to every scraped series (namespace: by Kubernetes relabelling;
+# cluster: an external label or relabelling, named by the mixin's `cluster_label`).
+TARGET_LABELS = frozenset({"job", "instance", "namespace", "cluster"})
 
 
 # --- PromQL: which series does an expression read? ------------------------------------------
@@ -81,6 +82,7 @@ class Selector:
 
     metric: str | None
     labels: frozenset[str]
+    name_pattern: str | None = None  # a `__name__=~"..."` matcher's regex
 
 
 def tokens(expr: str) -> list[tuple[str, str]]:
@@ -118,8 +120,9 @@ def selectors(expr: str) -> list[Selector]:
             labels, i = _matchers(toks, i + 1)
             found.append(Selector(text, labels))
         elif kind == "op" and text == "{":
+            start = i
             labels, i = _matchers(toks, i)
-            found.append(Selector(None, labels))
+            found.append(Selector(None, labels, _name_pattern(toks[start:i])))
         else:
             i += 1
     return found
@@ -129,6 +132,13 @@ def _skip_to(toks: list[tuple[str, str]], i: int, closing: str) -> int:
     while toks[i][1] != closing:
         i += 1
     return i + 1
+
+
+def _name_pattern(toks: list[tuple[str, str]]) -> str | None:
+    for j in range(len(toks) - 2):
+        if toks[j][1] == "__name__" and toks[j + 1][1] in ("=", "=~"):
+            return json.loads(toks[j + 2][1]) if toks[j + 1][1] == "=~" else None
+    return None
 
 
 def _matchers(toks: list[tuple[str, str]], i: int) -> tuple[frozenset[str], int]:
@@ -162,14 +172,25 @@ def unknown_series(
 ) -> list[str]:
     """Problems with (where, PromQL) pairs: a metric neither exported nor recorded, or a
     matcher on a label the metric does not have. Grafana's `label_values(expr, label)` is
-    read as `expr`, whose metric must carry `label`."""
+    read as `expr`, whose metric must carry `label`. A `{__name__=~"re"}` selector must
+    match at least one name, and each name it matches is checked."""
     problems = []
     for where, expr in queries:
         wanted: frozenset[str] = frozenset()
         match = re.fullmatch(r"label_values\((.*), (\w+)\)", expr)
         if match:
             expr, wanted = match.group(1), frozenset({match.group(2)})
+        found_all: list[Selector] = []
         for found in selectors(expr):
+            if found.metric is None and found.name_pattern is not None:
+                names = [n for n in (*exported, *recorded) if re.fullmatch(found.name_pattern, n)]
+                if not names:
+                    problems.append(f"{where}: no series name matches {found.name_pattern}")
+                labels = found.labels - {"__name__"}
+                found_all.extend(Selector(name, labels) for name in names)
+            else:
+                found_all.append(found)
+        for found in found_all:
             if found.metric == "up":
                 known: frozenset[str] | None = TARGET_LABELS
             elif found.metric in exported:
@@ -188,7 +209,7 @@ def unknown_series(
 # --- what the sidecar exports ------------------------------------------------------------------
 
 
-def exported_series() -> dict[str, frozenset[str]]:
+def exported_series(target_labels: frozenset[str] = TARGET_LABELS) -> dict[str, frozenset[str]]:
     """Every sample name the sidecar's /metrics can show, with its label names.
 
     Built from sidecar.metrics on a fresh registry, with one child per labelled metric so
@@ -203,7 +224,7 @@ def exported_series() -> dict[str, frozenset[str]]:
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             series.setdefault(sample.name, set()).update(sample.labels)
-    return {name: frozenset(labels | TARGET_LABELS) for name, labels in series.items()}
+    return {name: frozenset(labels | target_labels) for name, labels in series.items()}
 
 
 # --- Prometheus and Alertmanager as child processes --------------------------------------------

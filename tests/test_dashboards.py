@@ -1,5 +1,6 @@
-"""The Grafana dashboards: generated output is committed and current, well formed, reads
-only series the sidecar exports (or the recording rules define), and covers the seed."""
+"""The Grafana dashboards: skeletons and the output for the default mixin config are
+committed and current, well formed, read only series the sidecar exports (or the recording
+rules define) for the defaults and for a config unlike them, and cover the seed."""
 
 from __future__ import annotations
 
@@ -13,15 +14,20 @@ from grafana_foundation_sdk.models.dashboard import Dashboard
 
 from grafana.dashboards import DASHBOARDS, OUTPUT_DIR, render, render_all
 from grafana.dashboards.__main__ import main as generate
+from sidecar.mixin import dashboards, load_config, render_rules
+from sidecar.mixin.skeleton import HOLE
 
 from .observability import (
     ROOT,
+    TARGET_LABELS,
     exported_series,
     load_yaml,
     recording_rule_labels,
     selectors,
     unknown_series,
 )
+
+CUSTOM_CONFIG = ROOT / "alerting" / "custom.config.yaml"
 
 TITLES = {
     "Overview": "task-sidecar-overview",
@@ -39,17 +45,23 @@ def panels(uid: str) -> list[dict[str, Any]]:
     return [p for p in dashboard(uid)["panels"] if p["type"] != "row"]
 
 
-def all_queries() -> list[tuple[str, str]]:
+def all_queries(boards: dict[str, dict[str, Any]] | None = None) -> list[tuple[str, str]]:
     """(where, PromQL) for every panel target and every query variable."""
+    boards = boards or {uid: dashboard(uid) for uid in DASHBOARDS}
     out = []
-    for uid in DASHBOARDS:
-        for panel in panels(uid):
+    for uid, board in boards.items():
+        for panel in board["panels"]:
             for target in panel.get("targets", []):
                 out.append((f"{uid}/{panel['title']}/{target['refId']}", target["expr"]))
-        for variable in dashboard(uid)["templating"]["list"]:
+        for variable in board["templating"]["list"]:
             if variable["type"] == "query":
                 out.append((f"{uid}/${variable['name']}", variable["query"]["query"]))
     return out
+
+
+def custom_boards() -> dict[str, dict[str, Any]]:
+    found = dashboards(load_config(CUSTOM_CONFIG))
+    return {name.removesuffix(".json"): json.loads(text) for name, text in found.items()}
 
 
 class TestGeneratedFiles:
@@ -60,7 +72,19 @@ class TestGeneratedFiles:
         for path, text in rendered.items():
             assert path.exists(), f"{path} missing: run `make dashboards`"
             assert path.read_text() == text, f"{path} is stale: run `make dashboards`"
-        assert set(OUTPUT_DIR.glob("*.json")) == set(rendered), "stray JSON files"
+        outputs = {p for p in rendered if p.parent == OUTPUT_DIR}
+        assert set(OUTPUT_DIR.glob("*.json")) == outputs, "stray JSON files"
+
+    def test_the_package_renders_the_committed_json(self) -> None:
+        """What `task-sidecar mixin render` writes for the defaults is the committed JSON."""
+        for name, text in dashboards(load_config()).items():
+            assert (OUTPUT_DIR / name).read_text() == text
+
+    @pytest.mark.parametrize("config", [None, CUSTOM_CONFIG], ids=["defaults", "custom"])
+    def test_every_hole_is_filled(self, config: Any) -> None:
+        for name, text in dashboards(load_config(config)).items():
+            assert not HOLE.search(text), name
+            assert "«" not in text, name
 
     def test_check_mode_agrees(self, capsys: pytest.CaptureFixture[str]) -> None:
         assert generate(["--check"]) == 0
@@ -103,10 +127,18 @@ class TestStructure:
     @pytest.mark.parametrize("uid", DASHBOARDS)
     def test_template_variables(self, uid: str) -> None:
         variables = {v["name"]: v for v in dashboard(uid)["templating"]["list"]}
-        assert set(variables) == {"datasource", "namespace", "job", "task", "sidecar_url"}
+        assert list(variables) == [
+            "datasource",
+            "cluster",
+            "namespace",
+            "job",
+            "instance",
+            "task",
+            "sidecar_url",
+        ]
         assert variables["datasource"]["type"] == "datasource"
         assert variables["datasource"]["query"] == "prometheus"
-        for name in ("namespace", "job", "task"):
+        for name in ("cluster", "namespace", "job", "instance", "task"):
             assert variables[name]["includeAll"]
             assert variables[name]["allValue"] == ".*"
             assert variables[name]["datasource"]["uid"] == "${datasource}"
@@ -126,6 +158,7 @@ class TestStructure:
             for target in targets:
                 assert target["datasource"]["uid"] == "${datasource}"
                 assert 'namespace=~"$namespace"' in target["expr"], target["expr"]
+                assert 'cluster=~"$cluster"' in target["expr"], target["expr"]
 
     @pytest.mark.parametrize("uid", DASHBOARDS)
     def test_units_and_thresholds_set(self, uid: str) -> None:
@@ -170,6 +203,21 @@ class TestQueries:
         recorded = recording_rule_labels(load_yaml(ROOT / "alerting" / "task-sidecar.rules.yaml"))
         problems = unknown_series(all_queries(), exported_series(), recorded)
         assert not problems, "\n".join(problems)
+
+    def test_a_config_unlike_the_defaults_reads_its_own_labels(self) -> None:
+        """Another cluster label and selectors: still only series that exist, by the
+        labels they have; every raw series is limited by the selectors."""
+        config = load_config(CUSTOM_CONFIG)
+        recorded = recording_rule_labels(render_rules(config))
+        labels = TARGET_LABELS - {"cluster"} | {"k8s_cluster"}
+        queries = all_queries(custom_boards())
+        problems = unknown_series(queries, exported_series(labels), recorded)
+        assert not problems, "\n".join(problems)
+        for where, expr in queries:
+            assert "cluster=~" not in expr.replace("k8s_cluster=~", ""), where
+            for found in selectors(expr):
+                if found.metric and found.metric.startswith("task_sidecar_"):
+                    assert {"job", "namespace"} <= found.labels, (where, found)
 
     def test_a_typo_is_caught(self) -> None:
         recorded = recording_rule_labels(load_yaml(ROOT / "alerting" / "task-sidecar.rules.yaml"))

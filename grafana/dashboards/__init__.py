@@ -1,10 +1,14 @@
-"""Dashboard generators (grafana-foundation-sdk) and their committed JSON output.
+"""Dashboard generators (grafana-foundation-sdk): the dashboards' skeletons and their
+committed output for the default mixin config.
 
-    python -m grafana.dashboards           regenerate grafana/dashboards/json/*.json
+    python -m grafana.dashboards           regenerate sidecar/mixin/skeletons/*.json and
+                                           grafana/dashboards/json/*.json
     python -m grafana.dashboards --check   exit 1 if a committed file differs
 
 `common` holds the house defaults, `queries` every PromQL query as a named function, and
-one module per dashboard arranges panels.
+one module per dashboard arranges panels. Values of the mixin config are «holes» here
+(sidecar/mixin/skeleton.py); `task-sidecar mixin render` and the Helm chart fill them, so
+neither needs the SDK. This package is the project's development tool, not in the wheel.
 """
 
 from __future__ import annotations
@@ -15,6 +19,9 @@ from pathlib import Path
 
 from grafana_foundation_sdk.builders.dashboard import Dashboard
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
+
+from sidecar.mixin import SKELETONS, dashboard_json, load_config
+from sidecar.mixin.skeleton import fill
 
 from . import failures, idempotency, overview, retries
 
@@ -29,10 +36,20 @@ DASHBOARDS: dict[str, Callable[[], Dashboard]] = {
 }
 
 
-def render(build: Callable[[], Dashboard]) -> str:
-    """Deterministic JSON (sorted keys, 2-space indent, final newline): a golden file."""
+def skeleton(build: Callable[[], Dashboard]) -> str:
+    """The dashboard with its holes, as deterministic JSON."""
     return json.dumps(build().build(), cls=JSONEncoder, sort_keys=True, indent=2) + "\n"
 
 
+def render(build: Callable[[], Dashboard]) -> str:
+    """The dashboard for the default mixin config (the committed JSON)."""
+    return dashboard_json(fill(json.loads(skeleton(build)), load_config()))
+
+
 def render_all() -> dict[Path, str]:
-    return {OUTPUT_DIR / f"{name}.json": render(build) for name, build in DASHBOARDS.items()}
+    """{path: text} of every generated file: skeletons and default dashboards."""
+    out = {}
+    for name, build in DASHBOARDS.items():
+        out[SKELETONS / f"{name}.json"] = skeleton(build)
+        out[OUTPUT_DIR / f"{name}.json"] = render(build)
+    return out

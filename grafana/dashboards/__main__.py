@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import OUTPUT_DIR, render_all
+from . import OUTPUT_DIR, SKELETONS, render_all
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -13,16 +13,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="only compare, write nothing")
     args = parser.parse_args(argv)
     rendered = render_all()
+    existing = set(OUTPUT_DIR.glob("*.json")) | set(SKELETONS.glob("task-sidecar-*.json"))
     if args.check:
         stale = [p for p, text in rendered.items() if not p.exists() or p.read_text() != text]
-        stale += sorted(set(OUTPUT_DIR.glob("*.json")) - set(rendered))
+        stale += sorted(existing - set(rendered))
         for path in stale:
             print(f"{path} is out of date: run `make dashboards`", file=sys.stderr)
         return 1 if stale else 0
-    OUTPUT_DIR.mkdir(exist_ok=True)
-    for path in sorted(set(OUTPUT_DIR.glob("*.json")) - set(rendered)):
+    for path in sorted(existing - set(rendered)):
         path.unlink()  # a dashboard that no longer exists
     for path, text in rendered.items():
+        path.parent.mkdir(exist_ok=True)
         path.write_text(text, encoding="utf-8")
         print(f"wrote {path}")
     return 0

@@ -6,7 +6,6 @@ build SDK objects themselves, so every panel looks and links the same way.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,8 +29,8 @@ from grafana_foundation_sdk.models import piechart as piechart_models
 from grafana_foundation_sdk.models import prometheus as prometheus_models
 from grafana_foundation_sdk.models import text as text_models
 
-from alerting.config import Config, load_config
-from alerting.rules import DASHBOARDS, runbook_url
+from sidecar.mixin.rules import DASHBOARDS, runbook_url
+from sidecar.mixin.skeleton import hole
 
 from . import queries
 
@@ -56,10 +55,16 @@ class Row:
     panels: list[PanelBuilder] = field(default_factory=list)
 
 
-@functools.cache
-def config() -> Config:
-    """alerting/config.yaml: the thresholds the alerts use, so panels colour alike."""
-    return load_config()
+def num(path: str) -> Any:
+    """A number of the mixin config (a threshold the alerts use too, so panels colour
+    alike), as a hole the renderer fills; typed Any, as the SDK wants floats here."""
+    return hole(path, "num")
+
+
+def above(path: str) -> Any:
+    """The first whole number above a threshold of the config (a colour step for a count
+    that alerts when it is *above* the threshold)."""
+    return hole(path, "add1")
 
 
 # --- dashboards -------------------------------------------------------------------------------
@@ -82,7 +87,7 @@ def dashboard(
         .time(time_from, "now")
         .refresh("1m")
         .tooltip(models.DashboardCursorSync.CROSSHAIR)
-        .variables(variables(config()))
+        .variables(variables())
         .links(
             [
                 dash.DashboardLink("task-sidecar")
@@ -93,7 +98,7 @@ def dashboard(
                 .keep_time(True),
                 dash.DashboardLink("Runbooks")
                 .type(models.DashboardLinkType.LINK)
-                .url(runbook_index(config()))
+                .url(runbook_index())
                 .icon("doc")
                 .target_blank(True),
             ]
@@ -110,18 +115,21 @@ def dashboard(
     return built
 
 
-def variables(cfg: Config) -> list[cogbuilder.Builder[models.VariableModel]]:
+def variables() -> list[cogbuilder.Builder[models.VariableModel]]:
     all_option = models.VariableOption(selected=True, text="All", value="$__all")
+    sidecar_url = hole("links.sidecar_url")
     return [
         dash.DatasourceVariable("datasource").label("Data source").type("prometheus"),
+        _query_variable("cluster", "Cluster", queries.CLUSTER_VALUES, all_option),
         _query_variable("namespace", "Namespace", queries.NAMESPACE_VALUES, all_option),
         _query_variable("job", "Job", queries.JOB_VALUES, all_option),
+        _query_variable("instance", "Instance", queries.INSTANCE_VALUES, all_option),
         _query_variable("task", "Task", queries.TASK_VALUES, all_option),
         dash.TextBoxVariable("sidecar_url")
         .label("Sidecar API")
         .description("Base URL of the sidecar's action API, for the panel links")
-        .default_value(cfg.links.sidecar_url)
-        .current(_option(cfg.links.sidecar_url)),
+        .default_value(sidecar_url)
+        .current(_option(sidecar_url)),
     ]
 
 
@@ -151,13 +159,11 @@ def _query_variable(
 
 def runbook(alert: str) -> dash.DashboardLink:
     """A panel link to the runbook of `alert` (the same URL the alert carries)."""
-    return (
-        dash.DashboardLink(f"Runbook: {alert}").url(runbook_url(config(), alert)).target_blank(True)
-    )
+    return dash.DashboardLink(f"Runbook: {alert}").url(runbook_url(alert)).target_blank(True)
 
 
-def runbook_index(cfg: Config) -> str:
-    return cfg.links.runbook_base_url.rstrip("/") + "/README.md"
+def runbook_index() -> str:
+    return hole("links.runbook_base_url", "url") + "/README.md"
 
 
 def api(title: str, path: str) -> dash.DashboardLink:

@@ -14,10 +14,12 @@ from .common import (
     RED,
     Q,
     Row,
+    above,
     api,
     bar_panel,
-    config,
     dashboard,
+    hole,
+    num,
     pie_panel,
     runbook,
     stat_panel,
@@ -45,11 +47,12 @@ Runbooks: [DLQ depth](RUNBOOK_DLQ) · [system failures](RUNBOOK_SYSTEM)
 
 
 def build() -> Dashboard:
-    cfg = config()
-    system_types = "|".join(cfg.system_failure_types)
-    dlq_steps = steps(GREEN, (cfg.dlq.warning + 1, ORANGE), (cfg.dlq.critical + 1, RED))
+    system_types = hole("system_failure_types", "bar", "pq")
+    dlq_steps = steps(GREEN, (above("dlq.warning"), ORANGE), (above("dlq.critical"), RED))
     age_steps = steps(
-        GREEN, (cfg.dlq.oldest_pending_warning, ORANGE), (cfg.dlq.oldest_pending_critical, RED)
+        GREEN,
+        (num("dlq.oldest_pending_warning"), ORANGE),
+        (num("dlq.oldest_pending_critical"), RED),
     )
     dlq_links = [
         runbook("TaskSidecarDLQDepthHigh"),

@@ -16,8 +16,8 @@ from .common import (
     Row,
     api,
     bar_panel,
-    config,
     dashboard,
+    num,
     runbook,
     stat_panel,
     steps,
@@ -37,18 +37,18 @@ schedule that overlap (expected duration longer than the interval).
 
 
 def build() -> Dashboard:
-    cfg = config()
-    dup = cfg.duplicate_rate
-    dup_steps = steps(GREEN, (dup.target, ORANGE), (dup.warning_above, RED))
+    dup_steps = steps(
+        GREEN, (num("duplicate_rate.target"), ORANGE), (num("duplicate_rate.warning_above"), RED)
+    )
     latency_steps = steps(
         GREEN,
-        (cfg.panels.claim_latency_warning, ORANGE),
-        (cfg.panels.claim_latency_critical, RED),
+        (num("panels.claim_latency_warning"), ORANGE),
+        (num("panels.claim_latency_critical"), RED),
     )
     health_steps = steps(
         RED,
-        (cfg.panels.schedule_health_critical, ORANGE),
-        (cfg.panels.schedule_health_warning, GREEN),
+        (num("panels.schedule_health_critical"), ORANGE),
+        (num("panels.schedule_health_warning"), GREEN),
     )
     dup_links = [runbook("TaskSidecarDuplicateRateHigh")]
     return dashboard(
@@ -63,8 +63,8 @@ def build() -> Dashboard:
                     stat_panel(
                         "Duplicate rate",
                         "Claims that found the key already taken (hits) / hits + misses, "
-                        f"over the time range. Target below {dup.target * 100:g} %, alert "
-                        f"above {dup.warning_above * 100:g} %.",
+                        "over the time range. Orange above the target, red above the "
+                        "alerting threshold (both set in the mixin config).",
                         "percentunit",
                         Q(q.duplicate_ratio_in_range()),
                         thresholds=dup_steps,

@@ -14,9 +14,11 @@ from .common import (
     RED,
     Q,
     Row,
+    above,
     api,
-    config,
     dashboard,
+    hole,
+    num,
     runbook,
     stat_panel,
     steps,
@@ -25,11 +27,9 @@ from .common import (
 
 
 def build() -> Dashboard:
-    cfg = config()
-    system_types = "|".join(cfg.system_failure_types)
-    success_steps = steps(RED, (cfg.success_rate.warning_below, GREEN))
-    dlq_steps = steps(GREEN, (cfg.dlq.warning + 1, ORANGE), (cfg.dlq.critical + 1, RED))
-    slo = cfg.slo
+    system_types = hole("system_failure_types", "bar", "pq")
+    success_steps = steps(RED, (num("success_rate.warning_below"), GREEN))
+    dlq_steps = steps(GREEN, (above("dlq.warning"), ORANGE), (above("dlq.critical"), RED))
     return dashboard(
         "overview",
         "task-sidecar / Overview",
@@ -69,10 +69,10 @@ def build() -> Dashboard:
                     ),
                     stat_panel(
                         "Critical failures",
-                        f"Failures of type {', '.join(cfg.system_failure_types)} plus any "
+                        f"Failures of type {hole('system_failure_types', 'comma')} plus any "
                         "failure of a task marked critical, over the time range.",
                         "short",
-                        Q(q.critical_failures_in_range(system_types, cfg.critical_tasks)),
+                        Q(q.critical_failures_in_range(system_types, hole("critical_tasks", "pq"))),
                         thresholds=steps(GREEN, (1, RED)),
                         links=[runbook("TaskSidecarSystemFailure")],
                     ),
@@ -88,10 +88,10 @@ def build() -> Dashboard:
                         ],
                     ),
                     stat_panel(
-                        "Sidecars up",
-                        "Scrape targets of the selected jobs that answer.",
+                        "Sidecars scraped",
+                        "Sidecar processes of the selection that Prometheus scrapes now.",
                         "short",
-                        Q(q.sidecars_up()),
+                        Q(q.sidecars_scraped()),
                         thresholds=steps(RED, (1, GREEN)),
                         links=[runbook("TaskSidecarNotScraped")],
                     ),
@@ -121,17 +121,14 @@ def build() -> Dashboard:
                         max_value=1,
                     ),
                     timeseries_panel(
-                        f"Error budget burn rate (SLO {slo.objective * 100:g} %)",
-                        "How many times faster than the objective allows the error budget "
-                        "burns, per window. The page tier fires when both of its windows are "
-                        "above their line, the ticket tier likewise.",
+                        "Error budget burn rate",
+                        "How many times faster than the task success SLO allows the error "
+                        "budget burns, per window. Each burn-rate alert fires when both of "
+                        "its windows are above its rate; orange above 1x (the budget would "
+                        "not last the period), red above the first page pair's rate.",
                         "x",
-                        [Q(q.slo_burn_rate(w, slo.objective), w) for w in slo.windows],
-                        thresholds=steps(
-                            GREEN,
-                            (min(p.burn_rate for p in slo.ticket), ORANGE),
-                            (min(p.burn_rate for p in slo.page), RED),
-                        ),
+                        [Q(q.slo_burn_rates(), "{{window}}")],
+                        thresholds=steps(GREEN, (1, ORANGE), (num("slo.page.0.burn_rate"), RED)),
                         links=[runbook("TaskSidecarErrorBudgetBurn")],
                     ),
                     timeseries_panel(
@@ -140,7 +137,7 @@ def build() -> Dashboard:
                         "the broker).",
                         "short",
                         [Q(q.queue_depth(), "{{queue}}")],
-                        thresholds=steps(GREEN, (cfg.panels.queue_depth_high, ORANGE)),
+                        thresholds=steps(GREEN, (num("panels.queue_depth_high"), ORANGE)),
                     ),
                 ],
             ),

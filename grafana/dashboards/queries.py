@@ -1,9 +1,10 @@
 """Every PromQL query of the dashboards, as a named function.
 
 Panels only arrange these. Rates that alerts also use come from the recording rules of
-alerting/ (their names are imported from there, so a rename cannot split them). Grafana
-fills in `$namespace`, `$job`, `$task` (template variables), `$__range` (the dashboard's
-time range) and `$__rate_interval` (a safe window for rate()).
+the mixin (their names are imported from sidecar.mixin.rules, so a rename cannot split
+them). Grafana fills in `$cluster`, `$namespace`, `$job`, `$instance`, `$task` (template
+variables), `$__range` (the dashboard's time range) and `$__rate_interval` (a safe window
+for rate()); the «holes» are the mixin config's (the cluster label's name, the selectors).
 
 Gauges that every replica reports alike (DLQ depth, breaker states, schedule figures) are
 read from the shared stores, so replicas are combined with max(), never summed.
@@ -11,27 +12,44 @@ read from the shared stores, so replicas are combined with max(), never summed.
 
 from __future__ import annotations
 
-from alerting.rules import (
+from sidecar.mixin.rules import (
     CLAIMS_RATE,
+    CLUSTER,
     DLQ_BACKLOG,
+    ERROR_RATIO_PREFIX,
     FAILURES_RATE,
     RETRY_SUCCESS_RATIO,
     SCOPE_HIT_RATIO,
+    SELECTORS,
     TASK_EVENTS_RATE,
     TASK_SUCCESS_RATIO,
-    error_ratio,
 )
+from sidecar.mixin.skeleton import hole
 
 RANGE = "$__range"
 RATE = "$__rate_interval"
 EXECUTED = 'outcome=~"success|failure"'
 SUCCESS = 'outcome="success"'
 OPEN = 'state="open"'
+FAILURE_HOOK = 'hook="failure"'
+# One series per sidecar process (see sidecar.mixin.rules.PRESENCE).
+PRESENCE = "task_sidecar_hook_duration_seconds_count"
 
 
 def sel(*matchers: str, task: bool = False) -> str:
-    """A label selector limited to the dashboard's namespace and job (and task)."""
-    scope = ['namespace=~"$namespace"', 'job=~"$job"']
+    """A selector of the sidecar's own series: the dashboard's cluster, namespace, job,
+    instance (and task), and the mixin's selectors."""
+    scope = [f'{CLUSTER}=~"$cluster"', 'namespace=~"$namespace"', 'job=~"$job"']
+    scope.append('instance=~"$instance"')
+    if task:
+        scope.append('task=~"$task"')
+    return "{" + ", ".join([*scope, *matchers]) + SELECTORS + "}"
+
+
+def rec(*matchers: str, task: bool = False) -> str:
+    """A selector of a recording rule: aggregated over instances, already limited by the
+    mixin's selectors."""
+    scope = [f'{CLUSTER}=~"$cluster"', 'namespace=~"$namespace"', 'job=~"$job"']
     if task:
         scope.append('task=~"$task"')
     return "{" + ", ".join([*scope, *matchers]) + "}"
@@ -58,25 +76,32 @@ def success_ratio_in_range() -> str:
 
 
 def events_rate_by_outcome(outcomes: str = "success|failure") -> str:
-    matching = sel(f'outcome=~"{outcomes}"', task=True)
+    matching = rec(f'outcome=~"{outcomes}"', task=True)
     return f"sum by (outcome) ({TASK_EVENTS_RATE}{matching})"
 
 
 def success_ratio_by_task() -> str:
-    return f"{TASK_SUCCESS_RATIO}{sel(task=True)}"
+    return f"{TASK_SUCCESS_RATIO}{rec(task=True)}"
 
 
 def success_ratio_now() -> str:
     """Success ratio over the last 5 minutes, of the selected tasks together."""
-    succeeded, executed = sel(SUCCESS, task=True), sel(EXECUTED, task=True)
+    succeeded, executed = rec(SUCCESS, task=True), rec(EXECUTED, task=True)
     return (
         f"(sum({TASK_EVENTS_RATE}{succeeded}) or vector(0))\n/\nsum({TASK_EVENTS_RATE}{executed})"
     )
 
 
-def slo_burn_rate(window: str, objective: float) -> str:
-    """How many times faster than the SLO allows the error budget burns over `window`."""
-    return f"max({error_ratio(window)}{sel()}) / (1 - {objective:g})"
+def slo_burn_rates() -> str:
+    """How many times faster than the SLO allows the error budget burns, one series per
+    window the burn-rate alerts use (each has its recording rule)."""
+    windows = rec(f'__name__=~"{ERROR_RATIO_PREFIX}.+"')
+    return (
+        "max by (window) (label_replace(\n"
+        f"  {windows},\n"
+        f'  "window", "$1", "__name__", "{ERROR_RATIO_PREFIX}(.+)"\n'
+        f")) / (1 - {hole('slo.objective', 'num')})"
+    )
 
 
 # --- failures -------------------------------------------------------------------------------
@@ -87,7 +112,7 @@ def failures_by_type_in_range() -> str:
 
 
 def failures_rate_by_type() -> str:
-    return f"sum by (failure_type) ({FAILURES_RATE}{sel(task=True)})"
+    return f"sum by (failure_type) ({FAILURES_RATE}{rec(task=True)})"
 
 
 def top_failing_tasks(n: int = 10) -> str:
@@ -145,7 +170,7 @@ def sla_breaches_in_range() -> str:
 
 
 def dlq_backlog() -> str:
-    return f"sum({DLQ_BACKLOG}{sel()})"
+    return f"sum({DLQ_BACKLOG}{rec()})"
 
 
 def dlq_depth_by_status() -> str:
@@ -176,7 +201,7 @@ def spool_pending() -> str:
 
 
 def retry_success_ratio() -> str:
-    return f"{RETRY_SUCCESS_RATIO}{sel(task=True)}"
+    return f"{RETRY_SUCCESS_RATIO}{rec(task=True)}"
 
 
 def retry_success_in_range() -> str:
@@ -253,7 +278,7 @@ def duplicate_ratio_in_range() -> str:
 
 
 def duplicate_ratio_by_scope() -> str:
-    return f"{SCOPE_HIT_RATIO}{sel()}"
+    return f"{SCOPE_HIT_RATIO}{rec()}"
 
 
 def claims_in_range_by_scope(result: str) -> str:
@@ -262,7 +287,7 @@ def claims_in_range_by_scope(result: str) -> str:
 
 
 def claims_rate_by_result() -> str:
-    return f"sum by (result) ({CLAIMS_RATE}{sel()})"
+    return f"sum by (result) ({CLAIMS_RATE}{rec()})"
 
 
 def claims_hourly_by_result() -> str:
@@ -322,16 +347,25 @@ def policy_reloads() -> str:
     return f"sum by (result) (increase(task_sidecar_policy_reloads_total{sel()}[{RATE}]))"
 
 
-def sidecars_up() -> str:
-    return 'sum(up{namespace=~"$namespace", job=~"$job"})'
+def sidecars_scraped() -> str:
+    """Sidecar processes scraped now (a failed scrape marks its series stale at once)."""
+    return f"count({PRESENCE}{sel(FAILURE_HOOK)})"
 
 
 # --- template variables ---------------------------------------------------------------------
 
 # The hook-duration histogram exists from start-up in every sidecar: a good source of
-# namespaces and jobs before any task has run.
-NAMESPACE_VALUES = "label_values(task_sidecar_hook_duration_seconds_count, namespace)"
-JOB_VALUES = 'label_values(task_sidecar_hook_duration_seconds_count{namespace=~"$namespace"}, job)'
+# clusters, namespaces, jobs and instances before any task has run.
+CLUSTER_VALUES = f"label_values({PRESENCE}{hole('selectors', 'selector')}, {CLUSTER})"
+NAMESPACE_VALUES = f'label_values({PRESENCE}{{{CLUSTER}=~"$cluster"{SELECTORS}}}, namespace)'
+JOB_VALUES = (
+    f'label_values({PRESENCE}{{{CLUSTER}=~"$cluster", namespace=~"$namespace"{SELECTORS}}}, job)'
+)
+INSTANCE_VALUES = (
+    f'label_values({PRESENCE}{{{CLUSTER}=~"$cluster", namespace=~"$namespace", job=~"$job"'
+    f"{SELECTORS}}}, instance)"
+)
 TASK_VALUES = (
-    'label_values(task_sidecar_task_events_total{namespace=~"$namespace", job=~"$job"}, task)'
+    f'label_values(task_sidecar_task_events_total{{{CLUSTER}=~"$cluster", '
+    f'namespace=~"$namespace", job=~"$job", instance=~"$instance"{SELECTORS}}}, task)'
 )

@@ -75,13 +75,77 @@ celeryBrokerUrl: [celery-broker-url, TASK_SIDECAR_CELERY_BROKER_URL]
 webhookSecret: [webhook-secret, TASK_SIDECAR_WEBHOOK_SECRET]
 {{- end }}
 
-{{/* Standalone listens on every address, which the sidecar refuses without tokens. */}}
-{{- define "task-sidecar.checkTokens" -}}
-{{- if and (eq .Values.mode "standalone") (not .Values.secret.existingSecret) }}
-{{- if not (or .Values.secret.hookTokens .Values.secret.viewerTokens .Values.secret.operatorTokens) }}
-{{- fail "mode standalone listens on 0.0.0.0 and needs tokens: set secret.hookTokens (and viewerTokens, operatorTokens) or secret.existingSecret" }}
+{{/* "postgres" or "embedded": where the DLQ lives (values: store, secret.postgresDsn). */}}
+{{- define "task-sidecar.store" -}}
+{{- if eq .Values.store "auto" }}
+{{- ternary "postgres" "embedded" (not (empty .Values.secret.postgresDsn)) }}
+{{- else }}
+{{- .Values.store }}
 {{- end }}
 {{- end }}
+
+{{/* Whether /metrics and the probes have their own port (always in sidecar mode). */}}
+{{- define "task-sidecar.metricsPortOn" -}}
+{{- if or (eq .Values.mode "sidecar") .Values.metrics.separateInStandalone }}true{{ end }}
+{{- end }}
+
+{{/* The port name the probes and Prometheus use. */}}
+{{- define "task-sidecar.probePort" -}}
+{{- ternary .Values.sidecar.metricsPortName .Values.sidecar.portName (eq (include "task-sidecar.metricsPortOn" .) "true") }}
+{{- end }}
+
+{{/*
+Refuse what would lose dead letters. The embedded store is one SQLite file per pod: more
+than one standalone pod would split the DLQ (and each would keep its own breakers); in
+sidecar mode it lives in the worker pod's emptyDir and goes with the pod.
+*/}}
+{{- define "task-sidecar.checkStore" -}}
+{{- $store := include "task-sidecar.store" . }}
+{{- if and (eq .Values.store "postgres") (not .Values.secret.postgresDsn) (not .Values.secret.existingSecret) }}
+{{- fail "store: postgres needs secret.postgresDsn (or secret.existingSecret with a postgres-dsn key)" }}
+{{- end }}
+{{- if eq $store "embedded" }}
+{{- if eq .Values.mode "standalone" }}
+{{- if gt (int .Values.replicaCount) 1 }}
+{{- fail (printf "replicaCount: %d needs PostgreSQL: the embedded store is one SQLite file per pod, so the DLQ would be split across pods. Set secret.postgresDsn (or store: postgres with secret.existingSecret), or replicaCount: 1" (int .Values.replicaCount)) }}
+{{- end }}
+{{- if .Values.autoscaling.enabled }}
+{{- fail "autoscaling.enabled needs PostgreSQL: the embedded store is one SQLite file per pod. Set secret.postgresDsn (or store: postgres with secret.existingSecret), or autoscaling.enabled: false" }}
+{{- end }}
+{{- if not .Values.persistence.enabled }}
+{{- fail "persistence.enabled: false with the embedded store would lose the DLQ on every restart: set secret.postgresDsn, or keep persistence.enabled" }}
+{{- end }}
+{{- else if ne .Values.store "embedded" }}
+{{- fail "mode: sidecar without PostgreSQL keeps each worker pod's DLQ in its emptyDir, lost with the pod: set secret.postgresDsn (or store: postgres with secret.existingSecret), or store: embedded to accept that" }}
+{{- end }}
+{{- end }}
+{{- if and .Values.migration.enabled (ne $store "postgres") }}
+{{- fail "migration.enabled needs PostgreSQL: set secret.postgresDsn (or store: postgres with secret.existingSecret)" }}
+{{- end }}
+{{- end }}
+
+{{/*
+The Secret's data (base64): the values given, and in standalone mode with no token given
+at all, generated hook, viewer and operator tokens. `existing` is the data of the Secret as
+it is in the cluster (lookup), so an upgrade keeps the tokens an install generated.
+Call with (dict "ctx" $ "existing" $data).
+*/}}
+{{- define "task-sidecar.secretData" -}}
+{{- $values := .ctx.Values }}
+{{- $existing := .existing | default dict }}
+{{- $data := dict }}
+{{- range $key, $pair := include "task-sidecar.secretKeys" .ctx | fromYaml }}
+{{- with index $values.secret $key }}
+{{- $_ := set $data (index $pair 0) (b64enc .) }}
+{{- end }}
+{{- end }}
+{{- $given := or $values.secret.hookTokens $values.secret.viewerTokens $values.secret.operatorTokens }}
+{{- if and (eq $values.mode "standalone") (not $given) }}
+{{- range $key, $name := dict "hook-tokens" "workers" "viewer-tokens" "viewer" "operator-tokens" "operator" }}
+{{- $_ := set $data $key (index $existing $key | default (printf "%s:%s" $name (randAlphaNum 32) | b64enc)) }}
+{{- end }}
+{{- end }}
+{{- toYaml $data }}
 {{- end }}
 
 {{/*
@@ -93,12 +157,26 @@ The container's environment: every setting as a TASK_SIDECAR_* variable.
   value: {{ ternary "0.0.0.0" "127.0.0.1" (eq .Values.mode "standalone") | quote }}
 - name: TASK_SIDECAR_PORT
   value: {{ $s.port | quote }}
+{{- if eq (include "task-sidecar.metricsPortOn" .) "true" }}
+- name: TASK_SIDECAR_METRICS_HOST
+  value: "0.0.0.0"
+- name: TASK_SIDECAR_METRICS_PORT
+  value: {{ .Values.metrics.port | quote }}
+{{- end }}
 - name: TASK_SIDECAR_POLICIES
   value: "/etc/task-sidecar/policies.yaml"
 - name: TASK_SIDECAR_DATA_DIR
   value: {{ .Values.dataDir.path | quote }}
 - name: TASK_SIDECAR_LOG_LEVEL
   value: {{ $s.logLevel | quote }}
+{{- if ne $s.logFormat "text" }}
+- name: TASK_SIDECAR_LOG_FORMAT
+  value: {{ $s.logFormat | quote }}
+{{- end }}
+{{- if $s.accessLog }}
+- name: TASK_SIDECAR_ACCESS_LOG
+  value: "true"
+{{- end }}
 - name: TASK_SIDECAR_BODY_LIMIT
   value: {{ $s.bodyLimit | int64 | quote }}
 - name: TASK_SIDECAR_RELOAD_INTERVAL
@@ -138,10 +216,12 @@ The container's environment: every setting as a TASK_SIDECAR_* variable.
 {{- end }}
 
 {{/*
-The sidecar container. Used by the standalone Deployment and, in sidecar mode, by a worker
+The sidecar container. Used by the standalone workload and, in sidecar mode, by a worker
 chart: {{ include "task-sidecar.container" (dict "Values" .Values.taskSidecar "Release" .Release) }}
 */}}
 {{- define "task-sidecar.container" -}}
+{{- include "task-sidecar.checkStore" . }}
+{{- $probePort := include "task-sidecar.probePort" . }}
 - name: {{ .Values.sidecar.containerName }}
   image: {{ include "task-sidecar.image" . | quote }}
   imagePullPolicy: {{ .Values.image.pullPolicy }}
@@ -153,22 +233,27 @@ chart: {{ include "task-sidecar.container" (dict "Values" .Values.taskSidecar "R
     - name: {{ .Values.sidecar.portName }}
       containerPort: {{ .Values.settings.port }}
       protocol: TCP
+    {{- if eq (include "task-sidecar.metricsPortOn" .) "true" }}
+    - name: {{ .Values.sidecar.metricsPortName }}
+      containerPort: {{ .Values.metrics.port }}
+      protocol: TCP
+    {{- end }}
   env:
     {{- include "task-sidecar.env" . | nindent 4 }}
   livenessProbe:
     httpGet:
       path: /healthz
-      port: {{ .Values.sidecar.portName }}
+      port: {{ $probePort }}
     {{- toYaml .Values.livenessProbe | nindent 4 }}
   readinessProbe:
     httpGet:
       path: /readyz
-      port: {{ .Values.sidecar.portName }}
+      port: {{ $probePort }}
     {{- toYaml .Values.readinessProbe | nindent 4 }}
   startupProbe:
     httpGet:
       path: /healthz
-      port: {{ .Values.sidecar.portName }}
+      port: {{ $probePort }}
     {{- toYaml .Values.startupProbe | nindent 4 }}
   {{- with .Values.resources }}
   resources:
@@ -184,7 +269,11 @@ chart: {{ include "task-sidecar.container" (dict "Values" .Values.taskSidecar "R
       mountPath: {{ .Values.dataDir.path }}
 {{- end }}
 
-{{/* The volumes the container mounts: the policies ConfigMap and the writable data dir. */}}
+{{/*
+The volumes the container mounts: the policies ConfigMap and the writable data dir (an
+emptyDir in sidecar mode or without persistence; the claim of the embedded standalone pod;
+nothing for the PostgreSQL StatefulSet, whose volumeClaimTemplates make it).
+*/}}
 {{- define "task-sidecar.volumes" -}}
 - name: {{ .Values.sidecar.volumePrefix }}policies
   configMap:
@@ -192,6 +281,14 @@ chart: {{ include "task-sidecar.container" (dict "Values" .Values.taskSidecar "R
     items:
       - key: policies.yaml
         path: policies.yaml
+{{- $standalone := eq .Values.mode "standalone" }}
+{{- if and $standalone .Values.persistence.enabled }}
+{{- if eq (include "task-sidecar.store" .) "embedded" }}
+- name: {{ .Values.sidecar.volumePrefix }}data
+  persistentVolumeClaim:
+    claimName: {{ .Values.persistence.existingClaim | default (printf "%s-data" (include "task-sidecar.fullname" .)) }}
+{{- end }}
+{{- else }}
 - name: {{ .Values.sidecar.volumePrefix }}data
   emptyDir:
     {{- with .Values.dataDir.medium }}
@@ -201,11 +298,19 @@ chart: {{ include "task-sidecar.container" (dict "Values" .Values.taskSidecar "R
     sizeLimit: {{ . }}
     {{- end }}
 {{- end }}
+{{- end }}
 
 {{/* Environment for the worker container next to the sidecar: where it answers. */}}
 {{- define "task-sidecar.workerEnv" -}}
 - name: TASK_SIDECAR_URL
   value: {{ printf "http://127.0.0.1:%d" (int .Values.settings.port) | quote }}
+{{- end }}
+
+{{/*
+Labels for the worker pods' template (sidecar mode): the PodMonitor selects pods by them.
+*/}}
+{{- define "task-sidecar.podLabels" -}}
+task-sidecar/sidecar-of: {{ include "task-sidecar.fullname" . }}
 {{- end }}
 
 {{/*
