@@ -15,8 +15,18 @@ from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
 
+from . import __version__
 from .policy.model import split_breaker_key
 
 if TYPE_CHECKING:
@@ -63,6 +73,20 @@ class Metrics:
         self.registry = registry if registry is not None else CollectorRegistry()
         self.task = TaskLabels(task_limit, on_new=self._new_task)
         r, ns = self.registry, NAMESPACE
+        # What the sidecar says of itself: process_* (memory, CPU, fds), python_info and
+        # python_gc_*, as the default registry has them already.
+        if r is not REGISTRY:
+            ProcessCollector(registry=r)
+            PlatformCollector(registry=r)
+            GCCollector(registry=r)
+        self.build_info = Gauge(
+            "build_info",
+            "1, labelled with the running version.",
+            ["version"],
+            namespace=ns,
+            registry=r,
+        )
+        self.build_info.labels(__version__).set(1)
 
         self.task_events = Counter(
             "task_events",
