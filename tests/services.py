@@ -238,6 +238,34 @@ class Service:
                 )
             time.sleep(_POLL_INTERVAL)
 
+    def pause(self) -> None:
+        """SIGSTOP the server and every process under it: it hangs, its connections stay
+        open and answer nothing (PostgreSQL's backends leave its process group)."""
+        for pid in self._tree():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        for pid in self._tree():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+
+    def _tree(self) -> list[int]:
+        if self._proc is None:
+            return []
+        children: dict[int, list[int]] = {}
+        for entry in glob.glob("/proc/[0-9]*/stat"):
+            with contextlib.suppress(OSError):
+                pid, rest = Path(entry).read_text().split(" ", 1)
+                ppid = int(rest.rsplit(")", 1)[1].split()[1])
+                children.setdefault(ppid, []).append(int(pid))
+        tree, todo = [], [self._proc.pid]
+        while todo:
+            pid = todo.pop()
+            tree.append(pid)
+            todo.extend(children.get(pid, ()))
+        return tree
+
     def stop(self) -> None:
         """Shut the server down (SIGKILL if it does not exit in time). Keeps the directory."""
         proc, self._proc = self._proc, None

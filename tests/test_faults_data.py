@@ -25,6 +25,7 @@ from sidecar.store.spool import QUARANTINE_FILE, SPOOL_FILE, SpoolingDlq, _Put
 from sidecar.store.sqlstore import postgres_store
 
 from .conftest import DEFAULT_POLICIES
+from .polling import wait_for
 from .processes import SidecarProcess
 
 HOOKS = "data-hooks-token-0123456789"
@@ -42,7 +43,9 @@ def dead_letter(task: str, task_id: str, **extra: object) -> dict:
     }
 
 
-def call(port: int, method: str, path: str, body: object = None, token: str = HOOKS):
+def call(
+    port: int, method: str, path: str, body: object = None, token: str = HOOKS, timeout: float = 10
+):
     request = urllib.request.Request(
         f"http://127.0.0.1:{port}{path}",
         method=method,
@@ -50,7 +53,7 @@ def call(port: int, method: str, path: str, body: object = None, token: str = HO
         headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
     )
     try:
-        with urllib.request.urlopen(request, timeout=10) as response:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             raw = response.read()
             return response.status, json.loads(raw) if raw.startswith(b"{") else raw
     except urllib.error.HTTPError as error:
@@ -250,3 +253,62 @@ class TestQuarantine:
         [kept] = (tmp_path / QUARANTINE_FILE).read_bytes().splitlines()
         assert json.loads(kept)["operation"]["record"]["task_name"] == task + "\u0000"
         assert "NUL" in json.loads(kept)["refused"]
+
+
+class TestHangs:
+    """A hanging (SIGSTOPped) PostgreSQL or Redis costs a hook its budget, not minutes."""
+
+    def test_hooks_answer_while_postgres_hangs_and_nothing_is_lost(
+        self, postgres_service, tmp_path
+    ):
+        dsn = postgres_service.start().dsn
+        task = f"data.hang_{uuid.uuid4().hex[:8]}"
+        settings = {"policies": str(DEFAULT_POLICIES), "postgres_dsn": dsn}
+        with SidecarProcess(tmp_path, HOOKS, **settings) as process:
+            postgres_service.pause()
+            try:
+                answered = []
+                for i in range(10):  # the client's own timeout is 3 s: a 12 s hold fails
+                    status, answer = call(
+                        process.port,
+                        "POST",
+                        "/v1/hooks/failure",
+                        dead_letter(task, f"t{i}"),
+                        timeout=3,
+                    )
+                    assert status == 200, answer
+                    answered.append(answer["dlq_id"])
+            finally:
+                postgres_service.resume()
+            wait_for(
+                lambda: (
+                    rows(dsn, "SELECT count(*) FROM dlq_records WHERE task_name = %s", task)
+                    == [(10,)]
+                ),
+                30,
+                "the spool drained into PostgreSQL",
+            )
+            stored = rows(dsn, "SELECT id FROM dlq_records WHERE task_name = %s", task)
+            assert sorted(r[0] for r in stored) == sorted(answered)
+
+    def test_claims_fall_back_at_once_while_redis_hangs(
+        self, postgres_service, redis_service, tmp_path
+    ):
+        settings = {
+            "policies": str(DEFAULT_POLICIES),
+            "postgres_dsn": postgres_service.start().dsn,
+            "redis_url": redis_service.start().url,
+        }
+        with SidecarProcess(tmp_path, HOOKS, **settings) as process:
+            redis_service.pause()
+            try:
+                answers = [
+                    call(process.port, "POST", "/v1/idempotency/claim", {"key": f"k{i}"}, timeout=3)
+                    for i in range(20)
+                ]
+            finally:
+                redis_service.resume()
+        # The first claim meets the hang (and may be refused with a 503); the others go
+        # to PostgreSQL at once.
+        assert [status for status, _ in answers[1:]] == [200] * 19
+        assert all(body["claimed"] for _, body in answers[1:])

@@ -20,6 +20,11 @@ T = TypeVar("T")
 DIALECT = "postgres"
 CONNECT_TIMEOUT = 5  # seconds (libpq rounds anything below 2 up to 2)
 POOL_MAX = 4  # connections per sidecar; the pool grows to it on demand
+# The server ends a statement that runs longer (listings, export batches and counts at
+# 10M rows stay well below it). A server that hangs answers nothing at all: the callers
+# with a budget stop waiting on their own (sidecar/timeouts.py), and TCP keepalives let
+# the pool find dead connections.
+STATEMENT_TIMEOUT_MS = 30_000
 
 # SQLSTATE classes of errors about the data itself (22 data exception: a NUL byte, a value
 # out of range; 23 integrity; 54 program limit exceeded: an index row too large). Retrying
@@ -83,7 +88,12 @@ class PostgresConnector:
     name = DIALECT
 
     def __init__(
-        self, dsn: str, *, min_size: int = 1, max_size: int = POOL_MAX, timeout: float = 5.0
+        self,
+        dsn: str,
+        *,
+        min_size: int = 1,
+        max_size: int = POOL_MAX,
+        timeout: float = 5.0,
     ) -> None:
         # The DSN may name the connections (e.g. per pod, to tell them apart in
         # pg_stat_activity); otherwise they are "task-sidecar".
@@ -115,6 +125,10 @@ class PostgresConnector:
                 "row_factory": dict_row,
                 "connect_timeout": CONNECT_TIMEOUT,
                 "application_name": self._application_name,
+                "options": f"-c statement_timeout={STATEMENT_TIMEOUT_MS}",
+                "keepalives_idle": 10,
+                "keepalives_interval": 5,
+                "keepalives_count": 3,
             },
         )
         try:

@@ -49,12 +49,13 @@ from ..records import (
     TrendBucket,
     successor_id,
 )
+from ..timeouts import within
 from .ports import DlqStore, StoreRefused, StoreUnavailable
 
 log = logging.getLogger("task_sidecar.spool")
 
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
-WRITE_TIMEOUT = 2.0  # a write the store has not taken by then is spooled
+WRITE_TIMEOUT = 0.5  # a write the store has not taken by then is spooled (a hook's budget)
 REPLAY_BATCH = 500  # lines read from the file at a time
 SPOOL_FILE = "dlq.spool"
 QUARANTINE_FILE = "dlq.quarantine"
@@ -202,7 +203,7 @@ class SpoolingDlq:
         operation is in the spool."""
         if self._prepare is None and self._pending == 0:
             try:
-                return await asyncio.wait_for(direct(), self.write_timeout)
+                return await within(direct(), self.write_timeout)
             except (StoreUnavailable, TimeoutError) as exc:
                 self._store_unavailable(exc)
         await self._spool(op)
@@ -282,7 +283,7 @@ class SpoolingDlq:
                 for end, op in batch:
                     if op is not None:
                         try:
-                            await asyncio.wait_for(self._apply(op), self.write_timeout)
+                            await within(self._apply(op), self.write_timeout)
                         except (StoreUnavailable, TimeoutError) as exc:
                             self._store_unavailable(exc)
                             return
