@@ -242,6 +242,13 @@ class Metrics:
             namespace=ns,
             registry=r,
         )
+        self.idempotency_stale_owners = Counter(
+            "idempotency_stale_owners",
+            "complete/release refused: the caller did not hold the claim (any more).",
+            ["action"],
+            namespace=ns,
+            registry=r,
+        )
         self.idempotency_fallbacks = Counter(
             "idempotency_fallbacks",
             "Claims answered by the durable store because Redis did not answer.",
@@ -414,6 +421,9 @@ class Metrics:
     def record_rejection(self, reason: str) -> None:
         """overloaded, client_share, body_timeout, body_too_large."""
         self._at(self.requests_rejected, reason).inc()
+
+    def record_stale_owner(self, action: str) -> None:
+        self._at(self.idempotency_stale_owners, action).inc()
 
     def record_claim_fallback(self) -> None:
         self.idempotency_fallbacks.inc()

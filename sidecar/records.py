@@ -48,6 +48,7 @@ class Claim(msgspec.Struct, frozen=True, omit_defaults=True):
     claimed: bool
     first_seen_at: float | None = None
     state: str | None = None  # "running" | "done", for a duplicate
+    owner: str | None = None  # for the caller that got it: complete/release must present it
 
 
 class DlqRecord(msgspec.Struct, kw_only=True):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from pathlib import Path
 
 import psycopg
@@ -195,15 +196,29 @@ class TestIdempotency:
 
     async def test_claim_complete_release(self, client):
         body = {"key": "billing.charge:[42]", "scope": "global", "ttl_seconds": 60}
-        assert await post(client, "/v1/idempotency/claim", body) == {"claimed": True}
+        first = await post(client, "/v1/idempotency/claim", body)
+        assert first["claimed"] is True
         dup = await post(client, "/v1/idempotency/claim", body)
         assert dup["claimed"] is False
         assert dup["state"] == "running"
         assert dup["first_seen_at"] > 0
-        assert await post(client, "/v1/idempotency/release", body) == {"released": True}
-        assert await post(client, "/v1/idempotency/claim", body) == {"claimed": True}
-        assert await post(client, "/v1/idempotency/complete", body) == {"completed": True}
+        assert "owner" not in dup
+        owned = {**body, "owner": first["owner"]}
+        assert await post(client, "/v1/idempotency/release", owned) == {"released": True}
+        second = await post(client, "/v1/idempotency/claim", body)
+        owned = {**body, "owner": second["owner"]}
+        assert await post(client, "/v1/idempotency/complete", owned) == {"completed": True}
         assert (await post(client, "/v1/idempotency/claim", body))["state"] == "done"
+
+    async def test_a_stale_owner_gets_409_and_changes_nothing(self, client):
+        """A holder whose claim expired and was taken over cannot end the new claim."""
+        body = {"key": f"stale-{uuid.uuid4()}", "ttl_seconds": 60}
+        first = await post(client, "/v1/idempotency/claim", body)
+        stale = {**body, "owner": first["owner"] + "x"}
+        await post(client, "/v1/idempotency/complete", stale, status=409)
+        await post(client, "/v1/idempotency/release", stale, status=409)
+        assert (await post(client, "/v1/idempotency/claim", body))["state"] == "running"
+        await post(client, "/v1/idempotency/complete", {**body, "owner": "no spaces"}, status=400)
 
     async def test_scopes_are_separate(self, client):
         for scope in ("global", "user", "device", "task"):

@@ -41,6 +41,7 @@ Run = Callable[[Awaitable[T]], T]
 NOW = 1764345600.25  # exactly representable, so equality checks are fair
 TTL = 600.0
 SECRET = "s3cr3t-pa55word"
+OWNER = "owner-a"
 
 
 @pytest.fixture
@@ -753,9 +754,9 @@ class TestPurge:
         day = 86400.0
         for at in (NOW - 2 * day, NOW - day - 0.5, NOW - day, NOW - 10):
             run(store.record_failure(at, "billing.charge", "TRANSIENT_DATABASE"))
-        run(store.claim("expired", 10, NOW - 100))
-        run(store.claim("expires-now", 100, NOW - 100))  # expires_at == now: expired
-        run(store.claim("live", TTL, NOW))
+        run(store.claim("expired", OWNER, 10, NOW - 100))
+        run(store.claim("expires-now", OWNER, 100, NOW - 100))  # expires_at == now: expired
+        run(store.claim("live", OWNER, TTL, NOW))
         record = make_record(status="resolved", created_at=NOW - 30 * day)
         run(store.put(record))
 
@@ -764,7 +765,7 @@ class TestPurge:
 
         remaining = run(store.trends(since=0, bucket=0.25))  # one bucket per event left
         assert [bucket.start for bucket in remaining] == [NOW - day, NOW - 10]
-        assert run(store.claim("live", TTL, NOW + 1)) == Claim(False, NOW, "running")
+        assert run(store.claim("live", OWNER, TTL, NOW + 1)) == Claim(False, NOW, "running")
         assert run(store.get(record.id)) == record  # DLQ records are not purged
 
 
@@ -809,65 +810,76 @@ class TestIdempotencyClaims:
     """Exactly one caller holds a key until it is released or expires; others see the holder."""
 
     def test_the_first_claim_wins(self, claims, run):
-        assert run(claims.claim("k", TTL, NOW)) == Claim(claimed=True)
+        assert run(claims.claim("k", OWNER, TTL, NOW)) == Claim(claimed=True, owner=OWNER)
 
     def test_one_of_50_concurrent_claims_wins(self, claims, run):
-        results = run(concurrently(50, lambda: claims.claim("k", TTL, NOW)))
+        results = run(concurrently(50, lambda: claims.claim("k", OWNER, TTL, NOW)))
 
         assert sum(claim.claimed for claim in results) == 1
         duplicates = {claim for claim in results if not claim.claimed}
         assert duplicates == {Claim(claimed=False, first_seen_at=NOW, state="running")}
 
     def test_a_duplicate_sees_when_and_in_what_state(self, claims, run):
-        run(claims.claim("k", TTL, NOW))
+        run(claims.claim("k", OWNER, TTL, NOW))
 
-        assert run(claims.claim("k", TTL, NOW + 5)) == Claim(False, NOW, "running")
+        assert run(claims.claim("k", OWNER, TTL, NOW + 5)) == Claim(False, NOW, "running")
 
     def test_complete_marks_done_and_keeps_the_key_for_its_ttl(self, claims, run):
         virtual_clock_only(claims)
-        run(claims.claim("k", 10, NOW))
+        run(claims.claim("k", OWNER, 10, NOW))
 
-        assert run(claims.complete("k", TTL, NOW + 5)) is True
+        assert run(claims.complete("k", OWNER, TTL, NOW + 5)) is True
         # Past the claim's own expiry, inside the TTL given to complete().
-        assert run(claims.claim("k", TTL, NOW + 60)) == Claim(False, NOW, "done")
+        assert run(claims.claim("k", OWNER, TTL, NOW + 60)) == Claim(False, NOW, "done")
 
     def test_complete_of_an_unknown_key_is_false(self, claims, run):
-        assert run(claims.complete("k", TTL, NOW)) is False
-        assert run(claims.claim("k", TTL, NOW)).claimed
+        assert run(claims.complete("k", OWNER, TTL, NOW)) is False
+        assert run(claims.claim("k", OWNER, TTL, NOW)).claimed
 
     def test_release_lets_the_key_be_claimed_again(self, claims, run):
-        run(claims.claim("k", TTL, NOW))
+        run(claims.claim("k", OWNER, TTL, NOW))
 
-        assert run(claims.release("k")) is True
-        assert run(claims.claim("k", TTL, NOW + 1)) == Claim(claimed=True)
-        assert run(claims.claim("k", TTL, NOW + 2)) == Claim(False, NOW + 1, "running")
+        assert run(claims.release("k", OWNER)) is True
+        assert run(claims.claim("k", OWNER, TTL, NOW + 1)) == Claim(claimed=True, owner=OWNER)
+        assert run(claims.claim("k", OWNER, TTL, NOW + 2)) == Claim(False, NOW + 1, "running")
 
     def test_release_leaves_a_done_key_alone(self, claims, run):
-        run(claims.claim("k", TTL, NOW))
-        run(claims.complete("k", TTL, NOW + 1))
+        run(claims.claim("k", OWNER, TTL, NOW))
+        run(claims.complete("k", OWNER, TTL, NOW + 1))
 
-        assert run(claims.release("k")) is False
-        assert run(claims.claim("k", TTL, NOW + 2)) == Claim(False, NOW, "done")
+        assert run(claims.release("k", OWNER)) is False
+        assert run(claims.claim("k", OWNER, TTL, NOW + 2)) == Claim(False, NOW, "done")
+
+    def test_only_the_owner_completes_or_releases(self, claims, run):
+        """A caller whose claim was taken over (or who never held it) changes nothing."""
+        run(claims.claim("k", OWNER, TTL, NOW))
+
+        assert run(claims.complete("k", "owner-b", TTL, NOW + 1)) is False
+        assert run(claims.release("k", "owner-b")) is False
+        assert run(claims.claim("k", "owner-c", TTL, NOW + 2)) == Claim(False, NOW, "running")
+        assert run(claims.complete("k", OWNER, TTL, NOW + 3)) is True
 
     def test_release_of_an_unknown_key_is_false(self, claims, run):
-        assert run(claims.release("k")) is False
+        assert run(claims.release("k", OWNER)) is False
 
     @pytest.mark.parametrize("done", [False, True], ids=["running", "done"])
     def test_an_expired_key_can_be_claimed_again(self, claims, run, done):
         virtual_clock_only(claims)
-        run(claims.claim("k", 10, NOW))
+        run(claims.claim("k", OWNER, 10, NOW))
         if done:
-            run(claims.complete("k", 10, NOW))
+            run(claims.complete("k", OWNER, 10, NOW))
 
-        assert run(claims.claim("k", TTL, NOW + 9.5)).claimed is False
-        assert run(claims.claim("k", TTL, NOW + 10)) == Claim(claimed=True)  # expires_at <= now
-        assert run(claims.claim("k", TTL, NOW + 11)) == Claim(False, NOW + 10, "running")
+        assert run(claims.claim("k", OWNER, TTL, NOW + 9.5)).claimed is False
+        assert run(claims.claim("k", OWNER, TTL, NOW + 10)) == Claim(
+            claimed=True, owner=OWNER
+        )  # expires_at <= now
+        assert run(claims.claim("k", OWNER, TTL, NOW + 11)) == Claim(False, NOW + 10, "running")
 
     def test_one_of_50_concurrent_takeovers_of_an_expired_key_wins(self, claims, run):
         virtual_clock_only(claims)
-        run(claims.claim("k", 10, NOW))
+        run(claims.claim("k", OWNER, 10, NOW))
 
-        results = run(concurrently(50, lambda: claims.claim("k", TTL, NOW + 20)))
+        results = run(concurrently(50, lambda: claims.claim("k", OWNER, TTL, NOW + 20)))
 
         assert sum(claim.claimed for claim in results) == 1
         # The losers report the new holder, never the expired one they raced against.

@@ -11,7 +11,7 @@ from msgspec import Meta
 from ..errors import StoreUnavailable
 from ..policy import FailureEvent, StartEvent, SuccessEvent
 from ..policy.events import Seconds
-from ..service.errors import InvalidInput
+from ..service.errors import InvalidInput, NotHolder
 from ..service.hooks import Hooks
 from .auth import actor_of, requires
 from .keys import METRICS, SERVICES
@@ -32,6 +32,7 @@ class ClaimRequest(msgspec.Struct, frozen=True):
 
 class KeyRequest(msgspec.Struct, frozen=True):
     key: Key
+    owner: Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
     scope: Scope = "global"
     ttl_seconds: Seconds | None = None
 
@@ -133,16 +134,23 @@ async def claim(request: web.Request) -> web.Response:
 @requires("hooks")
 async def complete(request: web.Request) -> web.Response:
     body = await read(request, KeyRequest)
-    done = await request.app[SERVICES].idempotency.complete(body.key, body.scope, body.ttl_seconds)
-    return json_response({"completed": done})
+    try:
+        await request.app[SERVICES].idempotency.complete(
+            body.key, body.scope, body.owner, body.ttl_seconds
+        )
+    except NotHolder as exc:
+        raise Problem(409, "Not the holder", str(exc)) from None
+    return json_response({"completed": True})
 
 
 @requires("hooks")
 async def release(request: web.Request) -> web.Response:
     body = await read(request, KeyRequest)
-    return json_response(
-        {"released": await request.app[SERVICES].idempotency.release(body.key, body.scope)}
-    )
+    try:
+        await request.app[SERVICES].idempotency.release(body.key, body.scope, body.owner)
+    except NotHolder as exc:
+        raise Problem(409, "Not the holder", str(exc)) from None
+    return json_response({"released": True})
 
 
 def routes() -> list[web.RouteDef]:

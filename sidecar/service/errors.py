@@ -31,3 +31,13 @@ class Conflict(Exception):
     def __init__(self, record: DlqRecord, action: str) -> None:
         self.record = record
         super().__init__(f"record {record.id} is {record.status}; cannot {action} it")
+
+
+class NotHolder(Exception):
+    """`complete`/`release` by a caller that does not hold the claim (any more)."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(
+            f"{key!r} is not held by this owner: it expired and was taken over, was ended "
+            "already, or the owner token is wrong"
+        )

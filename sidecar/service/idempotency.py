@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -11,7 +12,7 @@ from ..metrics import Metrics
 from ..records import Claim, text_problem
 from ..store.ports import IdempotencyStore
 from ..timeouts import within
-from .errors import InvalidInput
+from .errors import InvalidInput, NotHolder
 from .policies import Policies
 
 # A claim waits at most this long for its store (the worker's client gives up at 250 ms and
@@ -46,29 +47,31 @@ class Idempotency:
         return ttl if ttl is not None else self.policies.current.idempotency.ttl[scope]
 
     async def claim(self, key: str, scope: str, ttl: float | None) -> Claim:
+        """The first caller gets the claim and an owner token that its `complete` or
+        `release` must present."""
         stored = _stored_key(scope, key)
+        owner = secrets.token_urlsafe(12)
         started = time.perf_counter()
         result = "error"
         try:
-            claim = await _within_budget(
-                self.store.claim(stored, self._ttl(scope, ttl), self.clock())
-            )
+            ttl = self._ttl(scope, ttl)
+            claim = await _within_budget(self.store.claim(stored, owner, ttl, self.clock()))
             result = "miss" if claim.claimed else "hit"
         finally:
             elapsed = time.perf_counter() - started
             self.metrics.record_claim(scope, result, self.store.name, elapsed)
         return claim
 
-    async def complete(self, key: str, scope: str, ttl: float | None) -> bool:
-        return await self.store.complete(
-            _stored_key(scope, key), self._ttl(scope, ttl), self.clock()
-        )
+    async def complete(self, key: str, scope: str, owner: str, ttl: float | None) -> None:
+        stored, ttl = _stored_key(scope, key), self._ttl(scope, ttl)
+        if not await _within_budget(self.store.complete(stored, owner, ttl, self.clock())):
+            self.metrics.record_stale_owner("complete")
+            raise NotHolder(key)
 
-    async def release(self, key: str, scope: str) -> bool:
-        return await _within_budget(self.store.release(_stored_key(scope, key)))
-
-
-__all__ = ["Idempotency"]
+    async def release(self, key: str, scope: str, owner: str) -> None:
+        if not await _within_budget(self.store.release(_stored_key(scope, key), owner)):
+            self.metrics.record_stale_owner("release")
+            raise NotHolder(key)
 
 
 async def _within_budget(call: Awaitable[T]) -> T:

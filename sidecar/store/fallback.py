@@ -184,21 +184,21 @@ class FallbackIdempotency:
         self.on_fallback()
         return await call()
 
-    async def claim(self, key: str, ttl: float, now: float) -> Claim:
+    async def claim(self, key: str, owner: str, ttl: float, now: float) -> Claim:
         return await self.outage.call(
-            lambda: self.fast.claim(key, ttl, now),
-            lambda: self._durable(lambda: self.durable.claim(key, ttl, now)),
+            lambda: self.fast.claim(key, owner, ttl, now),
+            lambda: self._durable(lambda: self.durable.claim(key, owner, ttl, now)),
         )
 
-    async def complete(self, key: str, ttl: float, now: float) -> bool:
+    async def complete(self, key: str, owner: str, ttl: float, now: float) -> bool:
         return await self.outage.call(
-            lambda: self.fast.complete(key, ttl, now),
-            lambda: self.durable.complete(key, ttl, now),
+            lambda: self.fast.complete(key, owner, ttl, now),
+            lambda: self.durable.complete(key, owner, ttl, now),
         )
 
-    async def release(self, key: str) -> bool:
+    async def release(self, key: str, owner: str) -> bool:
         return await self.outage.call(
-            lambda: self.fast.release(key), lambda: self.durable.release(key)
+            lambda: self.fast.release(key, owner), lambda: self.durable.release(key, owner)
         )
 
     async def ping(self) -> None:

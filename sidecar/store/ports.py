@@ -130,12 +130,16 @@ class DlqStore(Protocol):
 class IdempotencyStore(Protocol):
     name: str
 
-    async def claim(self, key: str, ttl: float, now: float) -> Claim:
-        """The first caller gets `claimed: true`; later ones see when and in what state."""
+    async def claim(self, key: str, owner: str, ttl: float, now: float) -> Claim:
+        """The first caller gets `claimed: true` and becomes the key's `owner`; later ones
+        see when and in what state."""
 
-    async def complete(self, key: str, ttl: float, now: float) -> bool: ...
+    async def complete(self, key: str, owner: str, ttl: float, now: float) -> bool:
+        """Mark the owner's claim done (kept for `ttl`); False when `owner` does not hold
+        the key (it expired and was taken over, or never was)."""
 
-    async def release(self, key: str) -> bool: ...
+    async def release(self, key: str, owner: str) -> bool:
+        """Drop the owner's running claim; False when it holds none."""
 
     async def ping(self) -> None: ...
 

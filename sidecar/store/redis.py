@@ -23,19 +23,21 @@ from .ports import BreakerUpdate, StoreUnavailable, WindowUpdate
 T = TypeVar("T")
 CAS_ATTEMPTS = 50
 
-# Claims are "state:first_seen_at" strings; these keep the read-modify-write atomic.
+# Claims are "state:first_seen_at:owner" strings; these keep the read-modify-write atomic
+# and act only for the claim's owner (ARGV[1]).
 _COMPLETE = """
 local value = redis.call('GET', KEYS[1])
 if not value then return 0 end
-local first = string.match(value, ':(.*)$')
-redis.call('SET', KEYS[1], 'done:' .. first, 'PX', ARGV[1])
+local state, first, owner = string.match(value, '^(%a+):([^:]*):(.*)$')
+if owner ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], 'done:' .. first .. ':' .. owner, 'PX', ARGV[2])
 return 1
 """
 _RELEASE = """
 local value = redis.call('GET', KEYS[1])
-if value and string.sub(value, 1, 8) == 'running:' then
-  return redis.call('DEL', KEYS[1])
-end
+if not value then return 0 end
+local state, first, owner = string.match(value, '^(%a+):([^:]*):(.*)$')
+if state == 'running' and owner == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
 
@@ -149,30 +151,30 @@ class RedisStore:
 
     # --- idempotency --------------------------------------------------------------------
 
-    async def claim(self, key: str, ttl: float, now: float) -> Claim:
+    async def claim(self, key: str, owner: str, ttl: float, now: float) -> Claim:
         name = f"{self.prefix}idem:{key}"
         async with _errors():
             for _ in range(3):  # the holder's claim may expire between SET and GET
                 if await self.redis.set(
-                    name, f"running:{now!r}", nx=True, px=max(1, int(ttl * 1000))
+                    name, f"running:{now!r}:{owner}", nx=True, px=max(1, int(ttl * 1000))
                 ):
-                    return Claim(True)
+                    return Claim(True, owner=owner)
                 value = await self.redis.get(name)
                 if value is not None:
-                    state, _, first = value.decode().partition(":")
-                    return Claim(False, float(first), state)
+                    state, first = value.decode().split(":", 2)[:2]
+                    return Claim(False, first_seen_at=float(first), state=state)
         raise StoreUnavailable("redis", f"claim of {key} kept expiring under us")
 
-    async def complete(self, key: str, ttl: float, now: float) -> bool:
+    async def complete(self, key: str, owner: str, ttl: float, now: float) -> bool:
         async with _errors():
             done = await self._complete(
-                keys=[f"{self.prefix}idem:{key}"], args=[max(1, int(ttl * 1000))]
+                keys=[f"{self.prefix}idem:{key}"], args=[owner, max(1, int(ttl * 1000))]
             )
         return bool(done)
 
-    async def release(self, key: str) -> bool:
+    async def release(self, key: str, owner: str) -> bool:
         async with _errors():
-            return bool(await self._release(keys=[f"{self.prefix}idem:{key}"]))
+            return bool(await self._release(keys=[f"{self.prefix}idem:{key}"], args=[owner]))
 
     # --- lifecycle ----------------------------------------------------------------------
 

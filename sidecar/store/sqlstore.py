@@ -210,20 +210,21 @@ class SqlStore:
 
     # --- IdempotencyStore ----------------------------------------------------------------
 
-    async def claim(self, key: str, ttl: float, now: float) -> Claim:
-        params = {"key": key, "now": float(now), "expires_at": float(now + ttl)}
+    async def claim(self, key: str, owner: str, ttl: float, now: float) -> Claim:
+        params = {"key": key, "owner": owner, "now": float(now), "expires_at": float(now + ttl)}
         async with self.db.transaction() as tx:
             if await tx.fetch(self.q["idempotency_claim"], params):
-                return Claim(claimed=True)
+                return Claim(claimed=True, owner=owner)
             (holder,) = await tx.fetch(self.q["idempotency_holder"], params)
         return Claim(claimed=False, first_seen_at=holder["first_seen_at"], state=holder["state"])
 
-    async def complete(self, key: str, ttl: float, now: float) -> bool:
-        params = {"key": key, "expires_at": float(now + ttl)}
+    async def complete(self, key: str, owner: str, ttl: float, now: float) -> bool:
+        params = {"key": key, "owner": owner, "expires_at": float(now + ttl)}
         return await self.db.execute(self.q["idempotency_complete"], params) > 0
 
-    async def release(self, key: str) -> bool:
-        return await self.db.execute(self.q["idempotency_release"], {"key": key}) > 0
+    async def release(self, key: str, owner: str) -> bool:
+        params = {"key": key, "owner": owner}
+        return await self.db.execute(self.q["idempotency_release"], params) > 0
 
 
 def sqlite_store(path: str | os.PathLike[str] = ":memory:") -> SqlStore:

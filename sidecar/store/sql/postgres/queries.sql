@@ -211,12 +211,13 @@ DELETE FROM idempotency_keys WHERE expires_at <= to_timestamp(%(now)s);
 -- A new key is inserted; an expired one is taken over. Otherwise no row comes back, and
 -- ON CONFLICT has locked the holder's row (it does even when the WHERE is false), so
 -- idempotency_holder, next in the same transaction, reads a holder that cannot change.
-INSERT INTO idempotency_keys AS k (key, state, first_seen_at, expires_at)
-VALUES (%(key)s, 'running', to_timestamp(%(now)s), to_timestamp(%(expires_at)s))
+INSERT INTO idempotency_keys AS k (key, state, first_seen_at, expires_at, owner)
+VALUES (%(key)s, 'running', to_timestamp(%(now)s), to_timestamp(%(expires_at)s), %(owner)s)
 ON CONFLICT (key) DO UPDATE
     SET state = 'running',
         first_seen_at = excluded.first_seen_at,
-        expires_at = excluded.expires_at
+        expires_at = excluded.expires_at,
+        owner = excluded.owner
     WHERE k.expires_at <= excluded.first_seen_at
 RETURNING true AS claimed;
 
@@ -226,13 +227,15 @@ FROM idempotency_keys
 WHERE key = %(key)s;
 
 -- name: idempotency_complete
+-- Only by the claim's owner (a late caller whose claim was taken over changes nothing).
 UPDATE idempotency_keys
 SET state = 'done', expires_at = to_timestamp(%(expires_at)s)
-WHERE key = %(key)s;
+WHERE key = %(key)s AND owner = %(owner)s;
 
 -- name: idempotency_release
 -- Only a running claim: a finished task must not run again because of a late release.
-DELETE FROM idempotency_keys WHERE key = %(key)s AND state = 'running';
+DELETE FROM idempotency_keys
+WHERE key = %(key)s AND owner = %(owner)s AND state = 'running';
 
 -- name: ping
 SELECT 1;

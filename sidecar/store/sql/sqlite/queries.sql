@@ -152,12 +152,13 @@ DELETE FROM failure_events WHERE at < :events_before;
 DELETE FROM idempotency_keys WHERE expires_at <= :now;
 
 -- name: idempotency_claim
-INSERT INTO idempotency_keys AS k (key, state, first_seen_at, expires_at)
-VALUES (:key, 'running', :now, :expires_at)
+INSERT INTO idempotency_keys AS k (key, state, first_seen_at, expires_at, owner)
+VALUES (:key, 'running', :now, :expires_at, :owner)
 ON CONFLICT (key) DO UPDATE
     SET state = 'running',
         first_seen_at = excluded.first_seen_at,
-        expires_at = excluded.expires_at
+        expires_at = excluded.expires_at,
+        owner = excluded.owner
     WHERE k.expires_at <= excluded.first_seen_at
 RETURNING 1 AS claimed;
 
@@ -165,10 +166,11 @@ RETURNING 1 AS claimed;
 SELECT first_seen_at, state FROM idempotency_keys WHERE key = :key;
 
 -- name: idempotency_complete
-UPDATE idempotency_keys SET state = 'done', expires_at = :expires_at WHERE key = :key;
+UPDATE idempotency_keys SET state = 'done', expires_at = :expires_at
+WHERE key = :key AND owner = :owner;
 
 -- name: idempotency_release
-DELETE FROM idempotency_keys WHERE key = :key AND state = 'running';
+DELETE FROM idempotency_keys WHERE key = :key AND owner = :owner AND state = 'running';
 
 -- name: ping
 SELECT 1;
