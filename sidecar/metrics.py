@@ -251,3 +251,22 @@ class Metrics:
         for scope in ("global", "user", "device", "task"):
             for result in ("hit", "miss", "error"):
                 self.idempotency_checks.labels(scope, result)
+
+
+# --- schedules (cli branch)
+
+from typing import TYPE_CHECKING  # noqa: E402  (kept in this section for the merge)
+
+if TYPE_CHECKING:
+    from .schedules import Report as ScheduleReport
+
+
+def record_schedule_health(metrics: Metrics, report: ScheduleReport) -> None:
+    """The gauges of the last schedule analysis: score, hotspots, conflicts and the starts
+    per queue and hour of the day (UTC)."""
+    metrics.schedule_health_score.set(report.score)
+    metrics.schedule_hotspots.set(len(report.hotspots))
+    metrics.schedule_conflicts.set(len(report.conflicts))
+    for queue, per_hour in report.load_by_hour.items():
+        for hour, starts in enumerate(per_hour):
+            metrics.at(metrics.schedule_starts, queue, f"{hour:02d}").set(starts)

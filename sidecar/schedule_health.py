@@ -1,41 +1,28 @@
-"""The schedules a running sidecar analyses: those of the policy file plus those workers
-report (a Celery app's beat_schedule), and the gauges fed from the last analysis."""
+"""A bridge for the cli branch only: delete it when the lead's `sidecar/service/` package
+lands, and import `sidecar.service.schedules` instead (http/app.py, http/keys.py).
+
+Until then `sidecar/service.py`, a module, hides the directory `sidecar/service/` from the
+import system (a module wins over a directory without `__init__.py`), so the code moved to
+`sidecar/service/schedules.py` is loaded here under its final name.
+"""
 
 from __future__ import annotations
 
-import asyncio
-from datetime import UTC, datetime, timedelta
+import importlib.util
+import sys
+from pathlib import Path
 
-from .metrics import Metrics
-from .policy.model import Policy, Schedule
-from .policy.schedules import DAY, Report, analyse
+_NAME = "sidecar.service.schedules"
+if _NAME not in sys.modules:
+    _spec = importlib.util.spec_from_file_location(
+        _NAME, Path(__file__).with_name("service") / "schedules.py"
+    )
+    assert _spec is not None
+    assert _spec.loader is not None
+    _module = importlib.util.module_from_spec(_spec)
+    sys.modules[_NAME] = _module
+    _spec.loader.exec_module(_module)
 
+Schedules = sys.modules[_NAME].Schedules
 
-class Schedules:
-    """The reported schedules, and the last analysis behind the gauges."""
-
-    def __init__(self, metrics: Metrics) -> None:
-        self.metrics = metrics
-        self.reported: tuple[Schedule, ...] = ()
-
-    def all(self, policy: Policy) -> tuple[Schedule, ...]:
-        reported = {s.name for s in self.reported}
-        return tuple(s for s in policy.schedules if s.name not in reported) + self.reported
-
-    async def analyse(
-        self, policy: Policy, horizon: timedelta = DAY, threshold: int | None = None
-    ) -> Report:
-        today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-        kwargs = {} if threshold is None else {"hotspot_threshold": threshold}
-        # Pure but not instant (tens of ms for a large schedule): off the event loop.
-        return await asyncio.to_thread(analyse, self.all(policy), today, horizon, **kwargs)
-
-    async def refresh_gauges(self, policy: Policy) -> None:
-        report = await self.analyse(policy)
-        m = self.metrics
-        m.schedule_health_score.set(report.score)
-        m.schedule_hotspots.set(len(report.hotspots))
-        m.schedule_conflicts.set(len(report.conflicts))
-        for queue, per_hour in report.load_by_hour.items():
-            for hour, starts in enumerate(per_hour):
-                m.at(m.schedule_starts, queue, f"{hour:02d}").set(starts)
+__all__ = ["Schedules"]

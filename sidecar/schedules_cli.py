@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from .policy.durations import format_duration, parse_duration
-from .policy.schedules import (
+from .schedules import (
     DAY,
     DEFAULT_HOTSPOT_THRESHOLD,
     MAX_HORIZON,
@@ -26,6 +26,7 @@ from .policy.schedules import (
     ScheduleError,
     analyse,
     parse_schedules,
+    report_document,
 )
 
 MAX_FILE_BYTES = 1024 * 1024
@@ -111,7 +112,7 @@ def cmd_analyse(args: argparse.Namespace) -> int:
         print(f"task-sidecar schedules: {exc}", file=sys.stderr)
         return EXIT_UNREADABLE
     if args.json:
-        json.dump(report.to_dict(), sys.stdout, indent=2)
+        json.dump(report_document(report), sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
         sys.stdout.write(render(report, schedules_file=args.file))

@@ -12,9 +12,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sidecar.integrations.beat import schedule_from_celery
 from sidecar.policy import PolicyError, parse_policy
 from sidecar.policy.model import Schedule
-from sidecar.policy.schedules import (
+from sidecar.schedules import (
     DAY,
     QUEUE_OVERLAP,
     SELF_OVERLAP,
@@ -26,7 +27,6 @@ from sidecar.policy.schedules import (
     check_cron,
     parse_schedule,
     parse_schedules,
-    schedule_from_celery,
 )
 from sidecar.schedules_cli import main
 
