@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sidecar.cli import main
 from sidecar.integrations.beat import schedule_from_celery
 from sidecar.policy import PolicyError, parse_policy
 from sidecar.policy.model import Schedule
@@ -28,7 +29,6 @@ from sidecar.schedules import (
     parse_schedule,
     parse_schedules,
 )
-from sidecar.schedules_cli import main
 
 from .conftest import DEFAULT_POLICIES, ROOT
 
@@ -742,7 +742,7 @@ def schedule_file(tmp_path):
 
 class TestCli:
     def run(self, capsys, *args: str) -> tuple[int, str, str]:
-        code = main(["analyse", *args])
+        code = main(["schedules", "analyse", *args])
         out, err = capsys.readouterr()
         return code, out, err
 
@@ -848,7 +848,7 @@ class TestCli:
         assert code == 0
         assert json.loads(out)["starts"] == 288
         result = subprocess.run(
-            [sys.executable, "-m", "sidecar.schedules_cli", "analyse", "-", "--json"],
+            [sys.executable, "-m", "sidecar.cli", "schedules", "analyse", "-", "--json"],
             input='[{"name": "b", "cron": "0 * * * *"}]',
             capture_output=True,
             text=True,
@@ -881,7 +881,7 @@ class TestCli:
     @pytest.mark.parametrize(
         ("content", "message"),
         [
-            ("schedules: [", "invalid YAML: line 2"),
+            ("schedules: [", "line 2: invalid YAML"),
             ("a: &x [1]\nb: *x\n", "anchors and aliases are not allowed"),
             (None, "cannot read"),
         ],
@@ -897,7 +897,7 @@ class TestCli:
     def test_bad_arguments_exit_2(self, schedule_file, capsys):
         for args in (["--horizon", "40d"], ["--horizon", "soon"], ["--threshold", "0"]):
             with pytest.raises(SystemExit) as exit_:
-                main(["analyse", str(schedule_file), *args])
+                main(["schedules", "analyse", str(schedule_file), *args])
             assert exit_.value.code == 2
         assert "expected 1h to 31d" in capsys.readouterr().err
 
