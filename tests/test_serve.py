@@ -10,6 +10,7 @@ import sys
 from .conftest import DEFAULT_POLICIES
 from .polling import wait_for
 from .processes import SidecarProcess
+from .services import free_port
 
 EVENT = {
     "task_id": "t",
@@ -120,6 +121,22 @@ class TestNoTraceback:
         assert f"cannot listen on 127.0.0.1:{running.port}: the address is already in use" in (
             result.stderr
         )
+        assert "Traceback" not in result.stderr
+
+    def test_data_directory_that_cannot_be_made(self, tmp_path):
+        blocker = tmp_path / "a-file"
+        blocker.write_text("")
+        result = serve(
+            "--policies",
+            str(DEFAULT_POLICIES),
+            "--data-dir",
+            str(blocker / "data"),
+            "--port",
+            str(free_port()),
+        )
+        assert result.returncode == 1
+        assert result.stderr.splitlines()[-1].startswith("task-sidecar: cannot start: ")
+        assert str(blocker) in result.stderr
         assert "Traceback" not in result.stderr
 
 

@@ -96,8 +96,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
             access_log=logging.getLogger("aiohttp.access") if config.access_log else None,
             print=None,
         )
-    except OSError as exc:  # the address: in use, not ours, unknown host
-        output.error(f"cannot listen on {config.host}:{config.port}: {_why(exc)}")
+    except OSError as exc:
+        if exc.filename:  # the data directory (or a file in it) cannot be made or opened
+            output.error(f"cannot start: {exc.strerror or exc}: {exc.filename}")
+        else:  # the address: in use, not ours, unknown host
+            output.error(f"cannot listen on {config.host}:{config.port}: {_why(exc)}")
         return Exit.FAILED
     return Exit.OK
 
