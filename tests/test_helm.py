@@ -446,7 +446,7 @@ def test_sidecar_templates_make_a_valid_worker_pod_that_reaches_127_0_0_1(
     assert port["containerPort"] == int(env["TASK_SIDECAR_PORT"])
     worker_env = {e["name"]: e["value"] for e in worker["env"]}
     assert worker_env["TASK_SIDECAR_URL"] == f"http://127.0.0.1:{port['containerPort']}"
-    assert "TASK_SIDECAR_URL" in (ROOT / "sidecar" / "operator_cli.py").read_text()
+    assert "TASK_SIDECAR_URL" in (ROOT / "sidecar" / "integrations" / "celery.py").read_text()
 
     # Everything the container refers to exists: its volumes, the ConfigMap, the Secret.
     volumes = {v["name"]: v for v in pod["volumes"]}
