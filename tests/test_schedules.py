@@ -904,3 +904,22 @@ class TestCli:
     def test_fail_under(self, schedule_file, capsys):
         assert self.run(capsys, str(schedule_file), "--fail-under", "100")[0] == 3
         assert self.run(capsys, str(schedule_file), "--fail-under", "10")[0] == 0
+
+
+def test_the_analysis_is_pure_and_knows_no_celery():
+    """sidecar/schedules/ and sidecar/policy/ import neither Celery nor a layer above them."""
+    import ast
+
+    forbidden = ("celery", "kombu", "aiohttp", "sidecar.integrations", "sidecar.http")
+    for package in ("schedules", "policy"):
+        for path in (ROOT / "sidecar" / package).glob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.ImportFrom):
+                    names = [("." * node.level) + (node.module or "")]
+                elif isinstance(node, ast.Import):
+                    names = [alias.name for alias in node.names]
+                else:
+                    continue
+                for name in names:
+                    resolved = name.replace("..", "sidecar.", 1) if name.startswith("..") else name
+                    assert not resolved.startswith(forbidden), f"{path.name} imports {name}"
