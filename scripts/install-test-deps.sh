@@ -13,6 +13,7 @@ REQUIREMENTS=(
     "/usr/lib/postgresql/*/bin/initdb|postgresql"
     "prometheus|prometheus"
     "prometheus-alertmanager|prometheus-alertmanager"
+    "zsh|zsh"  # tests/test_cli.py runs the generated zsh completion in a real zsh
 )
 
 check_only=false

@@ -177,7 +177,7 @@ def test_migration_job_command_is_a_cli_command() -> None:
 
 
 def test_every_variable_the_chart_sets_is_a_setting(serve_help: str) -> None:
-    known = {f"[{settings.PREFIX}{env}]" for _, _, env, _, _ in settings._OPTIONS}
+    known = {f"[{option.env}]" for option in settings.options(settings.Settings)}
     assert known <= set(serve_help.split())  # `serve --help` names each variable
     allowed = {name.strip("[]") for name in known}
     allowed |= set(settings.TOKEN_VARIABLES.values()) | {settings.PREFIX + "MIGRATE"}

@@ -661,7 +661,7 @@ def test_sidecar_templates_make_a_valid_worker_pod_scraped_by_its_pod_monitor(
     assert ports["sidecar-http"] == int(env["TASK_SIDECAR_PORT"])
     worker_env = {e["name"]: e["value"] for e in worker["env"]}
     assert worker_env["TASK_SIDECAR_URL"] == f"http://127.0.0.1:{ports['sidecar-http']}"
-    assert "TASK_SIDECAR_URL" in (ROOT / "sidecar" / "operator_cli.py").read_text()
+    assert "TASK_SIDECAR_URL" in (ROOT / "sidecar" / "integrations" / "celery.py").read_text()
 
     # The PodMonitor scrapes a port of this pod that listens on every address.
     (monitor,) = of_kind(docs, "PodMonitor")

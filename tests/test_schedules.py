@@ -12,9 +12,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sidecar.cli import main
+from sidecar.integrations.beat import schedule_from_celery
 from sidecar.policy import PolicyError, parse_policy
 from sidecar.policy.model import Schedule
-from sidecar.policy.schedules import (
+from sidecar.schedules import (
     DAY,
     QUEUE_OVERLAP,
     SELF_OVERLAP,
@@ -26,9 +28,7 @@ from sidecar.policy.schedules import (
     check_cron,
     parse_schedule,
     parse_schedules,
-    schedule_from_celery,
 )
-from sidecar.schedules_cli import main
 
 from .conftest import DEFAULT_POLICIES, ROOT
 
@@ -742,7 +742,7 @@ def schedule_file(tmp_path):
 
 class TestCli:
     def run(self, capsys, *args: str) -> tuple[int, str, str]:
-        code = main(["analyse", *args])
+        code = main(["schedules", "analyse", *args])
         out, err = capsys.readouterr()
         return code, out, err
 
@@ -848,7 +848,7 @@ class TestCli:
         assert code == 0
         assert json.loads(out)["starts"] == 288
         result = subprocess.run(
-            [sys.executable, "-m", "sidecar.schedules_cli", "analyse", "-", "--json"],
+            [sys.executable, "-m", "sidecar.cli", "schedules", "analyse", "-", "--json"],
             input='[{"name": "b", "cron": "0 * * * *"}]',
             capture_output=True,
             text=True,
@@ -881,7 +881,7 @@ class TestCli:
     @pytest.mark.parametrize(
         ("content", "message"),
         [
-            ("schedules: [", "invalid YAML: line 2"),
+            ("schedules: [", "line 2: invalid YAML"),
             ("a: &x [1]\nb: *x\n", "anchors and aliases are not allowed"),
             (None, "cannot read"),
         ],
@@ -897,10 +897,29 @@ class TestCli:
     def test_bad_arguments_exit_2(self, schedule_file, capsys):
         for args in (["--horizon", "40d"], ["--horizon", "soon"], ["--threshold", "0"]):
             with pytest.raises(SystemExit) as exit_:
-                main(["analyse", str(schedule_file), *args])
+                main(["schedules", "analyse", str(schedule_file), *args])
             assert exit_.value.code == 2
         assert "expected 1h to 31d" in capsys.readouterr().err
 
     def test_fail_under(self, schedule_file, capsys):
         assert self.run(capsys, str(schedule_file), "--fail-under", "100")[0] == 3
         assert self.run(capsys, str(schedule_file), "--fail-under", "10")[0] == 0
+
+
+def test_the_analysis_is_pure_and_knows_no_celery():
+    """sidecar/schedules/ and sidecar/policy/ import neither Celery nor a layer above them."""
+    import ast
+
+    forbidden = ("celery", "kombu", "aiohttp", "sidecar.integrations", "sidecar.http")
+    for package in ("schedules", "policy"):
+        for path in (ROOT / "sidecar" / package).glob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.ImportFrom):
+                    names = [("." * node.level) + (node.module or "")]
+                elif isinstance(node, ast.Import):
+                    names = [alias.name for alias in node.names]
+                else:
+                    continue
+                for name in names:
+                    resolved = name.replace("..", "sidecar.", 1) if name.startswith("..") else name
+                    assert not resolved.startswith(forbidden), f"{path.name} imports {name}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -9,6 +10,7 @@ import sys
 from .conftest import DEFAULT_POLICIES
 from .polling import wait_for
 from .processes import SidecarProcess
+from .services import free_port
 
 EVENT = {
     "task_id": "t",
@@ -93,3 +95,69 @@ class TestShutdown:
     def test_sigterm_exits_zero(self, tmp_path):
         with SidecarProcess(tmp_path, policies=str(DEFAULT_POLICIES)) as sidecar:
             assert sidecar.stop(signal.SIGTERM) == 0
+
+
+class TestNoTraceback:
+    """Start-up failures are one line and an exit code, never a Python traceback."""
+
+    def test_port_out_of_range(self):
+        result = serve("--port", "99999")
+        assert result.returncode == 2
+        assert result.stderr.strip() == (
+            "task-sidecar: --port: expected a port number 1-65535, got '99999'"
+        )
+
+    def test_port_in_use(self, tmp_path):
+        with SidecarProcess(tmp_path, policies=str(DEFAULT_POLICIES)) as running:
+            result = serve(
+                "--port",
+                str(running.port),
+                "--policies",
+                str(DEFAULT_POLICIES),
+                "--data-dir",
+                str(tmp_path / "second"),
+            )
+        assert result.returncode == 1
+        assert f"cannot listen on 127.0.0.1:{running.port}: the address is already in use" in (
+            result.stderr
+        )
+        assert "Traceback" not in result.stderr
+
+    def test_data_directory_that_cannot_be_made(self, tmp_path):
+        blocker = tmp_path / "a-file"
+        blocker.write_text("")
+        result = serve(
+            "--policies",
+            str(DEFAULT_POLICIES),
+            "--data-dir",
+            str(blocker / "data"),
+            "--port",
+            str(free_port()),
+        )
+        assert result.returncode == 1
+        assert result.stderr.splitlines()[-1].startswith("task-sidecar: cannot start: ")
+        assert str(blocker) in result.stderr
+        assert "Traceback" not in result.stderr
+
+
+class TestLogging:
+    """--log-format json writes one JSON object per line; --access-log logs requests."""
+
+    def test_json_lines_and_access_log(self, tmp_path):
+        with SidecarProcess(
+            tmp_path, policies=str(DEFAULT_POLICIES), log_format="json", access_log="on"
+        ) as sidecar:
+            wait_for(lambda: "/readyz" in sidecar.output())
+            lines = [json.loads(line) for line in sidecar.output().splitlines()]
+        assert {"time", "level", "logger", "message"} <= set(lines[0])
+        assert any(line["logger"] == "task_sidecar" for line in lines)
+        assert any(
+            line["logger"] == "aiohttp.access" and "GET /readyz" in line["message"]
+            for line in lines
+        )
+
+    def test_no_access_log_by_default(self, tmp_path):
+        with SidecarProcess(tmp_path, policies=str(DEFAULT_POLICIES)) as sidecar:
+            assert decision(sidecar) == "retry"
+            assert sidecar.stop() == 0
+        assert "POST /v1/decide" not in sidecar.output()

@@ -3,10 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
 
 import pytest
 
-from sidecar.settings import SettingsError, add_arguments, from_sources
+from sidecar import settings as definition
+from sidecar.settings import (
+    ClientSettings,
+    Settings,
+    SettingsError,
+    add_arguments,
+    client_from_sources,
+    from_sources,
+    options,
+)
+
+from .conftest import ROOT
 
 
 def parse(*flags: str, **env: str):
@@ -42,8 +55,14 @@ class TestSources:
     @pytest.mark.parametrize(
         ("flags", "env", "message"),
         [
-            (["--port", "http"], {}, "--port: invalid literal"),
-            ([], {"TASK_SIDECAR_PORT": "-1"}, "port: expected a positive number"),
+            (["--port", "http"], {}, "--port: expected a port number 1-65535, got 'http'"),
+            (["--port", "99999"], {}, "--port: expected a port number 1-65535"),
+            ([], {"TASK_SIDECAR_PORT": "-1"}, "TASK_SIDECAR_PORT: expected a port number"),
+            ([], {"TASK_SIDECAR_LOG_LEVEL": "loud"}, "TASK_SIDECAR_LOG_LEVEL: expected one of"),
+            (["--log-format", "xml"], {}, "--log-format: expected one of text, json"),
+            ([], {"TASK_SIDECAR_MIGRATE": "maybe"}, "TASK_SIDECAR_MIGRATE: expected 1/0"),
+            ([], {"TASK_SIDECAR_SPOOL_MAX_BYTES": "lots"}, "expected a size like"),
+            (["--max-in-flight", "0"], {}, "--max-in-flight: expected a whole number"),
             (
                 [],
                 {"TASK_SIDECAR_RELOAD_INTERVAL": "often"},
@@ -80,3 +99,114 @@ class TestTokens:
             parse("--host", "0.0.0.0").check()
         parse("--host", "0.0.0.0", TASK_SIDECAR_HOOK_TOKENS="w:0123456789abcdef").check()
         parse("--host", "::1").check()
+
+
+class TestNewSettings:
+    """Metrics listener, log format, access log, retention and spool size."""
+
+    def test_defaults(self):
+        settings = parse()
+        assert settings.metrics_port is None
+        assert settings.metrics_address is None  # /metrics on the API port
+        assert (settings.log_format, settings.access_log) == ("text", False)
+        assert settings.event_retention == 30 * 86400
+        assert settings.spool_max_bytes == 256 * 1024 * 1024
+
+    def test_values_and_switches(self):
+        settings = parse(
+            "--metrics-port",
+            "9100",
+            "--access-log",
+            "--no-migrate",
+            TASK_SIDECAR_LOG_FORMAT="json",
+            TASK_SIDECAR_LOG_LEVEL="debug",
+            TASK_SIDECAR_EVENT_RETENTION="90d",
+            TASK_SIDECAR_SPOOL_MAX_BYTES="1GiB",
+            TASK_SIDECAR_BODY_LIMIT="512KiB",
+            TASK_SIDECAR_MIGRATE="1",
+        )
+        assert settings.metrics_address == ("127.0.0.1", 9100)
+        assert (settings.log_format, settings.log_level) == ("json", "DEBUG")
+        assert settings.access_log is True
+        assert settings.migrate is False  # the flag wins over the variable
+        assert settings.event_retention == 90 * 86400
+        assert settings.spool_max_bytes == 1024**3
+        assert settings.body_limit == 512 * 1024
+        assert parse(TASK_SIDECAR_ACCESS_LOG="off").access_log is False
+
+    def test_public_metrics_without_tokens(self):
+        """The loopback rule is the API's: a separate /metrics listener may be public."""
+        settings = parse("--metrics-port", "9100", "--metrics-host", "0.0.0.0")
+        settings.check()
+        assert settings.metrics_address == ("0.0.0.0", 9100)
+        with pytest.raises(SettingsError, match=r"refusing to listen on 0\.0\.0\.0"):
+            parse("--host", "0.0.0.0", "--metrics-port", "9100").check()
+
+    @pytest.mark.parametrize(
+        ("flags", "message"),
+        [
+            (["--metrics-host", "0.0.0.0"], "metrics_host: has no effect without"),
+            (["--metrics-port", "8080"], "metrics_port: 8080 is the API's port"),
+        ],
+    )
+    def test_metrics_combinations_that_cannot_work(self, flags, message):
+        with pytest.raises(SettingsError, match=message):
+            parse(*flags).check()
+
+
+class TestClientSettings:
+    """The operator commands read TASK_SIDECAR_URL, _TOKEN and _TIMEOUT."""
+
+    def test_sources(self):
+        parser = argparse.ArgumentParser()
+        add_arguments(parser, ClientSettings)
+        args = parser.parse_args(["--url", "http://sidecar:8080"])
+        client = client_from_sources(
+            args, {"TASK_SIDECAR_URL": "http://other", "TASK_SIDECAR_TOKEN": "t" * 20}
+        )
+        assert (client.url, client.token, client.timeout) == ("http://sidecar:8080", "t" * 20, 30)
+        assert "t" * 20 not in repr(client)
+
+
+class TestDefinition:
+    """Each setting is defined once; --help and the docs are generated from it."""
+
+    def test_every_field_but_tokens_is_a_setting(self):
+        names = {o.name for o in options(Settings)}
+        fields = set(Settings.__dataclass_fields__)
+        assert fields - names == {"tokens"}
+
+    def test_defaults_agree_with_the_dataclass(self):
+        for option in options(Settings):
+            assert getattr(Settings(), option.name) == option.default
+
+    def test_serve_help_names_every_flag_and_variable(self):
+        help_text = subprocess.run(
+            [sys.executable, "-m", "sidecar.cli", "serve", "--help"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=ROOT,
+            env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"},
+        ).stdout
+        for option in options(Settings):
+            assert option.flag in help_text
+            assert f"[{option.env}]" in help_text.split() or f"[{option.env}]" in help_text
+
+    def test_the_configuration_doc_matches_the_definition(self):
+        """Run `python -m sidecar.settings --update docs/configuration.md` after a change."""
+        doc = (ROOT / "docs" / "configuration.md").read_text()
+        assert definition.update_doc(doc) == doc
+        for option in (*options(Settings), *options(ClientSettings)):
+            assert f"`{option.env}`" in doc
+
+    def test_markdown_from_the_command_line(self):
+        result = subprocess.run(
+            [sys.executable, "-m", "sidecar.settings", "--markdown"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=ROOT,
+        )
+        assert result.stdout == definition.markdown(Settings)
+        assert "| `--requeue` | `TASK_SIDECAR_REQUEUE` | `none` |" in result.stdout

@@ -27,6 +27,7 @@ from .openapi import openapi
 from .problems import json_response, problem_middleware
 
 log = logging.getLogger("task_sidecar")
+MAIN = web.AppKey("main", web.Application)  # the sidecar's app, seen from the metrics one
 STOP_TIMEOUT = 5.0  # how long shutdown waits for a poll in progress
 STALLED_AFTER = 10.0  # a spool replay that applied nothing for this long is called stalled
 
@@ -63,6 +64,8 @@ def create_app(
     app.cleanup_ctx.append(services_ctx)
     app.cleanup_ctx.append(watch_policies)
     app.cleanup_ctx.append(run_pollers)
+    if settings.metrics_address is not None:
+        app.cleanup_ctx.append(serve_metrics)
     app.add_routes(hooks.routes())
     app.add_routes(actions.routes())
     app.add_routes(schedules.routes())
@@ -141,6 +144,32 @@ async def run_pollers(app: web.Application) -> AsyncIterator[None]:
         await pollers.flush_failure_events()
 
 
+async def serve_metrics(app: web.Application) -> AsyncIterator[None]:
+    """/metrics, /healthz and /readyz on a listener of their own (`--metrics-port`), for
+    Prometheus and the kubelet to reach while the API stays on loopback in the pod."""
+    host, port = app[SETTINGS].metrics_address  # type: ignore[misc]
+    probe = web.Application()
+    probe[MAIN] = app
+    probe.add_routes(
+        [
+            web.get("/metrics", metrics_endpoint),
+            web.get("/healthz", healthz),
+            web.get("/readyz", readyz),
+        ]
+    )
+    runner = web.AppRunner(probe, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    log.info("metrics and health on http://%s:%d", host, port)
+    yield
+    await runner.cleanup()
+
+
+def _main(request: web.Request) -> web.Application:
+    """The sidecar's app, from its own listener or from the metrics one."""
+    return request.app.get(MAIN, request.app)
+
+
 async def healthz(request: web.Request) -> web.Response:
     """The process is alive and its event loop answers."""
     return json_response({"status": "ok"})
@@ -148,7 +177,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     """Which backends answer and which do not; 503 while any does not."""
-    services = request.app[SERVICES]
+    services = _main(request)[SERVICES]
     checks = await services.pollers.check_backends()
     ready = all(value == "ok" for value in checks.values())
     spool = services.stores.spool
@@ -166,5 +195,5 @@ async def readyz(request: web.Request) -> web.Response:
 async def metrics_endpoint(request: web.Request) -> web.Response:
     # Rendering tens of thousands of series takes a while; in a thread, hooks keep being
     # answered between the interpreter's switches instead of waiting for the whole scrape.
-    body = await asyncio.to_thread(generate_latest, request.app[METRICS].registry)
+    body = await asyncio.to_thread(generate_latest, _main(request)[METRICS].registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

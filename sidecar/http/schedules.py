@@ -10,7 +10,7 @@ from typing import Any
 from aiohttp import web
 
 from ..policy.durations import parse_duration
-from ..policy.schedules import ScheduleError, parse_schedules
+from ..schedules import ScheduleError, parse_schedules, report_document
 from .auth import requires
 from .keys import SERVICES
 from .problems import Problem, invalid, json_response, read
@@ -34,7 +34,7 @@ async def health(request: web.Request) -> web.Response:
         raise Problem(422, "Unusable schedule", str(exc)) from None
     except ValueError as exc:
         raise invalid("query", str(exc)) from None
-    return json_response(report.to_dict())
+    return json_response(report_document(report))
 
 
 @requires("hooks", "operator")
@@ -50,8 +50,7 @@ async def replace_schedules(request: web.Request) -> web.Response:
             [{"path": p.path, "message": p.message} for p in exc.problems],
         ) from None
     services = request.app[SERVICES]
-    services.schedules.reported = schedules
-    await services.schedules.refresh_gauges(services.policies.current)
+    await services.schedules.replace(schedules, services.policies.current)
     return json_response({"schedules": len(schedules)})
 
 

@@ -19,7 +19,8 @@ import time
 import urllib.request
 from typing import Any
 
-from ..policy.schedules import ScheduleError, schedule_from_celery
+from ..schedules import ScheduleError
+from .beat import schedule_from_celery
 
 
 def beat_schedules(app: Any, durations: dict[str, float] | None = None) -> list[dict[str, Any]]:

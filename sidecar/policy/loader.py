@@ -19,12 +19,11 @@ from typing import Any
 import yaml
 
 from . import model as m
-from . import regex
+from . import regex, yamlpaths
+from .cron import CronError, check_cron
 from .durations import parse_duration
-from .schedules import CronError, check_cron
 
 MAX_POLICY_BYTES = 1024 * 1024
-_SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _scalars = yaml.constructor.SafeConstructor()
 
 
@@ -736,20 +735,9 @@ def _default_priority() -> m.Priority:
 
 def _compose(text: str, source: str) -> yaml.Node:
     try:
-        # Aliases let a small file expand into a huge one (the "billion laughs"): refuse
-        # them before anything is built.
-        for event in yaml.parse(text, Loader=_SafeLoader):
-            if isinstance(event, yaml.AliasEvent):
-                line = event.start_mark.line + 1
-                raise PolicyError(
-                    [Problem("", line, "anchors and aliases are not allowed")], source
-                )
-        root = yaml.compose(text, Loader=_SafeLoader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark else None
-        reason = getattr(exc, "problem", None) or str(exc)
-        raise PolicyError([Problem("", line, f"invalid YAML: {reason}")], source) from None
+        root = yamlpaths.compose(text)
+    except yamlpaths.YamlError as exc:
+        raise PolicyError([Problem("", exc.line, exc.message)], source) from None
     if root is None:
         raise PolicyError([Problem("", None, "the file is empty")], source)
     return root

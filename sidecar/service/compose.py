@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from ..errors import StoreUnavailable
 from ..metrics import Metrics
 from ..requeue import NoTarget, RequeueTarget
-from ..schedule_health import Schedules
 from ..settings import Settings
 from ..store.memory import MemoryState
 from ..store.ports import DlqStore, IdempotencyStore, StateStore
@@ -35,6 +34,7 @@ from .hooks import Hooks
 from .idempotency import Idempotency
 from .policies import Policies
 from .pollers import Pollers
+from .schedules import Schedules
 
 log = logging.getLogger("task_sidecar")
 

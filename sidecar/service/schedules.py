@@ -1,14 +1,15 @@
 """The schedules a running sidecar analyses: those of the policy file plus those workers
-report (a Celery app's beat_schedule), and the gauges fed from the last analysis."""
+report (`PUT /v1/schedules`, e.g. a Celery app's beat_schedule), and the gauges fed from
+the last analysis."""
 
 from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime, timedelta
 
-from .metrics import Metrics
-from .policy.model import Policy, Schedule
-from .policy.schedules import DAY, Report, analyse
+from ..metrics import Metrics
+from ..policy.model import Policy
+from ..schedules import DAY, Report, Schedule, analyse
 
 
 class Schedules:
@@ -19,6 +20,7 @@ class Schedules:
         self.reported: tuple[Schedule, ...] = ()
 
     def all(self, policy: Policy) -> tuple[Schedule, ...]:
+        """The policy's schedules, except those a worker reported under the same name."""
         reported = {s.name for s in self.reported}
         return tuple(s for s in policy.schedules if s.name not in reported) + self.reported
 
@@ -29,6 +31,11 @@ class Schedules:
         kwargs = {} if threshold is None else {"hotspot_threshold": threshold}
         # Pure but not instant (tens of ms for a large schedule): off the event loop.
         return await asyncio.to_thread(analyse, self.all(policy), today, horizon, **kwargs)
+
+    async def replace(self, schedules: tuple[Schedule, ...], policy: Policy) -> None:
+        """What the workers report now (replacing the last report); the gauges follow."""
+        self.reported = schedules
+        await self.refresh_gauges(policy)
 
     async def refresh_gauges(self, policy: Policy) -> None:
         report = await self.analyse(policy)

@@ -15,10 +15,9 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from .policy.durations import format_duration, parse_duration
-from .policy.schedules import (
+from ..policy import yamlpaths
+from ..policy.durations import format_duration
+from ..schedules import (
     DAY,
     DEFAULT_HOTSPOT_THRESHOLD,
     MAX_HORIZON,
@@ -26,25 +25,26 @@ from .policy.schedules import (
     ScheduleError,
     analyse,
     parse_schedules,
+    report_document,
 )
+from . import args as types
+from . import output
+from .output import JSON, TEXT, Exit
 
 MAX_FILE_BYTES = 1024 * 1024
 BAR_WIDTH = 40
-EXIT_INVALID, EXIT_UNREADABLE, EXIT_LOW_SCORE = 1, 2, 3
-_SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
-class _Unreadable(Exception):
+class Unreadable(Exception):
     pass
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Add `schedules analyse` to the `task-sidecar` command parsers."""
-    schedules = subparsers.add_parser(
+def register(commands: argparse._SubParsersAction) -> None:
+    schedules = commands.add_parser(
         "schedules", help="analyse periodic-task schedules (hotspots, conflicts, advice)"
     )
-    commands = schedules.add_subparsers(dest="schedules_command", required=True, metavar="COMMAND")
-    analyse_parser = commands.add_parser(
+    actions = schedules.add_subparsers(dest="schedules_command", required=True, metavar="ACTION")
+    p = actions.add_parser(
         "analyse",
         aliases=["analyze"],
         help="analyse a schedule file",
@@ -53,107 +53,74 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
             "health score (0-100), recommended minute offsets and the hourly load."
         ),
     )
-    analyse_parser.add_argument(
+    p.add_argument(
         "file",
         metavar="FILE",
         help="YAML or JSON: a list of schedules or a mapping with a 'schedules' key; - for stdin",
     )
-    analyse_parser.add_argument(
+    p.add_argument(
         "--horizon",
-        type=_horizon,
+        type=types.duration(timedelta(hours=1), MAX_HORIZON),
         default=DAY,
         help="how far ahead to look: 24h (default), 7d, … up to 31d",
     )
-    analyse_parser.add_argument(
+    p.add_argument(
         "--start",
-        type=_start,
+        type=types.moment,
         default=None,
-        help="start of the horizon, ISO 8601 (a date means 00:00 UTC); default: today 00:00 UTC",
+        help="start of the horizon: " + types.TIME_FORMS + "; default: today 00:00 UTC",
     )
-    analyse_parser.add_argument(
+    p.add_argument(
         "--threshold",
-        type=_positive_int,
+        type=types.count(1),
         default=DEFAULT_HOTSPOT_THRESHOLD,
         help="a minute with more starts than this is a hotspot (default %(default)s)",
     )
-    analyse_parser.add_argument("--json", action="store_true", help="print the report as JSON")
-    analyse_parser.add_argument(
+    output.add_output(p, (TEXT, JSON), default=TEXT)
+    p.add_argument(
+        "--json", dest="output", action="store_const", const=JSON, help="the same as -o json"
+    )
+    p.add_argument(
         "--fail-under",
         type=int,
         default=None,
         metavar="SCORE",
-        help=f"exit {EXIT_LOW_SCORE} when the health score is below SCORE (for CI)",
+        help=f"exit {int(Exit.BELOW_THRESHOLD)} when the health score is below SCORE (for CI)",
     )
-    analyse_parser.set_defaults(run=cmd_analyse)
-    return schedules
+    p.set_defaults(run=cmd_analyse)
 
 
 def cmd_analyse(args: argparse.Namespace) -> int:
     try:
-        data = _read(args.file)
-    except _Unreadable as exc:
-        print(f"task-sidecar schedules: {exc}", file=sys.stderr)
-        return EXIT_UNREADABLE
+        data = read(args.file)
+    except Unreadable as exc:
+        output.error(f"schedules: {exc}")
+        return Exit.USAGE
     try:
         schedules = parse_schedules(data, strict=True)
     except ScheduleError as exc:
-        print(f"FAILED: {args.file}: {len(exc.problems)} problem(s)", file=sys.stderr)
-        for problem in exc.problems:
-            print(f"  {problem}", file=sys.stderr)
-        return EXIT_INVALID
+        output.problems(args.file, exc.problems)
+        return Exit.FAILED
     start = args.start or datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     try:
         report = analyse(schedules, start, args.horizon, hotspot_threshold=args.threshold)
     except ScheduleError as exc:  # pragma: no cover - parse_schedules checked the same
-        print(f"FAILED: {args.file}\n{exc}", file=sys.stderr)
-        return EXIT_INVALID
+        output.problems(args.file, exc.problems)
+        return Exit.FAILED
     except ValueError as exc:
-        print(f"task-sidecar schedules: {exc}", file=sys.stderr)
-        return EXIT_UNREADABLE
-    if args.json:
-        json.dump(report.to_dict(), sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        output.error(f"schedules: {exc}")
+        return Exit.USAGE
+    if args.output == JSON:
+        output.print_json(report_document(report))
     else:
-        sys.stdout.write(render(report, schedules_file=args.file))
+        output.write(render(report, schedules_file=args.file))
     if args.fail_under is not None and report.score < args.fail_under:
-        return EXIT_LOW_SCORE
-    return 0
+        return Exit.BELOW_THRESHOLD
+    return Exit.OK
 
 
-# --- arguments and the file ---------------------------------------------------------------
-
-
-def _horizon(text: str) -> timedelta:
-    try:
-        horizon = timedelta(seconds=parse_duration(text))
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    if not timedelta(hours=1) <= horizon <= MAX_HORIZON:
-        raise argparse.ArgumentTypeError(f"expected 1h to {MAX_HORIZON.days}d, got {text!r}")
-    return horizon
-
-
-def _start(text: str) -> datetime:
-    try:
-        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected an ISO 8601 date or time like 2025-01-06T00:00Z, got {text!r}"
-        ) from None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
-    return value
-
-
-def _read(name: str) -> Any:
+def read(name: str) -> Any:
+    """The plain values of a YAML or JSON file (`-`: stdin), at most MAX_FILE_BYTES."""
     try:
         if name == "-":
             raw = sys.stdin.buffer.read(MAX_FILE_BYTES + 1)
@@ -161,30 +128,22 @@ def _read(name: str) -> Any:
             with open(name, "rb") as stream:
                 raw = stream.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
-        raise _Unreadable(f"cannot read {name}: {exc.strerror or exc}") from None
+        raise Unreadable(f"cannot read {name}: {exc.strerror or exc}") from None
     if len(raw) > MAX_FILE_BYTES:
-        raise _Unreadable(f"{name}: larger than {MAX_FILE_BYTES} bytes")
+        raise Unreadable(f"{name}: larger than {MAX_FILE_BYTES} bytes")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
-        raise _Unreadable(f"{name}: not UTF-8 text") from None
+        raise Unreadable(f"{name}: not UTF-8 text") from None
     if Path(name).suffix.lower() == ".json":
         try:
             return json.loads(text)
         except json.JSONDecodeError as exc:
-            raise _Unreadable(f"{name}: invalid JSON: line {exc.lineno}: {exc.msg}") from None
+            raise Unreadable(f"{name}: line {exc.lineno}: invalid JSON: {exc.msg}") from None
     try:
-        # Aliases let a small file expand into a huge one: refuse them before building.
-        for event in yaml.parse(text, Loader=_SafeLoader):
-            if isinstance(event, yaml.AliasEvent):
-                line = event.start_mark.line + 1
-                raise _Unreadable(f"{name}: line {line}: anchors and aliases are not allowed")
-        return yaml.load(text, Loader=_SafeLoader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}: " if mark else ""
-        reason = getattr(exc, "problem", None) or str(exc)
-        raise _Unreadable(f"{name}: invalid YAML: {where}{reason}") from None
+        return yamlpaths.load(text)
+    except yamlpaths.YamlError as exc:
+        raise Unreadable(f"{name}: {exc}") from None
 
 
 # --- the text report --------------------------------------------------------------------------
@@ -222,7 +181,7 @@ def render(report: Report, schedules_file: str | None = None) -> str:
         (_when(minutes[0]), _repeats(minutes), str(starts), _names(tasks))
         for (starts, tasks), minutes in sorted(groups.items(), key=lambda kv: (-kv[0][0], kv[1][0]))
     ]
-    out.extend(_table(("FIRST (UTC)", "REPEATS", "STARTS", "TASKS"), rows) if rows else ["  none"])
+    out.extend(_rows(("FIRST (UTC)", "REPEATS", "STARTS", "TASKS"), rows) if rows else ["  none"])
     w("")
 
     w(f"Conflicts: {len(report.conflicts)}")
@@ -231,7 +190,7 @@ def render(report: Report, schedules_file: str | None = None) -> str:
         for c in report.conflicts
     ]
     out.extend(
-        _table(("KIND", "QUEUE", "TASKS", "FIRST (UTC)", "TIMES", "DETAIL"), rows)
+        _rows(("KIND", "QUEUE", "TASKS", "FIRST (UTC)", "TIMES", "DETAIL"), rows)
         if rows
         else ["  none"]
     )
@@ -242,7 +201,7 @@ def render(report: Report, schedules_file: str | None = None) -> str:
         rows = [
             (r.task, r.cron, r.new_cron, f"+{r.minute_offset}m") for r in report.recommendations
         ]
-        out.extend(_table(("TASK", "CRON", "NEW CRON", "SHIFT"), rows))
+        out.extend(_rows(("TASK", "CRON", "NEW CRON", "SHIFT"), rows))
         w(
             f"  applied: score {report.score} -> {report.score_after}, "
             f"peak {report.peak} -> {report.peak_after} start(s) per minute"
@@ -312,22 +271,5 @@ def _names(names: tuple[str, ...], limit: int = 6) -> str:
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
-def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    return [
-        "  "
-        + "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        for row in [header, *rows]
-    ]
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m sidecar.schedules_cli analyse FILE` (the same as `task-sidecar schedules`)."""
-    parser = argparse.ArgumentParser(prog="task-sidecar")
-    add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["schedules", *(sys.argv[1:] if argv is None else argv)])
-    return args.run(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def _rows(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
+    return output.table(header, rows, indent="  ").splitlines()
