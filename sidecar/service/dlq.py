@@ -25,7 +25,6 @@ from .policies import Policies
 
 log = logging.getLogger("task_sidecar.dlq")
 BATCH = 200
-MIN_PREFIX = 4  # shorter prefixes would match too much to be meant
 
 
 @dataclass(frozen=True)
@@ -91,12 +90,11 @@ class DeadLetters:
         record = await self.store.get(id_or_prefix)
         if record is not None:
             return record
-        if len(id_or_prefix) >= MIN_PREFIX:
-            ids = await self.store.ids_with_prefix(id_or_prefix, limit=10)
-            if len(ids) > 1:
-                raise Ambiguous(id_or_prefix, ids)
-            if ids and (record := await self.store.get(ids[0])) is not None:
-                return record
+        ids = await self.store.ids_with_prefix(id_or_prefix, limit=20)
+        if len(ids) > 1:
+            raise Ambiguous(id_or_prefix, ids)
+        if ids and (record := await self.store.get(ids[0])) is not None:
+            return record
         raise NotFound(f"no DLQ record {id_or_prefix}")
 
     async def list(self, where: DlqFilter, limit: int, cursor: str | None) -> DlqPage:

@@ -22,7 +22,7 @@ class Ambiguous(Exception):
 
     def __init__(self, prefix: str, candidates: list[str]) -> None:
         self.candidates = candidates
-        super().__init__(f"{prefix!r} matches {len(candidates)} records: give more of the id")
+        super().__init__(f"{prefix!r} matches {len(candidates)} records: give more of it")
 
 
 class Conflict(Exception):
