@@ -325,6 +325,12 @@ class Settings:
         "how often DLQ depth, breakers and queue depths are refreshed",
         parse=parse_duration,
     )
+    requeue_lease: float = setting(
+        60.0,
+        "how long a record taken for a requeue may wait for its send; after that (its sidecar "
+        "died) any sidecar puts it back to pending",
+        parse=parse_duration,
+    )
     failure_retention: float = setting(
         7 * 86400.0,
         "how long failure events are kept for trends",

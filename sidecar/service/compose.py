@@ -104,6 +104,7 @@ async def open_services(
             clock=clock,
             rng=rng or random.Random(),
         )
+        dlq = DeadLetters(policies, stores.dlq, target, metrics, clock, settings.requeue_lease)
         services = Services(
             settings=settings,
             metrics=metrics,
@@ -113,7 +114,7 @@ async def open_services(
             breakers=breakers,
             hooks=hooks,
             idempotency=Idempotency(policies, stores.idempotency, metrics, clock),
-            dlq=DeadLetters(policies, stores.dlq, target, metrics, clock),
+            dlq=dlq,
             exports=Exports(stores.dlq, metrics, clock),
             schedules=Schedules(metrics),
             pollers=Pollers(
@@ -126,10 +127,11 @@ async def open_services(
                 queues=settings.queues,
                 broker_url=settings.celery_broker_url,
                 spool=stores.spool,
+                release_lapsed=dlq.release_lapsed,
             ),
         )
         yield services
-        await services.dlq.wait_jobs()
+        await services.dlq.stop_jobs(timeout=max(1.0, settings.shutdown_grace / 2))
         await services.pollers.close()
     finally:
         if own_target:

@@ -8,6 +8,7 @@ many operators or sidecars try at the same time) and is written to the audit log
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -24,7 +25,8 @@ from .errors import Ambiguous, Conflict, NotFound
 from .policies import Policies
 
 log = logging.getLogger("task_sidecar.dlq")
-BATCH = 200
+BATCH = 200  # records read from the store at a time
+CHUNK = 50  # records taken (pending → retrying) at a time, just before they are sent
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,7 @@ class BulkJob:
     requeued: int = 0
     skipped: int = 0  # no longer pending when reached (another action took it)
     failed: int = 0
+    stopped: bool = False  # the sidecar shut down before the job was through
     finished_at: float | None = None
     errors: list[str] = field(default_factory=list)
 
@@ -53,7 +56,7 @@ class BulkJob:
         done = self.requeued + self.skipped + self.failed
         return {
             "id": self.id,
-            "state": "finished" if self.finished_at else "running",
+            "state": "stopped" if self.stopped else "finished" if self.finished_at else "running",
             "total": self.total,
             "done": done,
             "requeued": self.requeued,
@@ -74,14 +77,17 @@ class DeadLetters:
         target: RequeueTarget,
         metrics: Metrics,
         clock: Callable[[], float],
+        lease: float = 60.0,
     ) -> None:
         self.policies = policies
         self.store = store
         self.target = target
+        self.lease = lease  # how long a taken record may wait for its send
         self.metrics = metrics
         self.clock = clock
         self.jobs: dict[str, BulkJob] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._stopping = asyncio.Event()
 
     # --- reading -----------------------------------------------------------------------
 
@@ -124,6 +130,7 @@ class DeadLetters:
         if moved is None:
             raise Conflict(await self.get(record.id), "retry")
         await self._requeue(moved, route)
+        await self.store.end_lease([record.id])
         await self.store.audit(
             AuditEntry(
                 at=self.clock(),
@@ -157,10 +164,31 @@ class DeadLetters:
         return await self.get(record.id)
 
     async def _take(self, ids: list[str]) -> list[DlqRecord]:
-        """pending → retrying, once: the records this call may requeue."""
+        """pending → retrying, once: the records this call may requeue now, leased until
+        their sends are confirmed (`end_lease`)."""
+        now = self.clock()
         return await self.store.transition(
-            ids, "retrying", ("pending",), self.clock(), count_retry=True
+            ids, "retrying", ("pending",), now, count_retry=True, lease_until=now + self.lease
         )
+
+    async def release_lapsed(self) -> list[str]:
+        """Records a dead sidecar took for a requeue and never confirmed: back to
+        pending, audited. (Their message may have left: a requeue is at least once.)"""
+        ids = await self.store.lapsed_leases(self.clock())
+        moved = await self.store.transition(ids, "pending", ("retrying",), self.clock())
+        if moved:
+            log.warning("released %d records left retrying by a stopped requeue", len(moved))
+            await self.store.audit(
+                AuditEntry(
+                    at=self.clock(),
+                    actor="task-sidecar",
+                    action="release_lapsed",
+                    record_ids=[r.id for r in moved],
+                    from_status="retrying",
+                    reason="taken for a requeue that was never confirmed as sent",
+                )
+            )
+        return [r.id for r in moved]
 
     async def _requeue(self, record: DlqRecord, route: Route) -> None:
         """Hand a record (already `retrying`) to the target; on failure back to pending."""
@@ -230,37 +258,63 @@ class DeadLetters:
         self, job: BulkJob, ids: list[str] | None, where: DlqFilter | None, priority: str | None
     ) -> None:
         started = time.monotonic()
+        # Paced jobs take one record when it is due; others a chunk at a time. Either way
+        # a record is `retrying` only just before its send, so a stop strands none.
+        chunk = 1 if job.rate_per_second else CHUNK
         try:
             async for batch in self._records(ids, where):
-                moved = await self._take([r.id for r in batch])
-                job.skipped += len(batch) - len(moved)
-                for record in moved:
+                for start in range(0, len(batch), chunk):
+                    if self._stopping.is_set():
+                        job.stopped = True
+                        return
                     if job.rate_per_second:  # pace: record n leaves at n / rate seconds
                         due = started + job.requeued / job.rate_per_second
-                        await asyncio.sleep(max(0.0, due - time.monotonic()))
-                    try:
-                        await self._requeue(record, self.route(record, priority, None))
-                        job.requeued += 1
-                    except RequeueError as exc:
-                        job.failed += 1
-                        job.errors.append(f"{record.id}: {exc}")
-                if moved:
-                    await self.store.audit(
-                        AuditEntry(
-                            at=self.clock(),
-                            actor=job.actor,
-                            action="bulk_retry",
-                            record_ids=[r.id for r in moved],
-                            from_status="pending",
-                            details={"job": job.id, "priority": priority},
-                        )
-                    )
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(
+                                self._stopping.wait(), max(0.0, due - time.monotonic())
+                            )
+                        if self._stopping.is_set():
+                            job.stopped = True
+                            return
+                    await self._send_chunk(job, batch[start : start + chunk], priority)
         except Exception as exc:  # a store outage: the job stops, saying why
             job.errors.append(f"stopped: {type(exc).__name__}: {exc}")
             log.exception("bulk retry %s stopped", job.id)
         finally:
             job.finished_at = self.clock()
             self.metrics.record_dlq_action("bulk_retry")
+
+    async def _send_chunk(self, job: BulkJob, records: list[DlqRecord], priority: str | None):
+        moved = await self._take([r.id for r in records])
+        job.skipped += len(records) - len(moved)
+        sent = []
+        for record in moved:
+            try:
+                await self._requeue(record, self.route(record, priority, None))
+                job.requeued += 1
+                sent.append(record.id)
+            except RequeueError as exc:
+                job.failed += 1
+                job.errors.append(f"{record.id}: {exc}")
+        await self.store.end_lease(sent)
+        if moved:
+            await self.store.audit(
+                AuditEntry(
+                    at=self.clock(),
+                    actor=job.actor,
+                    action="bulk_retry",
+                    record_ids=[r.id for r in moved],
+                    from_status="pending",
+                    details={"job": job.id, "priority": priority},
+                )
+            )
+
+    async def stop_jobs(self, timeout: float) -> None:
+        """Shutdown: bulk retries stop before their next record and are waited for at
+        most `timeout` seconds; what they had not taken stays pending."""
+        self._stopping.set()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=timeout)
 
     async def wait_jobs(self) -> None:
         """Let running bulk retries finish (used at shutdown and by tests)."""

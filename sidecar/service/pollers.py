@@ -37,6 +37,7 @@ class Pollers:
         queues: Sequence[str] = (),
         broker_url: str | None = None,
         spool: SpoolingDlq | None = None,
+        release_lapsed: Callable[[], Awaitable[object]] | None = None,
     ) -> None:
         self.backends = backends
         self.dlq = dlq
@@ -46,6 +47,7 @@ class Pollers:
         self.failure_retention = failure_retention
         self.queues = tuple(queues)
         self.spool = spool
+        self.release_lapsed = release_lapsed
         self._broker: Any = None
         if self.queues and (broker_url or "").startswith(("redis", "rediss")):
             import redis.asyncio as aioredis
@@ -77,6 +79,9 @@ class Pollers:
             self.metrics.set_dlq_depth(counts, max(0.0, time.time() - oldest) if oldest else 0)
         with _logged("breakers"):
             await self.breakers.refresh_gauges()
+        if self.release_lapsed is not None:
+            with _logged("lapsed requeues"):
+                await self.release_lapsed()
         if self._broker is not None:
             with _logged("queue depth"):
                 await self._queue_depths()

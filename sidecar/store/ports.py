@@ -93,11 +93,19 @@ class DlqStore(Protocol):
         *,
         error: str | None = None,
         count_retry: bool = False,
+        lease_until: float | None = None,
     ) -> list[DlqRecord]:
         """Move the records among `ids` whose status is in `from_statuses` to `to`, in one
         conditional UPDATE: under any concurrency each record moves once. Sets updated_at,
-        last_error (when given), dlq_retries += 1 when `count_retry`. Returns the records
-        that moved, as they were before (their old status included)."""
+        last_error (when given), dlq_retries += 1 when `count_retry`, and the lease (a
+        record taken for a requeue; None clears it). Returns the records that moved, as
+        they were before (their old status included)."""
+
+    async def end_lease(self, ids: Sequence[str]) -> None:
+        """The requeues of these `retrying` records were sent."""
+
+    async def lapsed_leases(self, now: float, limit: int = 500) -> list[str]:
+        """Records taken for a requeue whose lease ran out: their sidecar died."""
 
     async def counts(self) -> dict[str, int]:
         """Records per status (every status present, 0 when none)."""

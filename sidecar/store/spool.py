@@ -413,10 +413,23 @@ class SpoolingDlq:
         *,
         error: str | None = None,
         count_retry: bool = False,
+        lease_until: float | None = None,
     ) -> list[DlqRecord]:
         return await self.inner.transition(
-            ids, to, from_statuses, now, error=error, count_retry=count_retry
+            ids,
+            to,
+            from_statuses,
+            now,
+            error=error,
+            count_retry=count_retry,
+            lease_until=lease_until,
         )
+
+    async def end_lease(self, ids: Sequence[str]) -> None:
+        await self.inner.end_lease(ids)
+
+    async def lapsed_leases(self, now: float, limit: int = 500) -> list[str]:
+        return await self.inner.lapsed_leases(now, limit)
 
     async def counts(self) -> dict[str, int]:
         return await self.inner.counts()

@@ -149,6 +149,7 @@ class SqlStore:
         *,
         error: str | None = None,
         count_retry: bool = False,
+        lease_until: float | None = None,
     ) -> list[DlqRecord]:
         check_statuses(to, *from_statuses)
         if not ids or not from_statuses:
@@ -160,12 +161,21 @@ class SqlStore:
             "now": float(now),
             "error": error,
             "retries": int(count_retry),
+            "lease_until": None if lease_until is None else float(lease_until),
         }
         async with self.db.transaction() as tx:
             moved = await tx.fetch(self.q["dlq_transition_select"], params, _record)
             if moved:
                 await tx.execute(self.q["dlq_transition_update"], params)
         return moved
+
+    async def end_lease(self, ids: Sequence[str]) -> None:
+        if ids:
+            await self.db.execute(self.q["dlq_end_lease"], {"ids": [*ids]})
+
+    async def lapsed_leases(self, now: float, limit: int = 500) -> list[str]:
+        rows = await self.db.fetch(self.q["dlq_lapsed_leases"], {"now": float(now), "limit": limit})
+        return [row["id"] for row in rows]
 
     async def counts(self) -> dict[str, int]:
         rows = await self.db.fetch(self.q["dlq_counts"])

@@ -149,8 +149,21 @@ UPDATE dlq_records
 SET status = %(to)s,
     updated_at = to_timestamp(%(now)s),
     last_error = coalesce(%(error)s::text, last_error),
-    dlq_retries = dlq_retries + %(retries)s
+    dlq_retries = dlq_retries + %(retries)s,
+    lease_until = to_timestamp(%(lease_until)s::float8)
 WHERE id = ANY(%(ids)s::text[]) AND status = ANY(%(from_statuses)s::text[]);
+
+-- name: dlq_end_lease
+-- The requeue is sent: the record stays `retrying` until the worker reports back.
+UPDATE dlq_records SET lease_until = NULL
+WHERE id = ANY(%(ids)s::text[]) AND status = 'retrying';
+
+-- name: dlq_lapsed_leases
+-- Records a dead sidecar took for a requeue and never confirmed as sent.
+SELECT id FROM dlq_records
+WHERE lease_until < to_timestamp(%(now)s) AND status = 'retrying'
+ORDER BY lease_until
+LIMIT %(limit)s;
 
 -- name: dlq_counts
 SELECT status, count(*) AS count FROM dlq_records GROUP BY status;

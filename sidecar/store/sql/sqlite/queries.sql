@@ -107,9 +107,20 @@ UPDATE dlq_records
 SET status = :to,
     updated_at = :now,
     last_error = coalesce(:error, last_error),
-    dlq_retries = dlq_retries + :retries
+    dlq_retries = dlq_retries + :retries,
+    lease_until = :lease_until
 WHERE id IN (SELECT value FROM json_each(:ids))
   AND status IN (SELECT value FROM json_each(:from_statuses));
+
+-- name: dlq_end_lease
+UPDATE dlq_records SET lease_until = NULL
+WHERE id IN (SELECT value FROM json_each(:ids)) AND status = 'retrying';
+
+-- name: dlq_lapsed_leases
+SELECT id FROM dlq_records
+WHERE lease_until < :now AND status = 'retrying'
+ORDER BY lease_until
+LIMIT :limit;
 
 -- name: dlq_counts
 SELECT status, count(*) AS count FROM dlq_records GROUP BY status;
