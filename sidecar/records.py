@@ -123,6 +123,17 @@ class AuditPage(msgspec.Struct, frozen=True):
     next_cursor: str | None
 
 
+class HookEvent(msgspec.Struct, frozen=True, kw_only=True):
+    """One hook the sidecar answered, as kept in the event history (DESIGN §3.3 export)."""
+
+    at: float
+    kind: str  # failure | success | start
+    task_name: str
+    event: msgspec.Raw | None  # the body as decoded (JSON), traceback left out
+    failure_type: str | None = None
+    decision: msgspec.Raw | None = None  # failures: {"action", "delay_seconds"}
+
+
 class TrendBucket(msgspec.Struct, frozen=True):
     start: float  # unix seconds, aligned to the bucket size
     failure_type: str

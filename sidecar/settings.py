@@ -331,14 +331,10 @@ class Settings:
         "died) any sidecar puts it back to pending",
         parse=parse_duration,
     )
-    failure_retention: float = setting(
-        7 * 86400.0,
-        "how long failure events are kept for trends",
-        parse=parse_duration,
-    )
     event_retention: float = setting(
         30 * 86400.0,
-        "how long the hook-event history (`events export`) is kept",
+        "how long the hook-event history (trends, `events export`) is kept; "
+        "older events are purged in batches",
         parse=parse_duration,
     )
     spool_max_bytes: int = setting(

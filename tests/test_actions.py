@@ -353,7 +353,7 @@ class TestBreakersTrendsPolicy:
 
     async def test_failure_trends(self, client):
         await seed(client, 3)
-        await client.server.app[SERVICES].pollers.flush_failure_events()
+        await client.server.app[SERVICES].pollers.flush_events()
         trends = await call(client, "GET", "/v1/failure-trends?hours=2", token=VIEWER)
         counts = {b["failure_type"]: b["count"] for b in trends["buckets"]}
         assert counts == {"PERMANENT_VALIDATION": 3}

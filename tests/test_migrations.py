@@ -54,10 +54,13 @@ column dlq_records.updated_at timestamp with time zone not null
 column dlq_records.dlq_retries integer not null default 0
 column dlq_records.last_error text null
 column dlq_records.lease_until timestamp with time zone null
-column failure_events.id bigint not null default nextval('failure_events_id_seq'::regclass)
-column failure_events.at timestamp with time zone not null
-column failure_events.task_name text not null
-column failure_events.failure_type text not null
+column hook_events.id bigint not null default nextval('hook_events_id_seq'::regclass)
+column hook_events.at timestamp with time zone not null
+column hook_events.kind text not null
+column hook_events.task_name text not null
+column hook_events.failure_type text null
+column hook_events.event json null
+column hook_events.decision json null
 column idempotency_keys.key text not null
 column idempotency_keys.state text not null
 column idempotency_keys.first_seen_at timestamp with time zone not null
@@ -75,15 +78,17 @@ index dlq_records_lease_until_idx ON dlq_records USING btree (lease_until) WHERE
 index dlq_records_pkey UNIQUE ON dlq_records USING btree (id)
 index dlq_records_status_created_at_id_idx ON dlq_records USING btree (status, created_at, id)
 index dlq_records_task_name_created_at_id_idx ON dlq_records USING btree (task_name, created_at, id)
-index failure_events_at_failure_type_idx ON failure_events USING btree (at, failure_type)
-index failure_events_pkey UNIQUE ON failure_events USING btree (id)
+index hook_events_at_id_idx ON hook_events USING btree (at, id)
+index hook_events_failures_idx ON hook_events USING btree (at, failure_type) WHERE (kind = 'failure'::text)
+index hook_events_pkey UNIQUE ON hook_events USING btree (id)
 index idempotency_keys_expires_at_idx ON idempotency_keys USING btree (expires_at)
 index idempotency_keys_pkey UNIQUE ON idempotency_keys USING btree (key)
 index schema_migrations_pkey UNIQUE ON schema_migrations USING btree (version)
 constraint audit_log.audit_log_pkey PRIMARY KEY (id)
 constraint dlq_records.dlq_records_pkey PRIMARY KEY (id)
 constraint dlq_records.dlq_records_status_check CHECK ((status = ANY (ARRAY['pending'::text, 'retrying'::text, 'resolved'::text, 'abandoned'::text])))
-constraint failure_events.failure_events_pkey PRIMARY KEY (id)
+constraint hook_events.hook_events_kind_check CHECK ((kind = ANY (ARRAY['failure'::text, 'success'::text, 'start'::text])))
+constraint hook_events.hook_events_pkey PRIMARY KEY (id)
 constraint idempotency_keys.idempotency_keys_pkey PRIMARY KEY (key)
 constraint idempotency_keys.idempotency_keys_state_check CHECK ((state = ANY (ARRAY['running'::text, 'done'::text])))
 constraint schema_migrations.schema_migrations_pkey PRIMARY KEY (version)
@@ -267,7 +272,7 @@ class TestEmbeddedTwin:
         conn = sqlite_schema(path)
         try:
             versions = [v for (v,) in conn.execute("SELECT version FROM schema_migrations")]
-            kept = conn.execute("SELECT task_name FROM failure_events").fetchall()
+            kept = conn.execute("SELECT task_name FROM hook_events").fetchall()
             columns = [c for (_, c, *_) in conn.execute("PRAGMA table_info(audit_log)")]
         finally:
             conn.close()

@@ -12,7 +12,7 @@ import msgspec
 import psycopg
 import pytest
 
-from sidecar.records import AuditEntry, DlqRecord
+from sidecar.records import AuditEntry, DlqRecord, HookEvent
 from sidecar.store.postgres import migrate
 from sidecar.store.spool import SPOOL_FILE, SpoolingDlq, SpoolWriteFailed, _Audit, _Put
 from sidecar.store.sqlstore import SqlStore, postgres_store
@@ -71,7 +71,8 @@ class TestSpool:
             assert await spool.failed_again(changed) is True
             await spool.put(again)
             await spool.audit(AuditEntry(at=time.time(), actor="t", action="retry"))
-            await spool.record_failure(time.time(), task, "permanent")
+            event = HookEvent(at=time.time(), kind="success", task_name=task, event=None)
+            await spool.record_events([event])
             assert spool.pending == 5
             await spool.replay()  # still down: nothing moves
             assert spool.pending == 5

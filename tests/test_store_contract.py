@@ -28,6 +28,7 @@ from sidecar.records import (
     Claim,
     DlqFilter,
     DlqRecord,
+    HookEvent,
     TrendBucket,
 )
 from sidecar.store.postgres import migrate
@@ -76,7 +77,7 @@ def store_opener(
     else:
         dsn = request.getfixturevalue("migrated_dsn")
         with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute("TRUNCATE dlq_records, idempotency_keys, audit_log, failure_events")
+            conn.execute("TRUNCATE dlq_records, idempotency_keys, audit_log, hook_events")
 
         def make() -> Any:
             return postgres_store(dsn, min_size=4, max_size=8)
@@ -101,6 +102,19 @@ def store(open_store: Callable[[], Any]) -> Any:
 
 async def concurrently(n: int, call: Callable[[], Awaitable[T]]) -> list[T]:
     return await asyncio.gather(*(call() for _ in range(n)))
+
+
+def failure_event(at: float, task_name: str, failure_type: str) -> HookEvent:
+    body = msgspec.Raw(msgspec.json.encode({"task_id": "t", "task_name": task_name}))
+    decision = msgspec.Raw(b'{"action":"retry","delay_seconds":1.0}')
+    return HookEvent(
+        at=at,
+        kind="failure",
+        task_name=task_name,
+        event=body,
+        failure_type=failure_type,
+        decision=decision,
+    )
 
 
 def make_record(**changes: Any) -> DlqRecord:
@@ -726,14 +740,18 @@ class TestFailureTrends:
     )
     def test_buckets(self, store, run, bucket, expected):
         for at, failure_type in TREND_EVENTS:
-            run(store.record_failure(at, "billing.charge", failure_type))
+            run(store.record_events([failure_event(at, "billing.charge", failure_type)]))
 
         trends = run(store.trends(since=HOUR - 3600, bucket=bucket))
 
         assert trends == [TrendBucket(*row) for row in expected]
 
     def test_the_default_bucket_is_an_hour(self, store, run):
-        run(store.record_failure(HOUR + 3599, "billing.charge", "TRANSIENT_DATABASE"))
+        run(
+            store.record_events(
+                [failure_event(HOUR + 3599, "billing.charge", "TRANSIENT_DATABASE")]
+            )
+        )
 
         assert run(store.trends(since=0)) == [TrendBucket(HOUR, "TRANSIENT_DATABASE", 1)]
 
@@ -748,20 +766,20 @@ class TestFailureTrends:
 
 
 class TestPurge:
-    """purge() deletes old failure events and expired idempotency keys, nothing else."""
+    """purge() deletes old hook events and expired idempotency keys, nothing else."""
 
     def test_deletes_what_is_past_retention_and_counts_it(self, store, run):
         day = 86400.0
         for at in (NOW - 2 * day, NOW - day - 0.5, NOW - day, NOW - 10):
-            run(store.record_failure(at, "billing.charge", "TRANSIENT_DATABASE"))
+            run(store.record_events([failure_event(at, "billing.charge", "TRANSIENT_DATABASE")]))
         run(store.claim("expired", OWNER, 10, NOW - 100))
         run(store.claim("expires-now", OWNER, 100, NOW - 100))  # expires_at == now: expired
         run(store.claim("live", OWNER, TTL, NOW))
         record = make_record(status="resolved", created_at=NOW - 30 * day)
         run(store.put(record))
 
-        assert run(store.purge(NOW, keep_failures=day)) == 4
-        assert run(store.purge(NOW, keep_failures=day)) == 0
+        assert run(store.purge(NOW, keep_events=day)) == 4
+        assert run(store.purge(NOW, keep_events=day)) == 0
 
         remaining = run(store.trends(since=0, bucket=0.25))  # one bucket per event left
         assert [bucket.start for bucket in remaining] == [NOW - day, NOW - 10]

@@ -11,12 +11,12 @@ from importlib import metadata
 
 from .. import __version__
 from ..settings import SettingsError
-from . import admin, check, completion, dlq, output, schedules, server
+from . import admin, check, completion, dlq, events, output, schedules, server
 from .output import Exit
 
 # Each group adds its commands: server (serve, migrate), check (check, explain), the API
 # commands (dlq; breakers, audit, trends, policies), schedules, completion.
-GROUPS = (server, check, dlq, admin, schedules, completion)
+GROUPS = (server, check, dlq, events, admin, schedules, completion)
 
 
 def version() -> str:

@@ -3,6 +3,7 @@ policy and the audit log. Reads need `viewer`, actions `operator`."""
 
 from __future__ import annotations
 
+import time
 from typing import Annotated
 
 import msgspec
@@ -14,7 +15,7 @@ from ..requeue import RequeueError
 from ..service.errors import Ambiguous, Conflict, NotFound
 from .auth import actor_of, requires
 from .keys import SERVICES
-from .params import dlq_filter, limit_of, path_id
+from .params import dlq_filter, known_only, limit_of, path_id, time_param
 from .problems import Problem, invalid, json_response, read
 
 MAX_PAGE = 500
@@ -174,6 +175,26 @@ async def export_csv(request: web.Request) -> web.StreamResponse:
     return response
 
 
+@requires("viewer")
+async def export_events(request: web.Request) -> web.StreamResponse:
+    """The hook-event history as JSON Lines (`task-sidecar events export`, `simulate`)."""
+    known_only(request.query, ("since", "until"))
+    now = time.time()
+    since = time_param(request.query, "since", "30d", now)
+    until = time_param(request.query, "until", None, now)
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "application/x-ndjson",
+            "Content-Disposition": 'attachment; filename="events.jsonl"',
+        }
+    )
+    await response.prepare(request)
+    async for chunk in request.app[SERVICES].exports.events_jsonl(since, until):
+        await response.write(chunk)
+    await response.write_eof()
+    return response
+
+
 # --- breakers, trends, policy, audit ---------------------------------------------------------
 
 
@@ -241,6 +262,7 @@ def routes() -> list[web.RouteDef]:
     return [
         web.get("/v1/dlq", list_dlq),
         web.get("/v1/dlq/export.csv", export_csv),
+        web.get("/v1/events/export", export_events),
         web.post("/v1/dlq/bulk-retry", bulk_retry),
         web.get("/v1/dlq/bulk-retry/{job}", bulk_retry_progress),
         web.get("/v1/dlq/{id}", get_dlq),

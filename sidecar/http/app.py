@@ -123,7 +123,7 @@ async def run_pollers(app: web.Application) -> AsyncIterator[None]:
     stop = asyncio.Event()
     work = [
         (settings.poll_interval, pollers.refresh, "refresh"),
-        (1.0, pollers.flush_failure_events, "failure events"),
+        (1.0, pollers.flush_events, "hook events"),
         (3600.0, pollers.purge, "purge"),
         (
             3600.0,
@@ -141,7 +141,7 @@ async def run_pollers(app: web.Application) -> AsyncIterator[None]:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
     with contextlib.suppress(StoreUnavailable):
-        await pollers.flush_failure_events()
+        await pollers.flush_events()
 
 
 async def serve_metrics(app: web.Application) -> AsyncIterator[None]:

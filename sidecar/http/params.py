@@ -4,6 +4,7 @@ each checked, with a 400 that names the bad one."""
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from datetime import datetime
 
 from aiohttp import web
@@ -82,4 +83,26 @@ def path_id(request: web.Request) -> str:
     value = request.match_info["id"]
     if problem := text_problem(value, MAX_ID_BYTES):
         raise invalid("path.id", problem)
+    return value
+
+
+def known_only(values: Mapping[str, str], known: tuple[str, ...]) -> None:
+    """A parameter this endpoint does not know is a mistake: 400 naming it."""
+    for name in values:
+        if name not in known:
+            raise invalid(f"query.{name}", f"unknown parameter; expected one of {list(known)}")
+
+
+def time_param(values: Mapping[str, str], name: str, default: str | None, now: float) -> float:
+    """A time parameter (unix seconds, ISO 8601, or an age like 30d); `now` if absent
+    without a default."""
+    raw = values.get(name, default)
+    if raw is None:
+        return now
+    try:
+        value = parse_time(raw, name, now)
+    except ValueError as exc:
+        raise invalid(f"query.{name}", str(exc).partition(": ")[2]) from None
+    if not EARLIEST <= value < LATEST:
+        raise invalid(f"query.{name}", f"not a usable unix time: {raw}")
     return value

@@ -79,6 +79,18 @@ class Exports:
         yield buffer.getvalue().encode()
         self.metrics.record_dlq_action("export")
 
+    async def events_jsonl(self, since: float, until: float) -> AsyncIterator[bytes]:
+        """The event history as JSON Lines, oldest first, one chunk per store batch:
+        `{"at", "kind", "event", "decision"?}` (DESIGN §3.3, the input of `simulate`)."""
+        async for rows in self.store.events(since, until):
+            lines = []
+            for row in rows:
+                line = f'{{"at":{float(row["at"])!r},"kind":"{row["kind"]}","event":{row["event"]}'
+                if row["decision"] is not None:
+                    line += f',"decision":{row["decision"]}'
+                lines.append(line + "}\n")
+            yield "".join(lines).encode()
+
     async def trends(self, hours: float) -> list[dict[str, object]]:
         buckets = await self.store.trends(self.clock() - hours * 3600, 3600)
         return [msgspec.to_builtins(b) for b in buckets]

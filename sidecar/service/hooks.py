@@ -29,6 +29,7 @@ from ..records import (
     MAX_NAME_BYTES,
     AuditEntry,
     DlqRecord,
+    HookEvent,
     record_id,
     successor_id,
     text_problem,
@@ -39,7 +40,6 @@ from .breakers import Breakers
 from .errors import InvalidInput
 from .policies import Policies
 
-FailureEventRow = tuple[float, str, str]  # (at, task name, failure type), for trends
 ANSWER_TTL = 3600.0  # how long a report's answer is kept for a client that sends it again
 _decision = msgspec.json.Decoder(Decision)
 _encode = msgspec.json.Encoder().encode
@@ -64,9 +64,9 @@ class Hooks:
         self.metrics = metrics
         self.clock = clock
         self.rng = rng
-        # Written to the store in batches by a poller, off the hook's path (bounded: while
-        # the store is away the oldest are dropped first).
-        self.failure_events: deque[FailureEventRow] = deque(maxlen=100_000)
+        # The event history, written to the store in batches by a poller, off the hook's
+        # path (bounded: if the store and its spool fall behind, the oldest go first).
+        self.events: deque[HookEvent] = deque(maxlen=100_000)
 
     async def failure(self, event: FailureEvent, actor: str = "anonymous") -> Decision:
         """The decision for a failure; the same report sent again gets the same answer,
@@ -113,7 +113,18 @@ class Hooks:
             event.queue,
             event.context.queue_depth,
         )
-        self.failure_events.append((now, event.task_name, decision.classification.failure_type))
+        self.events.append(
+            HookEvent(
+                at=now,
+                kind="failure",
+                task_name=event.task_name,
+                event=_history_body(event),
+                failure_type=decision.classification.failure_type,
+                decision=msgspec.Raw(
+                    _encode({"action": decision.action, "delay_seconds": decision.delay_seconds})
+                ),
+            )
+        )
         return decision
 
     async def success(self, event: SuccessEvent, actor: str = "anonymous") -> None:
@@ -134,6 +145,9 @@ class Hooks:
         if outcome is not None:
             await self._record_outcome(outcome)
         self.metrics.record_success(event.task_name, last if outcome is not None else None)
+        self.events.append(
+            HookEvent(at=now, kind="success", task_name=event.task_name, event=_raw(event))
+        )
         if event.dlq_id and await self.dlq.resolve(event.dlq_id, event.task_id, now):
             self.metrics.record_dlq_action("resolve")
             await self._audit(actor, "resolve", event.dlq_id, "retrying", now)
@@ -141,6 +155,9 @@ class Hooks:
     async def start(self, event: StartEvent) -> StartAnswer:
         """Refused while one of the task's breakers is open, or its probes are taken."""
         policy, now = self.policies.current, self.clock()
+        self.events.append(
+            HookEvent(at=now, kind="start", task_name=event.task_name, event=_raw(event))
+        )
         breakers = task_breakers(policy, event.task_name)
         states = await self.state.breakers([key for key, _ in breakers]) if breakers else {}
         for key, settings in breakers:
@@ -217,6 +234,19 @@ class Hooks:
 
 
 __all__ = ["Hooks"]
+
+
+def _raw(event: object) -> msgspec.Raw:
+    return msgspec.Raw(_encode(event))
+
+
+def _history_body(event: FailureEvent) -> msgspec.Raw:
+    """The failure as the history keeps it: without its traceback, which replays never
+    read and which would make each row up to 256 KiB."""
+    if event.exception.traceback is None:
+        return _raw(event)
+    exception = msgspec.structs.replace(event.exception, traceback=None)
+    return _raw(msgspec.structs.replace(event, exception=exception))
 
 
 def storable(event: FailureEvent | SuccessEvent) -> None:

@@ -15,13 +15,14 @@ from typing import Any
 from ..errors import StoreUnavailable
 from ..integrations import kombu
 from ..metrics import Metrics
+from ..records import HookEvent
 from ..store.ports import DlqStore, IdempotencyStore, StateStore
 from ..store.spool import SpoolingDlq
 from .breakers import Breakers
-from .hooks import FailureEventRow
 
 log = logging.getLogger("task_sidecar.pollers")
 PING_TIMEOUT = 1.0
+EVENT_BATCH = 500
 
 
 class Pollers:
@@ -31,9 +32,9 @@ class Pollers:
         dlq: DlqStore,
         breakers: Breakers,
         metrics: Metrics,
-        failure_events: deque[FailureEventRow],
+        events: deque[HookEvent],
         *,
-        failure_retention: float,
+        event_retention: float,
         queues: Sequence[str] = (),
         broker_url: str | None = None,
         spool: SpoolingDlq | None = None,
@@ -43,8 +44,8 @@ class Pollers:
         self.dlq = dlq
         self.breakers = breakers
         self.metrics = metrics
-        self.failure_events = failure_events
-        self.failure_retention = failure_retention
+        self.events = events
+        self.event_retention = event_retention
         self.queues = tuple(queues)
         self.spool = spool
         self.release_lapsed = release_lapsed
@@ -95,16 +96,18 @@ class Pollers:
         for queue, depth in kombu.queue_depths(self.queues, lengths).items():
             self.metrics.set_queue_depth(queue, depth)
 
-    async def flush_failure_events(self) -> None:
-        while self.failure_events:
-            at, task, failure_type = self.failure_events[0]
-            await self.dlq.record_failure(at, task, failure_type)
-            self.failure_events.popleft()  # only once it is stored
+    async def flush_events(self) -> None:
+        """The hook events answered since the last flush, in batches."""
+        while self.events:
+            batch = [self.events[i] for i in range(min(EVENT_BATCH, len(self.events)))]
+            await self.dlq.record_events(batch)
+            for _ in batch:  # only once they are stored (or spooled)
+                self.events.popleft()
 
     async def purge(self) -> None:
-        removed = await self.dlq.purge(time.time(), self.failure_retention)
+        removed = await self.dlq.purge(time.time(), self.event_retention)
         if removed:
-            log.info("purged %d old failure events and expired claims", removed)
+            log.info("purged %d old hook events and expired claims", removed)
 
     async def close(self) -> None:
         if self._broker is not None:

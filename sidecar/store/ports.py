@@ -18,7 +18,16 @@ from typing import Protocol
 from ..errors import StoreRefused, StoreUnavailable
 from ..policy.breaker import BreakerState, Status
 from ..policy.window import Window
-from ..records import AuditEntry, AuditPage, Claim, DlqFilter, DlqPage, DlqRecord, TrendBucket
+from ..records import (
+    AuditEntry,
+    AuditPage,
+    Claim,
+    DlqFilter,
+    DlqPage,
+    DlqRecord,
+    HookEvent,
+    TrendBucket,
+)
 
 BreakerUpdate = Callable[[BreakerState | None], tuple[BreakerState, Status | None]]
 WindowUpdate = Callable[[Window | None], Window]
@@ -120,15 +129,18 @@ class DlqStore(Protocol):
     async def audit_log(self, limit: int, cursor: str | None = None) -> AuditPage:
         """Newest first."""
 
-    async def record_failure(self, at: float, task_name: str, failure_type: str) -> None:
-        """One failure event, for trends."""
+    async def record_events(self, events: Sequence[HookEvent]) -> None:
+        """Hook events for the history (exports, backtests) and for trends."""
+
+    def events(self, since: float, until: float, batch: int = 1000) -> AsyncIterator[list]:
+        """Exportable events in [since, until), oldest first, a batch at a time."""
 
     async def trends(self, since: float, bucket: float = 3600) -> list[TrendBucket]:
         """Failure events since `since`, counted per bucket and failure type."""
 
-    async def purge(self, now: float, keep_failures: float) -> int:
-        """Delete failure events older than `keep_failures` seconds and expired
-        idempotency keys; returns how many rows went."""
+    async def purge(self, now: float, keep_events: float) -> int:
+        """Delete events older than `keep_events` seconds and expired idempotency keys;
+        returns how many rows went."""
 
     async def ping(self) -> None: ...
 

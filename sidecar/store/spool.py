@@ -2,7 +2,7 @@
 PostgreSQL does not answer.
 
 `SpoolingDlq` is a `DlqStore`. Writes (`put`, `failed_again`, `resolve`, `audit`,
-`record_failure`) go to the inner store; when it raises `StoreUnavailable` (or does not
+`record_events`) go to the inner store; when it raises `StoreUnavailable` (or does not
 answer within `write_timeout`) the operation is appended to `<dir>/dlq.spool`, one JSON line per
 operation, fsync'd before the caller is answered. While the spool holds operations, new
 writes go to it too, so they reach the store in the order they were made. `replay()` (run
@@ -12,8 +12,8 @@ the file only once every line in it has been applied.
 Replays are idempotent, so an operation whose first attempt did in fact commit (the answer
 was lost) is not applied twice: DLQ ids are made before the first write and `put` is
 INSERT … ON CONFLICT (id) DO NOTHING; audit entries get a key before their first write
-(`audit_log.entry_key`, unique). Failure events (trends only) have no key: a replay cut
-short by a crash may count a few of them twice.
+(`audit_log.entry_key`, unique). Hook events (history and trends) have no key: a replay
+cut short by a crash may keep a batch of them twice.
 
 A spooled operation the store refuses for good (`StoreRefused`: data no retry can make it
 take) is moved to `<dir>/dlq.quarantine`, fsync'd, counted and logged, and the replay goes
@@ -46,6 +46,7 @@ from ..records import (
     DlqFilter,
     DlqPage,
     DlqRecord,
+    HookEvent,
     TrendBucket,
     successor_id,
 )
@@ -90,13 +91,19 @@ class _Resolve(msgspec.Struct, tag="resolve", tag_field="op"):
     now: float
 
 
+class _Events(msgspec.Struct, tag="record_events", tag_field="op"):
+    events: list[HookEvent]
+
+
 class _Failure(msgspec.Struct, tag="record_failure", tag_field="op"):
+    """A failure event as spooled by earlier versions: replayed as a bodiless event."""
+
     at: float
     task_name: str
     failure_type: str
 
 
-_Op = _Put | _FailedAgain | _Resolve | _Audit | _Failure
+_Op = _Put | _FailedAgain | _Resolve | _Audit | _Events | _Failure
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(_Op)
 
@@ -190,11 +197,9 @@ class SpoolingDlq:
         key = key or str(uuid.uuid4())
         await self._write(_Audit(entry, key), lambda: self.inner.audit(entry, key=key))
 
-    async def record_failure(self, at: float, task_name: str, failure_type: str) -> None:
-        await self._write(
-            _Failure(float(at), task_name, failure_type),
-            lambda: self.inner.record_failure(at, task_name, failure_type),
-        )
+    async def record_events(self, events: Sequence[HookEvent]) -> None:
+        batch = list(events)
+        await self._write(_Events(batch), lambda: self.inner.record_events(batch))
 
     async def _write(
         self, op: _Op, direct: Callable[[], Awaitable[Any]], spooled: Any = None
@@ -320,8 +325,17 @@ class SpoolingDlq:
             await inner.resolve(op.dlq_id, op.task_id, op.now)
         elif isinstance(op, _Audit):
             await inner.audit(op.entry, key=op.key)
+        elif isinstance(op, _Events):
+            await inner.record_events(op.events)
         else:
-            await inner.record_failure(op.at, op.task_name, op.failure_type)
+            event = HookEvent(
+                at=op.at,
+                kind="failure",
+                task_name=op.task_name,
+                event=None,
+                failure_type=op.failure_type,
+            )
+            await inner.record_events([event])
 
     def _quarantine(self, op: _Op, exc: StoreRefused) -> None:
         """Keep a refused operation aside, with why, before the spool forgets it."""
@@ -443,8 +457,11 @@ class SpoolingDlq:
     async def trends(self, since: float, bucket: float = 3600) -> list[TrendBucket]:
         return await self.inner.trends(since, bucket)
 
-    async def purge(self, now: float, keep_failures: float) -> int:
-        return await self.inner.purge(now, keep_failures)
+    async def purge(self, now: float, keep_events: float) -> int:
+        return await self.inner.purge(now, keep_events)
+
+    def events(self, since: float, until: float, batch: int = 1000) -> AsyncIterator[list]:
+        return self.inner.events(since, until, batch)
 
     async def ping(self) -> None:
         await self.inner.ping()

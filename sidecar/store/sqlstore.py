@@ -10,6 +10,7 @@ arrays), times as unix seconds (the PostgreSQL queries convert to timestamptz).
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -24,6 +25,7 @@ from ..records import (
     DlqFilter,
     DlqPage,
     DlqRecord,
+    HookEvent,
     TrendBucket,
 )
 from .connector import Connector, Row
@@ -40,6 +42,7 @@ from .keyset import (
 )
 
 _JSON_FIELDS = ("args", "kwargs", "exception", "context")
+PURGE_BATCH = 5000
 _encode = msgspec.json.Encoder().encode
 
 
@@ -202,21 +205,61 @@ class SqlStore:
         query = compose(self.name, "audit_list", fragments)
         return audit_page(await self.db.fetch(query, params, _audit_row), limit)
 
-    async def record_failure(self, at: float, task_name: str, failure_type: str) -> None:
-        params = {"at": float(at), "task_name": task_name, "failure_type": failure_type}
-        await self.db.execute(self.q["failure_event_insert"], params)
+    async def record_events(self, events: Sequence[HookEvent]) -> None:
+        if not events:
+            return
+        rows = [
+            {
+                "at": float(e.at),
+                "kind": e.kind,
+                "task_name": e.task_name,
+                "failure_type": e.failure_type,
+                "event": None if e.event is None else bytes(e.event).decode(),
+                "decision": None if e.decision is None else bytes(e.decision).decode(),
+            }
+            for e in events
+        ]
+        async with self.db.transaction() as tx:  # one commit for the batch
+            for row in rows:
+                await tx.execute(self.q["event_insert"], row)
+
+    async def events(
+        self, since: float, until: float, batch: int = 1000
+    ) -> AsyncIterator[list[Row]]:
+        """Exportable events (those with a body) in [since, until), oldest first, a batch
+        at a time: rows of at, kind, event (JSON text) and decision (JSON text or None)."""
+        check_limit(batch)
+        params: dict[str, Any] = {
+            "since": check_time("since", since),
+            "until": check_time("until", until),
+            "after_at": check_time("since", since) - 1,
+            "after_id": 0,
+            "limit": batch,
+        }
+        while True:
+            rows = await self.db.fetch(self.q["events_page"], params)
+            if rows:
+                yield rows
+            if len(rows) < batch:
+                return
+            params["after_at"], params["after_id"] = rows[-1]["at"], rows[-1]["id"]
 
     async def trends(self, since: float, bucket: float = 3600) -> list[TrendBucket]:
         params = {"since": check_time("since", since), "bucket": check_bucket(bucket)}
         rows = await self.db.fetch(self.q["failure_trends"], params)
         return [TrendBucket(float(r["start"]), r["failure_type"], r["count"]) for r in rows]
 
-    async def purge(self, now: float, keep_failures: float) -> int:
-        params = {"now": float(now), "events_before": float(now - keep_failures)}
-        async with self.db.transaction() as tx:
-            events = await tx.execute(self.q["purge_failure_events"], params)
-            keys = await tx.execute(self.q["purge_idempotency_keys"], params)
-        return events + keys
+    async def purge(self, now: float, keep_events: float, batch: int = PURGE_BATCH) -> int:
+        """Delete events older than `keep_events` seconds, a batch per statement (a large
+        backlog never holds a long lock), and expired claims; how many rows went."""
+        params = {"now": float(now), "events_before": float(now - keep_events), "limit": batch}
+        removed = 0
+        while (deleted := await self.db.execute(self.q["purge_events"], params)) > 0:
+            removed += deleted
+            if deleted < batch:
+                break
+            await asyncio.sleep(0)  # let hooks in between batches
+        return removed + await self.db.execute(self.q["purge_idempotency_keys"], params)
 
     # --- IdempotencyStore ----------------------------------------------------------------
 

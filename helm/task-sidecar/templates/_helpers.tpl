@@ -195,8 +195,8 @@ The container's environment: every setting as a TASK_SIDECAR_* variable.
 {{- end }}
 - name: TASK_SIDECAR_POLL_INTERVAL
   value: {{ $s.pollInterval | quote }}
-- name: TASK_SIDECAR_FAILURE_RETENTION
-  value: {{ $s.failureRetention | quote }}
+- name: TASK_SIDECAR_EVENT_RETENTION
+  value: {{ $s.eventRetention | quote }}
 {{- with $s.webhookUrl }}
 - name: TASK_SIDECAR_WEBHOOK_URL
   value: {{ . | quote }}

@@ -196,24 +196,42 @@ LIMIT %(limit)s;
 -- name: audit_before
 (at, id) < (to_timestamp(%(cursor_at)s), %(cursor_id)s)
 
--- name: failure_event_insert
-INSERT INTO failure_events (at, task_name, failure_type)
-VALUES (to_timestamp(%(at)s), %(task_name)s, %(failure_type)s);
+-- name: event_insert
+INSERT INTO hook_events (at, kind, task_name, failure_type, event, decision)
+VALUES (
+    to_timestamp(%(at)s), %(kind)s, %(task_name)s, %(failure_type)s, %(event)s, %(decision)s
+);
+
+-- name: events_page
+-- Oldest first, keyset-paged on (at, id): an export streams page after page.
+SELECT id, extract(epoch FROM at)::float8 AS at, kind, event, decision
+FROM hook_events
+WHERE at >= to_timestamp(%(since)s) AND at < to_timestamp(%(until)s)
+  AND (at, id) > (to_timestamp(%(after_at)s), %(after_id)s)
+  AND event IS NOT NULL
+ORDER BY at, id
+LIMIT %(limit)s;
 
 -- name: failure_trends
 -- Buckets start at multiples of the bucket size since the epoch, so every caller (and
--- every sidecar of a fleet) draws the same boundaries. (at, failure_type) is an index:
+-- every sidecar of a fleet) draws the same boundaries. The partial index on failures
+-- holds (at, failure_type):
 -- an index-only scan.
 SELECT floor(extract(epoch FROM at)::float8 / %(bucket)s) * %(bucket)s AS start,
        failure_type,
        count(*) AS count
-FROM failure_events
-WHERE at >= to_timestamp(%(since)s)
+FROM hook_events
+WHERE kind = 'failure' AND at >= to_timestamp(%(since)s)
 GROUP BY 1, 2
 ORDER BY 1, 2;
 
--- name: purge_failure_events
-DELETE FROM failure_events WHERE at < to_timestamp(%(events_before)s);
+-- name: purge_events
+-- One batch of old events: short statements, no long lock however large the backlog.
+DELETE FROM hook_events
+WHERE id IN (
+    SELECT id FROM hook_events WHERE at < to_timestamp(%(events_before)s)
+    ORDER BY at, id LIMIT %(limit)s
+);
 
 -- name: purge_idempotency_keys
 -- A key taken over while we wait for its row lock is re-checked on its new version, and

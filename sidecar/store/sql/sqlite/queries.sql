@@ -144,20 +144,32 @@ LIMIT :limit;
 -- name: audit_before
 (at, id) < (:cursor_at, :cursor_id)
 
--- name: failure_event_insert
-INSERT INTO failure_events (at, task_name, failure_type) VALUES (:at, :task_name, :failure_type);
+-- name: event_insert
+INSERT INTO hook_events (at, kind, task_name, failure_type, event, decision)
+VALUES (:at, :kind, :task_name, :failure_type, :event, :decision);
+
+-- name: events_page
+SELECT id, at, kind, event, decision
+FROM hook_events
+WHERE at >= :since AND at < :until AND (at, id) > (:after_at, :after_id)
+  AND event IS NOT NULL
+ORDER BY at, id
+LIMIT :limit;
 
 -- name: failure_trends
 -- CAST truncates, which is floor() for times after 1970; floor() itself needs a SQLite
 -- built with its math functions.
 SELECT CAST(at / :bucket AS INTEGER) * :bucket AS start, failure_type, count(*) AS count
-FROM failure_events
-WHERE at >= :since
+FROM hook_events
+WHERE kind = 'failure' AND at >= :since
 GROUP BY 1, 2
 ORDER BY 1, 2;
 
--- name: purge_failure_events
-DELETE FROM failure_events WHERE at < :events_before;
+-- name: purge_events
+DELETE FROM hook_events
+WHERE id IN (
+    SELECT id FROM hook_events WHERE at < :events_before ORDER BY at, id LIMIT :limit
+);
 
 -- name: purge_idempotency_keys
 DELETE FROM idempotency_keys WHERE expires_at <= :now;
