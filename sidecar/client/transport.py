@@ -9,7 +9,6 @@ re-send is safe. A timeout is not re-sent.
 
 from __future__ import annotations
 
-import errno
 import http.client
 import threading
 import urllib.parse
@@ -121,9 +120,10 @@ class AiohttpTransport:
                 async with session.post(self.url + exchange.path, data=exchange.data) as response:
                     return Reply(response.status, await response.read())
             except Exception as exc:  # aiohttp.ClientError, TimeoutError, OSError, ValueError
+                # After connecting (a connector error is a refusal): the server closed it.
                 dropped = isinstance(exc, (aiohttp.ServerDisconnectedError, *DROPPED)) or (
                     isinstance(exc, aiohttp.ClientOSError)
-                    and exc.errno in (errno.ECONNRESET, errno.EPIPE)
+                    and not isinstance(exc, aiohttp.ClientConnectorError)
                 )
                 if dropped and attempt == 0:
                     continue
