@@ -2,8 +2,8 @@
 read, when the client falls back and what it uses instead.
 
 A hook call is an `Exchange`: a path, a body, how to read the answer and what to return
-when there is none. The transports (sync.py over http.client, aio.py over aiohttp) only
-carry bytes; each hook method of both clients is
+when there is none. The transports (transport.py: http.client for SidecarClient, aiohttp
+for AsyncSidecarClient) only carry bytes; each hook method of both clients is
 
     exchange = protocol.failure(...)
     reply = transport.post(exchange) if protocol.should_send(exchange) else None
@@ -24,7 +24,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from .exceptions import TRACEBACK_LIMIT, retry_after_of, serialize_exception
@@ -61,11 +61,10 @@ class Exchange(Generic[T]):
     read: Callable[[Any], T | None]
     fallback: Callable[[], T]
     known: T | None = None
-    data: bytes = field(init=False, repr=False)
 
-    def __post_init__(self) -> None:
-        encoded = b"" if self.known is not None else json.dumps(self.body, default=repr).encode()
-        object.__setattr__(self, "data", encoded)
+    def encode(self) -> bytes:
+        """The body as sent; only when it is sent (an outage skips the work)."""
+        return json.dumps(self.body, default=repr).encode()
 
     @staticmethod
     def answered(answer: T) -> Exchange[T]:

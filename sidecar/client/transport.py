@@ -70,10 +70,11 @@ class HTTPTransport:
             conn.close()
 
     def post(self, exchange: Exchange[Any]) -> Reply:
+        data = exchange.encode()
         for attempt in (0, 1):
             conn = self._connection()
             try:
-                conn.request("POST", self.prefix + exchange.path, exchange.data, self.headers)
+                conn.request("POST", self.prefix + exchange.path, data, self.headers)
                 response = conn.getresponse()
                 payload = response.read()
             except DROPPED:
@@ -114,10 +115,11 @@ class AiohttpTransport:
     async def post(self, exchange: Exchange[Any]) -> Reply:
         import aiohttp
 
+        data = exchange.encode()
         for attempt in (0, 1):
             try:
                 session = await self._get_session()
-                async with session.post(self.url + exchange.path, data=exchange.data) as response:
+                async with session.post(self.url + exchange.path, data=data) as response:
                     return Reply(response.status, await response.read())
             except Exception as exc:  # aiohttp.ClientError, TimeoutError, OSError, ValueError
                 # After connecting (a connector error is a refusal): the server closed it.
