@@ -223,6 +223,9 @@ class Driver:
             self._runner.close()
 
 
+Make = Callable[..., Driver]
+
+
 @pytest.fixture(scope="module")
 def sidecar(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SidecarProcess]:
     with SidecarProcess(
@@ -276,7 +279,7 @@ class TestEveryErrorFallsBackAlike:
     @pytest.mark.parametrize(("fault", "requests"), FAULTS)
     def test_fault(
         self,
-        make_client: Callable[..., Driver],
+        make_client: Make,
         proxy: FaultProxy,
         caplog: pytest.LogCaptureFixture,
         fault: Any,
@@ -310,7 +313,7 @@ class TestEveryErrorFallsBackAlike:
 
     def test_fault_reasons_are_worded_alike(
         self,
-        make_client: Callable[..., Driver],
+        make_client: Make,
         proxy: FaultProxy,
         caplog: pytest.LogCaptureFixture,
     ) -> None:
@@ -331,7 +334,7 @@ class TestEveryErrorFallsBackAlike:
 
     def test_sidecar_asked_again_after_the_retry_interval(
         self,
-        make_client: Callable[..., Driver],
+        make_client: Make,
         proxy: FaultProxy,
         caplog: pytest.LogCaptureFixture,
     ) -> None:
@@ -356,7 +359,7 @@ class TestTheRealSidecar:
     idempotency claims, batched successes, start allowances."""
 
     def test_decides_claims_and_keeps_the_connection(
-        self, make_client: Callable[..., Driver], proxy: FaultProxy
+        self, make_client: Make, proxy: FaultProxy
     ) -> None:
         client = make_client(proxy.url, start_cache=0)
         exc = raised(ValueError("Invalid data"))
@@ -384,7 +387,7 @@ class TestTheRealSidecar:
         assert client.stats()["fallbacks"] == 0
 
     def test_connection_closed_by_the_server_between_calls_is_reopened(
-        self, make_client: Callable[..., Driver], proxy: FaultProxy
+        self, make_client: Make, proxy: FaultProxy
     ) -> None:
         client = make_client(proxy.url, start_cache=0)
         assert "source" not in client.start("t", "x")
@@ -394,7 +397,7 @@ class TestTheRealSidecar:
         assert len({p.peer for p in proxy.seen}) == 2
 
     def test_start_answers_are_cached_until_a_breaker_opens(
-        self, make_client: Callable[..., Driver], proxy: FaultProxy
+        self, make_client: Make, proxy: FaultProxy
     ) -> None:
         """A run the sidecar let start lets the next start without a round trip; a failure
         answer reporting an open breaker ends that at once."""
@@ -415,7 +418,7 @@ class TestReportIds:
     """A report is made once: every re-send of it carries the same report_id."""
 
     def test_timed_out_failure_resent_in_a_batch_keeps_its_report_id(
-        self, make_client: Callable[..., Driver], proxy: FaultProxy
+        self, make_client: Make, proxy: FaultProxy
     ) -> None:
         proxy.faults[FAILURE] = "hold"  # the sidecar hangs on the hook, then stores late
         client = make_client(
@@ -433,7 +436,7 @@ class TestReportIds:
         assert {f.status for f in proxy.forwarded} == {200}
 
     def test_refused_batch_resends_successes_with_the_same_report_ids(
-        self, make_client: Callable[..., Driver], proxy: FaultProxy
+        self, make_client: Make, proxy: FaultProxy
     ) -> None:
         proxy.faults[BATCH] = 503
         client = make_client(proxy.url, flush_interval=0.02, retry_interval=0.05)
@@ -453,9 +456,7 @@ class TestReportIds:
 class TestLocalDecisions:
     """Without the sidecar and without a readable policy: a conservative default."""
 
-    def test_without_policies_a_conservative_default(
-        self, make_client: Callable[..., Driver]
-    ) -> None:
+    def test_without_policies_a_conservative_default(self, make_client: Make) -> None:
         client = make_client(f"http://127.0.0.1:{free_port()}", fallback_max_retries=2)
         exc = raised(ConnectionResetError(errno.ECONNRESET, "reset"))
         first = client.failure("id", "x", exc, attempt=0)
@@ -466,7 +467,7 @@ class TestLocalDecisions:
         assert client.failure("id", "x", exc, attempt=2)["action"] == "dead_letter"
 
     def test_bad_policies_file_falls_back_to_default(
-        self, make_client: Callable[..., Driver], tmp_path: Path
+        self, make_client: Make, tmp_path: Path
     ) -> None:
         bad = tmp_path / "p.yaml"
         bad.write_text("version: 1\nretry: [")
@@ -478,7 +479,7 @@ class TestBatching:
     """Successes cost the task a buffer append; a thread sends them in batches."""
 
     def test_successes_are_batched_in_background(
-        self, make_client: Callable[..., Driver], proxy: FaultProxy
+        self, make_client: Make, proxy: FaultProxy
     ) -> None:
         client = make_client(proxy.url, batch_size=20, flush_interval=0.05)
         for i in range(50):
@@ -492,7 +493,7 @@ class TestBatching:
         assert client.stats()["sent"] == 50
 
     def test_buffer_is_bounded_and_drops_are_counted(
-        self, make_client: Callable[..., Driver], caplog: pytest.LogCaptureFixture
+        self, make_client: Make, caplog: pytest.LogCaptureFixture
     ) -> None:
         caplog.set_level(logging.WARNING, "sidecar.client")
         client = make_client(f"http://127.0.0.1:{free_port()}", buffer_size=10, flush_interval=0.02)
@@ -504,7 +505,7 @@ class TestBatching:
         assert outage_lines(caplog, "dropped")
 
     def test_buffered_events_are_sent_once_the_sidecar_answers(
-        self, make_client: Callable[..., Driver], proxy: FaultProxy
+        self, make_client: Make, proxy: FaultProxy
     ) -> None:
         proxy.fault = 503
         client = make_client(proxy.url, flush_interval=0.02, retry_interval=0.05)
@@ -517,7 +518,7 @@ class TestBatching:
 
     def test_events_the_sidecar_refuses_one_by_one_are_not_resent(
         self,
-        make_client: Callable[..., Driver],
+        make_client: Make,
         proxy: FaultProxy,
         caplog: pytest.LogCaptureFixture,
     ) -> None:

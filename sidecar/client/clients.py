@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 from .batcher import Batcher
 from .exceptions import TRACEBACK_LIMIT
 from .fallback import LocalDecider
-from .keys import Scope
+from .keys import Owner, Scope, Ttl
 from .protocol import Exchange, Protocol, Reply, reason
 from .state import Health
 from .transport import AiohttpTransport, HTTPTransport
@@ -84,29 +84,12 @@ class ClientBase:
         """The failure hook body the client would send (see Protocol.failure_event)."""
         return self.protocol.failure_event(task_id, task_name, exc, **fields)
 
-    def success(
-        self,
-        task_id: str,
-        task_name: str,
-        *,
-        attempt: int = 0,
-        runtime_seconds: float | None = None,
-        dlq_id: str | None = None,
-        report_id: str | None = None,
-    ) -> None:
-        """Buffered; sent in batches by a background thread. Never blocks, never raises."""
+    def success(self, task_id: str, task_name: str, **fields: Any) -> None:
+        """Buffered; sent in batches by a background thread. Never blocks, never raises.
+        `fields`: attempt, runtime_seconds, dlq_id, report_id (Protocol.success_event)."""
         try:
-            self._batcher.add(
-                self.protocol.success_event(
-                    task_id,
-                    task_name,
-                    attempt=attempt,
-                    runtime_seconds=runtime_seconds,
-                    dlq_id=dlq_id,
-                    report_id=report_id,
-                )
-            )
-        except Exception:  # pragma: no cover - defensive: never into the task
+            self._batcher.add(self.protocol.success_event(task_id, task_name, **fields))
+        except Exception:  # defensive: never into the task
             log.debug("sidecar client: success event not buffered", exc_info=True)
 
     def flush(self, timeout: float = 5.0) -> bool:
@@ -162,11 +145,7 @@ class SidecarClient(ClientBase):
         return self._run(self.protocol.claim(key, scope, ttl_seconds))
 
     def complete(
-        self,
-        key: str,
-        scope: Scope = "global",
-        ttl_seconds: float | None = None,
-        owner: str | None = None,
+        self, key: str, scope: Scope = "global", ttl_seconds: Ttl = None, owner: Owner = None
     ) -> bool:
         return self._run(self.protocol.complete(key, scope, ttl_seconds, owner))
 
@@ -215,11 +194,7 @@ class AsyncSidecarClient(ClientBase):
         return await self._run(self.protocol.claim(key, scope, ttl_seconds))
 
     async def complete(
-        self,
-        key: str,
-        scope: Scope = "global",
-        ttl_seconds: float | None = None,
-        owner: str | None = None,
+        self, key: str, scope: Scope = "global", ttl_seconds: Ttl = None, owner: Owner = None
     ) -> bool:
         return await self._run(self.protocol.complete(key, scope, ttl_seconds, owner))
 

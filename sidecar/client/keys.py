@@ -10,6 +10,8 @@ from typing import Any, Literal
 
 Scope = Literal["global", "user", "device", "task"]
 SCOPES = ("global", "user", "device", "task")
+Ttl = float | None  # seconds a completed key refuses duplicates; None: the scope's default
+Owner = str | None  # the token a claim answered with, proving a later complete/release is ours
 
 
 def canonical_json(value: Any) -> str:

@@ -29,7 +29,7 @@ from typing import Any, Generic, TypeVar
 
 from .exceptions import TRACEBACK_LIMIT, retry_after_of, serialize_exception
 from .fallback import LocalDecider, claim_granted, start_allowed
-from .keys import Scope, new_report_id
+from .keys import Owner, Scope, Ttl, new_report_id
 from .state import Health, StartAllowances
 
 log = logging.getLogger("sidecar.client")
@@ -225,11 +225,7 @@ class Protocol:
         return Exchange("/v1/idempotency/claim", body, _claim_answer, claim_granted)
 
     def complete(
-        self,
-        key: str,
-        scope: Scope = "global",
-        ttl_seconds: float | None = None,
-        owner: str | None = None,
+        self, key: str, scope: Scope = "global", ttl_seconds: Ttl = None, owner: Owner = None
     ) -> Exchange[bool]:
         """True when the sidecar took it. `owner` is the token the claim answered with."""
         body = _key_body(key, scope, ttl_seconds=ttl_seconds, owner=owner)
