@@ -463,8 +463,10 @@ def install(
             return  # another app's worker in this process
         try:
             warn_stranded_retries(app, sender)
-        except Exception:  # a check must never stop a worker from starting
-            log.debug("task-sidecar: retry queue check failed", exc_info=True)
+        except Exception as exc:  # a check must never stop a worker from starting
+            log.warning("task-sidecar: cannot check the queues retries go to: %r", exc)
 
-    worker_ready.connect(check_queues, weak=False)
+    if not getattr(app, "_task_sidecar_checks_queues", False):  # once, however often installed
+        app._task_sidecar_checks_queues = True
+        worker_ready.connect(check_queues, weak=False)
     return client
