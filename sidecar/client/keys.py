@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import uuid
+import secrets
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
@@ -48,4 +48,4 @@ def new_report_id(task_id: str, attempt: int) -> str:
     re-send of that report (keep-alive retry, batch after a timeout), so the sidecar can
     store it once. The task id and attempt are there for people reading it; the random
     part makes it unique (the task id is cut so the id stays short)."""
-    return f"{str(task_id)[:128]}:{int(attempt)}:{uuid.uuid4().hex}"
+    return f"{task_id[:128]}:{attempt}:{secrets.token_hex(16)}"  # 128 random bits, as uuid4

@@ -24,8 +24,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 from .exceptions import TRACEBACK_LIMIT, retry_after_of, serialize_exception
 from .fallback import LocalDecider, claim_granted, start_allowed
@@ -42,8 +41,7 @@ class Unavailable(Exception):
     fall back); kept for code that imported it."""
 
 
-@dataclass(frozen=True, slots=True)
-class Reply:
+class Reply(NamedTuple):
     """What came back over the wire: a status and a body, or why nothing came."""
 
     status: int = 0
@@ -51,16 +49,26 @@ class Reply:
     error: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
 class Exchange(Generic[T]):
     """One hook call: what to send, how to read the answer (None: unusable), and the
-    fallback. `known` is an answer the client has without asking (a start allowance)."""
+    fallback. `known` is an answer the client has without asking (a start allowance).
+    A plain class: one is made per hook call, on the task's hot path."""
 
-    path: str
-    body: Any
-    read: Callable[[Any], T | None]
-    fallback: Callable[[], T]
-    known: T | None = None
+    __slots__ = ("body", "fallback", "known", "path", "read")
+
+    def __init__(
+        self,
+        path: str,
+        body: Any,
+        read: Callable[[Any], T | None],
+        fallback: Callable[[], T],
+        known: T | None = None,
+    ) -> None:
+        self.path = path
+        self.body = body
+        self.read = read
+        self.fallback = fallback
+        self.known = known
 
     def encode(self) -> bytes:
         """The body as sent; only when it is sent (an outage skips the work)."""
@@ -68,7 +76,7 @@ class Exchange(Generic[T]):
 
     @staticmethod
     def answered(answer: T) -> Exchange[T]:
-        return Exchange("", None, lambda _: None, lambda: answer, known=answer)
+        return Exchange("", None, _unusable, _unusable, known=answer)  # type: ignore[arg-type]
 
 
 def reason(exc: BaseException) -> str:
@@ -320,3 +328,7 @@ def _any_object(answer: Any) -> bool | None:
 
 def _false() -> bool:
     return False
+
+
+def _unusable(*_: Any) -> None:
+    return None
