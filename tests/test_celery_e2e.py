@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -28,6 +25,7 @@ pytest.importorskip("celery")
 
 import redis
 
+from tests.celery_worker import Worker
 from tests.polling import wait_for
 from tests.processes import SidecarProcess
 
@@ -65,8 +63,10 @@ class Env:
 
         self.app = celery_app.app
 
-    def send(self, name: str, *args: Any, queue: str = "default") -> str:
-        return self.app.send_task(name, args=args, queue=queue).id
+    def send(
+        self, name: str, *args: Any, queue: str = "default", kwargs: dict | None = None
+    ) -> str:
+        return self.app.send_task(name, args=args, kwargs=kwargs, queue=queue).id
 
     def runs_of(self, tag: str) -> list[dict[str, Any]]:
         return [json.loads(r) for r in self.runs.lrange(f"runs:{tag}", 0, -1)]
@@ -126,39 +126,21 @@ def env(
         sidecar.wait_ready()
         os.environ["CELERY_BROKER_URL"] = broker  # for the producer side in this process
         os.environ.setdefault("TASK_SIDECAR_URL", f"http://127.0.0.1:{sidecar.port}")
-        worker_log = tmp / "worker.log"
-        worker_env = {
-            **os.environ,
-            "CELERY_BROKER_URL": broker,
-            "RUNS_REDIS_URL": runs_url,
-            "TASK_SIDECAR_URL": f"http://127.0.0.1:{sidecar.port}",
-            "TASK_SIDECAR_TOKEN": HOOK_TOKEN,
-            "TASK_SIDECAR_POLICIES": str(policies),
-            "PYTHONPATH": str(ROOT),
-        }
-        with open(worker_log, "wb") as out:
-            worker = subprocess.Popen(
-                [sys.executable, "-m", "celery", "-A", "tests.celery_app", "worker",
-                 "-P", "solo", "-c", "1", "-Q", QUEUES, "--without-gossip",
-                 "--without-mingle", "--without-heartbeat", "-l", "info"],
-                cwd=ROOT, env=worker_env, stdout=out, stderr=subprocess.STDOUT,
-            )  # fmt: skip
-        wait_for(
-            lambda: "ready." in worker_log.read_text(errors="replace") or worker.poll() is not None,
-            30,
-            "worker ready",
-        )
-        assert worker.poll() is None, worker_log.read_text()
-        env = Env(sidecar, redis.Redis.from_url(runs_url), worker_log)
-        yield env
+        worker = Worker(
+            tmp / "worker.log",
+            QUEUES,
+            {
+                "CELERY_BROKER_URL": broker,
+                "RUNS_REDIS_URL": runs_url,
+                "TASK_SIDECAR_URL": f"http://127.0.0.1:{sidecar.port}",
+                "TASK_SIDECAR_TOKEN": HOOK_TOKEN,
+                "TASK_SIDECAR_POLICIES": str(policies),
+            },
+        ).wait_ready()
+        yield Env(sidecar, redis.Redis.from_url(runs_url), worker.log)
     finally:
-        if worker is not None and worker.poll() is None:
-            worker.send_signal(signal.SIGTERM)
-            try:
-                worker.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                worker.kill()
-                worker.wait(timeout=10)
+        if worker is not None:
+            worker.stop()
         sidecar.__exit__(None, None, None)
         os.environ.pop("CELERY_BROKER_URL", None)
 
@@ -251,6 +233,20 @@ def test_idempotent_task_sent_twice_runs_once(env: Env) -> None:
     second = env.send("e2e.charge", tag, 100)
     wait_for(lambda: f"e2e.charge[{second}]: duplicate skipped" in env.log(), 20, env.log())
     assert len(env.runs_of(tag)) == 1
+
+
+def test_positional_and_keyword_calls_are_one_idempotent_call(env: Env) -> None:
+    """charge(tag, 100) and charge(tag=tag, amount=100): the same key, the second skipped."""
+    tag = "s8-" + uuid.uuid4().hex[:8]
+    env.send("e2e.charge", tag, 100)
+    wait_for(lambda: env.runs_of(tag), 20, env.log())
+    second = env.send("e2e.charge", kwargs={"tag": tag, "amount": 100})
+    wait_for(lambda: f"e2e.charge[{second}]: duplicate skipped" in env.log(), 20, env.log())
+    assert len(env.runs_of(tag)) == 1
+
+
+def test_worker_reading_every_retry_queue_is_not_warned(env: Env) -> None:
+    assert "queues it does not consume" not in env.log()
 
 
 def test_integration_off_keeps_celery_retry_options(env: Env) -> None:

@@ -1,18 +1,18 @@
-"""The worker client: exception serialisation, idempotency keys, fail-open (closed port,
-slow server, 429/503), batching of success events, and the real sidecar."""
+"""The worker client. One table of faults runs over both clients (sync over http.client,
+async over aiohttp) against the real sidecar process, through a real aiohttp proxy that
+breaks requests the way each row says (tests/faultproxy.py): both must answer, count and
+log every error alike. Also: exception serialisation, idempotency keys, report ids kept
+across re-sends, batching of success events."""
 
 from __future__ import annotations
 
+import asyncio
 import errno
-import json
+import inspect
 import logging
-import socket
 import ssl
-import threading
-import time
 import urllib.error
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +24,15 @@ from sidecar.client import (
     idempotency_key,
     serialize_exception,
 )
+from tests.faultproxy import FaultProxy
+from tests.polling import wait_for
 from tests.processes import SidecarProcess
 from tests.services import free_port
 
 TOKEN = "client-test-token-0123456789"
 ROOT = Path(__file__).resolve().parent.parent
 POLICIES = ROOT / "policies.yaml"
+FAILURE, START, BATCH = "/v1/hooks/failure", "/v1/hooks/start", "/v1/hooks/batch"
 
 
 def raised(exc: BaseException) -> BaseException:
@@ -172,173 +175,55 @@ def test_idempotency_keys_are_canonical_and_scoped() -> None:
         idempotency_key("t", [], {}, "tenant")  # type: ignore[arg-type]
 
 
-# --- fail-open ---------------------------------------------------------------------------
-
-
-def test_closed_port_falls_back_to_policies_quickly_and_logs_once(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    client = SidecarClient(f"http://127.0.0.1:{free_port()}", "t", policies=POLICIES)
-    caplog.set_level(logging.WARNING, "sidecar.client")
-    started = time.monotonic()
-    decisions = [
-        client.failure("id", "billing.process_payment", raised(ValueError("Invalid data")))
-        for _ in range(20)
-    ]
-    assert time.monotonic() - started < 2
-    assert {d["source"] for d in decisions} == {"local"}
-    assert decisions[0]["action"] == "dead_letter"
-    assert decisions[0]["classification"]["failure_type"] == "PERMANENT_VALIDATION"
-    assert client.start("id", "x") == {
-        "allow": True, "delay_seconds": 0.0, "breaker": None, "source": "fallback"
-    }  # fmt: skip
-    assert client.claim("k")["claimed"] is True
-    assert client.release("k") is False
-    outage_logs = [r for r in caplog.records if "unavailable" in r.getMessage()]
-    assert len(outage_logs) == 1
-    assert client.stats()["fallbacks"] >= 20
+def test_failure_event_carries_a_report_id_and_a_small_workflow() -> None:
+    client = SidecarClient(f"http://127.0.0.1:{free_port()}")
+    first = client.failure_event("task-1", "x", raised(KeyError("k")), attempt=2)
+    again = client.failure_event("task-1", "x", raised(KeyError("k")), attempt=2)
+    assert first["report_id"].startswith("task-1:2:")
+    assert first["report_id"] != again["report_id"]  # one per report, not per task
+    assert "workflow" not in first  # nothing to continue: not sent at all
+    given = client.failure_event("t", "x", {"type": "E"}, report_id="r-1")
+    assert given["report_id"] == "r-1"  # a caller re-sending its report keeps its id
+    chained = client.failure_event(
+        "t",
+        "x",
+        {"type": "E"},
+        workflow={"chain": [{"task": "next", "args": [1]}], "callbacks": [], "root_id": "r"},
+    )
+    assert chained["workflow"] == {"chain": [{"task": "next", "args": [1]}], "root_id": "r"}
     client.close(timeout=0.1)
 
 
-def test_without_policies_a_conservative_default() -> None:
-    client = SidecarClient(f"http://127.0.0.1:{free_port()}", fallback_max_retries=2)
-    exc = raised(ConnectionResetError(errno.ECONNRESET, "reset"))
-    first = client.failure("id", "x", exc, attempt=0)
-    assert first["source"] == "default"
-    assert first["action"] == "retry"
-    assert 5 <= first["delay_seconds"] <= 10
-    second = client.failure("id", "x", exc, attempt=1)
-    assert 10 <= second["delay_seconds"] <= 20
-    assert client.failure("id", "x", exc, attempt=2)["action"] == "dead_letter"
-    client.close(timeout=0.1)
+# --- both clients, driven alike ------------------------------------------------------------
 
 
-def test_bad_policies_file_falls_back_to_default(tmp_path: Path) -> None:
-    bad = tmp_path / "p.yaml"
-    bad.write_text("version: 1\nretry: [")
-    client = SidecarClient(f"http://127.0.0.1:{free_port()}", policies=bad)
-    assert client.failure("id", "x", raised(KeyError("k")))["source"] == "default"
-    client.close(timeout=0.1)
+class Driver:
+    """The same calls on a SidecarClient or an AsyncSidecarClient (run in its own loop)."""
+
+    def __init__(self, kind: str, url: str, token: str | None, **options: Any) -> None:
+        self.kind = kind
+        self._runner = asyncio.Runner() if kind == "async" else None
+        cls = AsyncSidecarClient if kind == "async" else SidecarClient
+        self.client: Any = cls(url, token, **options)
+        self.closed = False
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.client, name)
+        if self._runner is not None and inspect.iscoroutinefunction(attr):
+            runner = self._runner
+            return lambda *args, **kwargs: runner.run(attr(*args, **kwargs))
+        return attr
+
+    def close(self, timeout: float = 2.0) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.__getattr__("close")(timeout)
+        if self._runner is not None:
+            self._runner.close()
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server: Any
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        self.server.calls.append((self.path, json.loads(body)))
-        mode = self.server.mode
-        if mode == "slow":
-            time.sleep(1.0)
-        status, answer = 200, {"recorded": True}
-        if mode in (429, 503):
-            status, answer = mode, {"title": "busy"}
-        elif self.path == "/v1/hooks/batch":
-            answer = {"results": [{"recorded": True}] * len(json.loads(body))}
-        data = json.dumps(answer).encode()
-        try:
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-        except OSError:
-            pass
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
-@pytest.fixture
-def fake_server() -> Iterator[ThreadingHTTPServer]:
-    """A plain HTTP server standing in for a slow or overloaded sidecar."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    server.daemon_threads = True
-    server.calls = []  # type: ignore[attr-defined]
-    server.mode = "ok"  # type: ignore[attr-defined]
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
-
-
-def _url(server: ThreadingHTTPServer) -> str:
-    return f"http://127.0.0.1:{server.server_address[1]}"
-
-
-def test_slow_sidecar_times_out_and_falls_back(fake_server: ThreadingHTTPServer) -> None:
-    fake_server.mode = "slow"  # type: ignore[attr-defined]
-    client = SidecarClient(_url(fake_server), timeout=0.1, policies=POLICIES, retry_interval=5)
-    started = time.monotonic()
-    decision = client.failure("id", "x", raised(ValueError("Invalid data")))
-    assert time.monotonic() - started < 0.6
-    assert decision["source"] == "local"
-    started = time.monotonic()  # during the outage the sidecar is not even tried
-    for _ in range(10):
-        client.failure("id", "x", raised(ValueError("Invalid data")))
-    assert time.monotonic() - started < 0.5
-    assert len(fake_server.calls) == 1  # type: ignore[attr-defined]
-    client.close(timeout=0.1)
-
-
-@pytest.mark.parametrize("status", [429, 503])
-def test_overloaded_sidecar_answers_fall_back(
-    fake_server: ThreadingHTTPServer, status: int
-) -> None:
-    fake_server.mode = status  # type: ignore[attr-defined]
-    client = SidecarClient(_url(fake_server), policies=POLICIES)
-    assert client.failure("id", "x", raised(ValueError("Invalid data")))["source"] == "local"
-    assert client.start("id", "x")["allow"] is True
-    client.close(timeout=0.1)
-
-
-def test_successes_are_batched_in_background(fake_server: ThreadingHTTPServer) -> None:
-    client = SidecarClient(_url(fake_server), batch_size=20, flush_interval=0.05)
-    started = time.monotonic()
-    for i in range(50):
-        client.success(f"id-{i}", "x", runtime_seconds=0.01)
-    assert time.monotonic() - started < 0.1  # the task pays almost nothing
-    assert client.flush(5)
-    calls = fake_server.calls  # type: ignore[attr-defined]
-    assert {path for path, _ in calls} == {"/v1/hooks/batch"}
-    events = [e for _, batch in calls for e in batch]
-    assert [e["task_id"] for e in events] == [f"id-{i}" for i in range(50)]
-    assert all(e["type"] == "success" for e in events)
-    assert len(calls) <= 5
-    assert client.stats()["sent"] == 50
-    client.close()
-
-
-def test_buffer_is_bounded_and_drops_are_counted(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.WARNING, "sidecar.client")
-    client = SidecarClient(f"http://127.0.0.1:{free_port()}", buffer_size=10, flush_interval=0.02)
-    for i in range(25):
-        client.success(f"id-{i}", "x")
-    assert client.stats()["dropped"] >= 15
-    assert not client.flush(0.2)
-    client.close(timeout=0.2)
-    assert any("dropped" in r.getMessage() for r in caplog.records)
-
-
-def test_buffered_events_are_sent_once_the_sidecar_answers(
-    fake_server: ThreadingHTTPServer,
-) -> None:
-    fake_server.mode = 503  # type: ignore[attr-defined]
-    client = SidecarClient(_url(fake_server), flush_interval=0.02, retry_interval=0.05)
-    client.success("id-1", "x")
-    deadline = time.monotonic() + 5
-    while not fake_server.calls and time.monotonic() < deadline:  # type: ignore[attr-defined]
-        time.sleep(0.01)
-    fake_server.mode = "ok"  # type: ignore[attr-defined]
-    assert client.flush(5)
-    assert client.stats()["sent"] == 1
-    assert client.stats()["dropped"] == 0
-    client.close()
-
-
-# --- the real sidecar --------------------------------------------------------------------
+Make = Callable[..., Driver]
 
 
 @pytest.fixture(scope="module")
@@ -349,75 +234,300 @@ def sidecar(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SidecarProcess
         yield process
 
 
-def test_real_sidecar_decides_and_keeps_the_connection(sidecar: SidecarProcess) -> None:
-    client = SidecarClient(f"http://127.0.0.1:{sidecar.port}", TOKEN)
-    exc = raised(ValueError("Invalid data"))
-    first = client.failure("t-1", "billing.process_payment", exc, args=[1], kwargs={"a": 2})
-    assert "source" not in first
-    assert first["action"] == "dead_letter"
-    assert first["dlq_id"]
-    conn = client._transport._local.conn
-    assert client.start("t-2", "billing.process_payment")["allow"] is True
-    assert client._transport._local.conn is conn  # keep-alive: same connection
-    key = idempotency_key("billing.process_payment", [1], {})
-    assert client.claim(key)["claimed"] is True
-    assert client.claim(key)["claimed"] is False
-    assert client.complete(key) is True
-    client.success("t-1", "billing.process_payment", dlq_id=first["dlq_id"])
-    assert client.flush(5)
-    assert client.stats()["sent"] == 1
-    client.close()
+@pytest.fixture
+def proxy(sidecar: SidecarProcess) -> Iterator[FaultProxy]:
+    with FaultProxy(f"http://127.0.0.1:{sidecar.port}") as proxy:
+        yield proxy
 
 
-def test_wrong_token_falls_back(sidecar: SidecarProcess) -> None:
-    client = SidecarClient(f"http://127.0.0.1:{sidecar.port}", "wrong", policies=POLICIES)
-    assert client.failure("t", "x", raised(ValueError("Invalid data")))["source"] == "local"
-    client.close()
+@pytest.fixture(params=["sync", "async"])
+def make_client(request: pytest.FixtureRequest) -> Iterator[Callable[..., Driver]]:
+    """Builds clients of the parametrised kind; closes them after the test."""
+    made: list[Driver] = []
+
+    def make(url: str, token: str | None = TOKEN, **options: Any) -> Driver:
+        made.append(Driver(request.param, url, token, **options))
+        return made[-1]
+
+    yield make
+    for driver in made:
+        driver.close(timeout=0.2)
 
 
-async def test_async_client_real_sidecar_and_fallback(sidecar: SidecarProcess) -> None:
-    client = AsyncSidecarClient(f"http://127.0.0.1:{sidecar.port}", TOKEN)
-    exc = raised(ConnectionResetError(errno.ECONNRESET, "reset"))
-    decision = await client.failure("t-a", "e2e.async_job", exc)
-    assert "source" not in decision
-    assert decision["action"] == "retry"
-    assert (await client.start("t-a", "e2e.async_job"))["allow"] is True
-    assert (await client.claim("async-key"))["claimed"] is True
-    assert await client.release("async-key") is True
-    client.success("t-a", "e2e.async_job")
-    await client.close()
-
-    down = AsyncSidecarClient(f"http://127.0.0.1:{free_port()}", policies=POLICIES)
-    started = time.monotonic()
-    local = await down.failure("t-b", "x", raised(ValueError("Invalid data")))
-    assert local["source"] == "local"
-    assert (await down.start("t-b", "x"))["allow"] is True
-    assert (await down.claim("k"))["claimed"] is True
-    assert time.monotonic() - started < 1
-    await down.close(timeout=0.1)
+def outage_lines(caplog: pytest.LogCaptureFixture, words: str) -> list[str]:
+    return [r.getMessage() for r in caplog.records if words in r.getMessage()]
 
 
-def test_server_socket_closed_between_calls_reconnects(sidecar: SidecarProcess) -> None:
-    client = SidecarClient(f"http://127.0.0.1:{sidecar.port}", TOKEN, start_cache=0)
-    assert client.start("t", "x")["allow"] is True
-    client._transport._local.conn.sock.shutdown(socket.SHUT_RDWR)  # a stale keep-alive
-    answer = client.start("t", "x")
-    assert "source" not in answer
-    client.close()
+FAULTS = [  # (fault injected by the proxy, requests it sees for the one call that is made)
+    pytest.param("refused", 0, id="connection-refused"),
+    pytest.param("hold", 1, id="timeout"),
+    pytest.param("drop", 2, id="dropped-connection"),  # re-sent once, dropped again
+    pytest.param(429, 1, id="429-overloaded"),
+    pytest.param(503, 1, id="503-unavailable"),
+    pytest.param(500, 1, id="500"),
+    pytest.param(404, 1, id="404-wrong-prefix"),
+    pytest.param("bad-token", 1, id="401-wrong-token"),
+    pytest.param("not_json", 1, id="200-not-json"),
+    pytest.param("wrong_shape", 1, id="200-wrong-shape"),
+]
 
 
-def test_start_answers_are_cached_until_a_breaker_opens(sidecar: SidecarProcess) -> None:
-    """A run the sidecar let start lets the next start without a round trip; a failure
-    answer reporting an open breaker ends that at once."""
-    client = SidecarClient(f"http://127.0.0.1:{sidecar.port}", TOKEN, start_cache=60)
-    try:
-        assert "source" not in client.start("t1", "cache.task")
-        assert client.start("t2", "cache.task")["source"] == "cache"
+class TestEveryErrorFallsBackAlike:
+    """Whatever goes wrong, both clients decide locally, allow the start, grant the claim,
+    say False to complete/release, log the outage once and stop asking for a while."""
+
+    @pytest.mark.parametrize(("fault", "requests"), FAULTS)
+    def test_fault(
+        self,
+        make_client: Make,
+        proxy: FaultProxy,
+        caplog: pytest.LogCaptureFixture,
+        fault: Any,
+        requests: int,
+    ) -> None:
+        caplog.set_level(logging.WARNING, "sidecar.client")
+        url = f"http://127.0.0.1:{free_port()}" if fault == "refused" else proxy.url
+        token = "wrong-token" if fault == "bad-token" else TOKEN
+        proxy.fault = "pass" if fault == "bad-token" else fault
+        client = make_client(url, token, timeout=0.2, policies=POLICIES, retry_interval=3600)
+
+        decision = client.failure("t-1", "billing.charge", raised(ValueError("Invalid data")))
+        assert decision["source"] == "local"
+        assert decision["action"] == "dead_letter"
+        assert decision["classification"]["failure_type"] == "PERMANENT_VALIDATION"
+        again = client.failure("t-2", "billing.charge", raised(ValueError("Invalid data")))
+        assert again["source"] == "local"
+        assert client.start("t-3", "billing.charge") == {
+            "allow": True, "delay_seconds": 0.0, "breaker": None, "source": "fallback"
+        }  # fmt: skip
+        assert client.claim("k") == {"claimed": True, "source": "fallback"}
+        assert client.complete("k") is False
+        assert client.release("k") is False
+
+        assert len(proxy.seen) == requests  # after the first error the sidecar is not asked
+        stats = client.stats()
+        assert (stats["fallbacks"], stats["outages"], stats["down"]) == (6, 1, True)
+        assert stats["pending"] == 2  # both dead letters wait for the sidecar to store them
+        (line,) = outage_lines(caplog, "sidecar unavailable")
+        assert "deciding locally until it answers" in line
+
+    def test_fault_reasons_are_worded_alike(
+        self,
+        make_client: Make,
+        proxy: FaultProxy,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        """The outage line names the cause in the same words for both transports."""
+        caplog.set_level(logging.WARNING, "sidecar.client")
+        refused = make_client(f"http://127.0.0.1:{free_port()}", timeout=0.2)
+        refused.start("t", "x")
+        proxy.fault = "hold"
+        slow = make_client(proxy.url, timeout=0.2)
+        slow.start("t", "x")
+        proxy.fault = 503
+        busy = make_client(proxy.url, timeout=0.2)
+        busy.start("t", "x")
+        assert outage_lines(caplog, "sidecar unavailable") == [
+            f"sidecar unavailable ({why}); deciding locally until it answers"
+            for why in ("Connection refused (ECONNREFUSED)", "timed out", "HTTP 503")
+        ]
+
+    def test_sidecar_asked_again_after_the_retry_interval(
+        self,
+        make_client: Make,
+        proxy: FaultProxy,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        """Once it answers again: its decisions, the end of the outage logged once, and the
+        dead letter decided locally delivered in a batch."""
+        caplog.set_level(logging.WARNING, "sidecar.client")
+        proxy.fault = 503
+        client = make_client(proxy.url, policies=POLICIES, retry_interval=0.05, start_cache=0)
+        local = client.failure("t-back", "billing.charge", raised(ValueError("Invalid data")))
+        assert local["source"] == "local"
+        proxy.fault = "pass"
+        answer = wait_for(lambda: "source" not in (a := client.start("t", "x")) and a, 10)
+        assert answer["allow"] is True
+        assert len(outage_lines(caplog, "sidecar answers again")) == 1
+        assert client.flush(10)
+        (batch,) = [f.body for f in proxy.forwarded if f.path == BATCH]
+        assert [(e["type"], e["task_id"]) for e in batch] == [("failure", "t-back")]
+
+
+class TestTheRealSidecar:
+    """Both clients against the sidecar itself: its decisions, one kept-alive connection,
+    idempotency claims, batched successes, start allowances."""
+
+    def test_decides_claims_and_keeps_the_connection(
+        self, make_client: Make, proxy: FaultProxy
+    ) -> None:
+        client = make_client(proxy.url, start_cache=0)
+        exc = raised(ValueError("Invalid data"))
+        first = client.failure("t-1", "billing.process_payment", exc, args=[1], kwargs={"a": 2})
+        assert "source" not in first
+        assert first["action"] == "dead_letter"
+        assert first["dlq_id"]
+        retried = client.failure(
+            "t-2", "e2e.job", raised(ConnectionResetError(errno.ECONNRESET, "reset"))
+        )
+        assert (retried["action"], "source" in retried) == ("retry", False)
+        assert client.start("t-3", "billing.process_payment")["allow"] is True
+        key = idempotency_key("billing.process_payment", [client.kind], {})
+        assert client.claim(key)["claimed"] is True
+        assert client.claim(key)["claimed"] is False
+        assert client.complete(key) is True
+        other = idempotency_key("billing.process_payment", [client.kind, 2], {})
+        assert client.claim(other)["claimed"] is True
+        assert client.release(other) is True
+        assert {p.peer for p in proxy.seen} == {proxy.seen[0].peer}  # one connection
+        assert all(f.status == 200 for f in proxy.forwarded)
+        client.success("t-1", "billing.process_payment", dlq_id=first["dlq_id"])
+        assert client.flush(5)
+        assert client.stats()["sent"] == 1
+        assert client.stats()["fallbacks"] == 0
+
+    def test_connection_closed_by_the_server_between_calls_is_reopened(
+        self, make_client: Make, proxy: FaultProxy
+    ) -> None:
+        client = make_client(proxy.url, start_cache=0)
+        assert "source" not in client.start("t", "x")
+        proxy.drop_connections()  # a server closing an idle keep-alive connection
+        assert "source" not in client.start("t", "x")
+        assert client.stats()["fallbacks"] == 0
+        assert len({p.peer for p in proxy.seen}) == 2
+
+    def test_start_answers_are_cached_until_a_breaker_opens(
+        self, make_client: Make, proxy: FaultProxy
+    ) -> None:
+        """A run the sidecar let start lets the next start without a round trip; a failure
+        answer reporting an open breaker ends that at once."""
+        client = make_client(proxy.url, start_cache=60)
+        task = f"cache.{client.kind}"
+        assert "source" not in client.start("t1", task)
+        assert client.start("t2", task)["source"] == "cache"
         deadlock = {"type": "DeadlockDetected", "message": "deadlock detected"}
-        answers = [client.failure(f"f{i}", "cache.task", deadlock) for i in range(10)]
+        answers = [client.failure(f"f{i}", task, deadlock) for i in range(10)]
         assert answers[-1]["breaker"]["state"] == "open"
-        refused = client.start("t3", "cache.task")
+        refused = client.start("t3", task)
         assert refused["allow"] is False
         assert "source" not in refused
-    finally:
-        client.close()
+        assert len(proxy.bodies(START)) == 2  # the cached start never reached it
+
+
+class TestReportIds:
+    """A report is made once: every re-send of it carries the same report_id."""
+
+    def test_timed_out_failure_resent_in_a_batch_keeps_its_report_id(
+        self, make_client: Make, proxy: FaultProxy
+    ) -> None:
+        proxy.faults[FAILURE] = "hold"  # the sidecar hangs on the hook, then stores late
+        client = make_client(
+            proxy.url, timeout=0.2, policies=POLICIES, retry_interval=0.05, flush_interval=0.02
+        )
+        decision = client.failure("t-late", "billing.charge", raised(ValueError("Invalid data")))
+        assert (decision["source"], decision["action"]) == ("local", "dead_letter")
+        assert client.flush(10)  # the batch re-sends the dead letter
+        proxy.release()  # and the held original reaches the sidecar after all
+        wait_for(lambda: len(proxy.forwarded) == 2, 10, "both copies forwarded")
+        (original,) = proxy.bodies(FAILURE)
+        ((resent,),) = proxy.bodies(BATCH)
+        assert resent["report_id"] == original["report_id"]
+        assert resent == {"type": "failure", **original}
+        assert {f.status for f in proxy.forwarded} == {200}
+
+    def test_refused_batch_resends_successes_with_the_same_report_ids(
+        self, make_client: Make, proxy: FaultProxy
+    ) -> None:
+        proxy.faults[BATCH] = 503
+        client = make_client(proxy.url, flush_interval=0.02, retry_interval=0.05)
+        client.success("s-1", "x", runtime_seconds=0.1)
+        client.success("s-2", "x", attempt=1)
+        wait_for(lambda: proxy.seen, 10, "a batch tried")
+        proxy.faults[BATCH] = "pass"
+        assert client.flush(10)
+        batches = proxy.bodies(BATCH)
+        assert len(batches) >= 2
+        ids = [[e["report_id"] for e in batch] for batch in batches]
+        assert all(i == ids[0] for i in ids)  # the same two reports each time
+        assert ids[0][0].startswith("s-1:0:")
+        assert ids[0][1].startswith("s-2:1:")
+
+
+class TestLocalDecisions:
+    """Without the sidecar and without a readable policy: a conservative default."""
+
+    def test_without_policies_a_conservative_default(self, make_client: Make) -> None:
+        client = make_client(f"http://127.0.0.1:{free_port()}", fallback_max_retries=2)
+        exc = raised(ConnectionResetError(errno.ECONNRESET, "reset"))
+        first = client.failure("id", "x", exc, attempt=0)
+        assert (first["source"], first["action"]) == ("default", "retry")
+        assert 5 <= first["delay_seconds"] <= 10
+        second = client.failure("id", "x", exc, attempt=1)
+        assert 10 <= second["delay_seconds"] <= 20
+        assert client.failure("id", "x", exc, attempt=2)["action"] == "dead_letter"
+
+    def test_bad_policies_file_falls_back_to_default(
+        self, make_client: Make, tmp_path: Path
+    ) -> None:
+        bad = tmp_path / "p.yaml"
+        bad.write_text("version: 1\nretry: [")
+        client = make_client(f"http://127.0.0.1:{free_port()}", policies=bad)
+        assert client.failure("id", "x", raised(KeyError("k")))["source"] == "default"
+
+
+class TestBatching:
+    """Successes cost the task a buffer append; a thread sends them in batches."""
+
+    def test_successes_are_batched_in_background(
+        self, make_client: Make, proxy: FaultProxy
+    ) -> None:
+        client = make_client(proxy.url, batch_size=20, flush_interval=0.05)
+        for i in range(50):
+            client.success(f"id-{i}", "x", runtime_seconds=0.01)
+        assert client.flush(5)
+        assert {s.path for s in proxy.seen} == {BATCH}
+        events = [e for batch in proxy.bodies(BATCH) for e in batch]
+        assert [e["task_id"] for e in events] == [f"id-{i}" for i in range(50)]
+        assert all(e["type"] == "success" for e in events)
+        assert len(proxy.seen) <= 5
+        assert client.stats()["sent"] == 50
+
+    def test_buffer_is_bounded_and_drops_are_counted(
+        self, make_client: Make, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        caplog.set_level(logging.WARNING, "sidecar.client")
+        client = make_client(f"http://127.0.0.1:{free_port()}", buffer_size=10, flush_interval=0.02)
+        for i in range(25):
+            client.success(f"id-{i}", "x")
+        assert client.stats()["dropped"] >= 15
+        assert not client.flush(0.2)
+        client.close(timeout=0.2)
+        assert outage_lines(caplog, "dropped")
+
+    def test_buffered_events_are_sent_once_the_sidecar_answers(
+        self, make_client: Make, proxy: FaultProxy
+    ) -> None:
+        proxy.fault = 503
+        client = make_client(proxy.url, flush_interval=0.02, retry_interval=0.05)
+        client.success("id-1", "x")
+        wait_for(lambda: proxy.seen, 10, "a batch tried")
+        proxy.fault = "pass"
+        assert client.flush(5)
+        assert (client.stats()["sent"], client.stats()["dropped"]) == (1, 0)
+        assert [f.status for f in proxy.forwarded] == [200]
+
+    def test_events_the_sidecar_refuses_one_by_one_are_not_resent(
+        self,
+        make_client: Make,
+        proxy: FaultProxy,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        """A 400 for one item would come back on every re-send: logged, not retried."""
+        caplog.set_level(logging.WARNING, "sidecar.client")
+        client = make_client(proxy.url, flush_interval=0.02)
+        client.success("ok", "x")
+        client.success("bad", "x" * 600)  # over the sidecar's 512-character limit
+        assert client.flush(5)
+        assert len(proxy.bodies(BATCH)) == 1
+        (line,) = outage_lines(caplog, "refused 1 of 2 batched events")
+        assert "task_name" in line

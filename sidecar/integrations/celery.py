@@ -4,7 +4,11 @@
 failures are decided by the sidecar (retry on the decided queue and priority after the
 decided delay, dead letter, discard), `hooks/start` postpones tasks whose breaker is open,
 successes are reported, DLQ retries resolve their record, and `idempotent=True` tasks skip
-duplicates.
+duplicates (the key is built from the arguments bound to the task's signature, so
+`charge("o1", 10)` and `charge(order_id="o1", amount=10)` are the same call). A failure
+report carries what Celery needs to continue a chain or callbacks after a DLQ retry
+(`workflow`). At worker start it warns once when the worker does not consume the queues
+the policy sends its tasks' retries to.
 
 `send_beat_schedule(app, url)` reports a Celery app's `beat_schedule` to the sidecar so
 its schedule health (hotspots, conflicts, advice) covers the periodic tasks the app runs.
@@ -12,11 +16,13 @@ its schedule health (hotspots, conflicts, advice) covers the periodic tasks the 
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
 import time
 import urllib.request
+from collections.abc import Mapping
 from typing import Any
 
 from ..schedules import ScheduleError
@@ -111,6 +117,7 @@ class SidecarTask(_CeleryTask):  # type: ignore[misc,valid-type]
     duplicate_delay: float = 10.0  # when the first run of a duplicate is still running
     sidecar_client: Any = None  # set by install(); None turns the integration off
     sidecar_route_retries: bool = True  # send retries to the queue the sidecar decides
+    _sidecar_signature: Any = None  # inspect.Signature of run(), False when it has none
 
     def sidecar_context(self, args: tuple, kwargs: dict) -> dict[str, Any]:
         return {}
@@ -129,27 +136,28 @@ class SidecarTask(_CeleryTask):  # type: ignore[misc,valid-type]
         if not answer.get("allow", True):
             self._postpone(float(answer.get("delay_seconds") or 1.0), answer)
 
-        key = None
+        key, owner = None, None
         if self.idempotent:
             key = self._idempotency_key(args, kwargs)
             claim = client.claim(key, self.idempotency_scope, self.idempotency_ttl)
             if not claim.get("claimed", True):
                 return self._duplicate(key, claim)
+            owner = claim.get("owner")  # complete/release prove the claim is ours
 
         started = time.monotonic()
         try:
             result = super().__call__(*args, **kwargs)
         except _CONTROL:
             if key is not None:
-                client.release(key, self.idempotency_scope)
+                client.release(key, self.idempotency_scope, owner=owner)
             raise
         except Exception as exc:
             if key is not None:
-                client.release(key, self.idempotency_scope)
+                client.release(key, self.idempotency_scope, owner=owner)
             self._on_failure(client, exc, args, kwargs, attempt, queue, dlq_id)
             raise  # dead_letter: the task fails (the sidecar stored it in the DLQ)
         if key is not None:
-            client.complete(key, self.idempotency_scope, self.idempotency_ttl)
+            client.complete(key, self.idempotency_scope, self.idempotency_ttl, owner=owner)
         client.success(
             task_id,
             self.name,
@@ -162,9 +170,14 @@ class SidecarTask(_CeleryTask):  # type: ignore[misc,valid-type]
     # --- helpers ---------------------------------------------------------------------------
 
     def _idempotency_key(self, args: tuple, kwargs: dict) -> str:
+        """The key of this call: the arguments by parameter name, defaults applied, so a
+        call is the same however its arguments were passed."""
         from ..client import idempotency_key
 
         context = self.sidecar_context(args, kwargs) or {}
+        named = self._bound_arguments(args, kwargs)
+        if named is not None:
+            args, kwargs = (), named
         return idempotency_key(
             self.name,
             args,
@@ -174,6 +187,25 @@ class SidecarTask(_CeleryTask):  # type: ignore[misc,valid-type]
             device_id=context.get("device_id", kwargs.get("device_id")),
             task_id=self.request.id,
         )
+
+    def _bound_arguments(self, args: tuple, kwargs: dict) -> dict[str, Any] | None:
+        """`inspect.signature(run).bind(...)` with defaults applied; None when the call does
+        not fit the signature (the run then fails on it as it would without us)."""
+        signature = self._sidecar_signature
+        if signature is None:  # once per task: inspect.signature is not free
+            try:
+                signature = inspect.signature(self.run)
+            except (TypeError, ValueError):
+                signature = False
+            self._sidecar_signature = signature
+        if signature is False:
+            return None
+        try:
+            bound = signature.bind(*args, **kwargs)
+        except TypeError:
+            return None
+        bound.apply_defaults()
+        return dict(bound.arguments)
 
     def _duplicate(self, key: str, claim: dict[str, Any]) -> Any:
         counts = _DUPLICATES.setdefault(self.name, [0])
@@ -228,6 +260,7 @@ class SidecarTask(_CeleryTask):  # type: ignore[misc,valid-type]
             kwargs=kwargs,
             context=context,
             dlq_id=dlq_id,
+            workflow=workflow_of(self.request),
         )
         action = decision.get("action")
         if action == "retry":
@@ -267,6 +300,31 @@ def duplicates_skipped() -> dict[str, int]:
     return {name: count[0] for name, count in _DUPLICATES.items()}
 
 
+def workflow_of(request: Any) -> dict[str, Any]:
+    """What Celery needs to continue the workflow after a DLQ retry of this run: the rest
+    of its chain, its callbacks and errbacks (signatures as the dicts Celery serialises)
+    and the ids tying it to its parent, root and group. Empty fields are left out; the
+    client leaves the whole object out when nothing is set."""
+    fields = {
+        "chain": getattr(request, "chain", None),
+        "callbacks": getattr(request, "callbacks", None),
+        "errbacks": getattr(request, "errbacks", None),
+        "parent_id": getattr(request, "parent_id", None),
+        "root_id": getattr(request, "root_id", None),
+        "group_id": getattr(request, "group", None),
+    }
+    if fields["root_id"] == getattr(request, "id", None):
+        fields["root_id"] = None  # its own root: Celery makes a requeued task its own root too
+    workflow: dict[str, Any] = {}
+    for name, value in fields.items():
+        if not value:
+            continue
+        if isinstance(value, (list, tuple)):
+            value = [dict(v) if isinstance(v, Mapping) else v for v in value]  # Signature: a dict
+        workflow[name] = value if isinstance(value, list) else str(value)
+    return workflow
+
+
 def _queue_of(request: Any) -> str | None:
     info = getattr(request, "delivery_info", None) or {}
     return info.get("routing_key") or info.get("queue") or None
@@ -279,6 +337,89 @@ def _message_priority(app: Any, priority: int) -> int:
     if broker.startswith(("redis://", "rediss://", "sentinel://")):
         return max(0, min(9, 10 - int(priority)))
     return max(0, min(255, int(priority)))
+
+
+# --- at worker start: are the queues retries go to consumed here? ---------------------------
+
+
+def retry_queues(policy: Any, task_name: str) -> set[str]:
+    """Queues the policy may send the task's retries to: its base priority level and every
+    level its boosts (SLA breach, aging, retries, failure urgency, positive or negative)
+    can move it to, and the safety-critical level."""
+    from ..policy.priority import nearest_level
+
+    priority = policy.priority
+    base = priority.level(policy.base_level(task_name)).value
+    aging = [a.boost for a in priority.aging] or [0.0]
+    urgency = [t.urgency for t in policy.failure_types.values()] or [0.0]
+    sla = priority.sla_breach_boost if priority.tier_sla else 0.0
+    escalation = priority.retry_escalation_boost
+    up = sum(max(0.0, b) for b in (sla, max(aging), escalation, max(urgency)))
+    down = sum(min(0.0, b) for b in (sla, min(aging), escalation, min(urgency)))
+    high = nearest_level(priority, base + up).value
+    low = nearest_level(priority, base + down).value
+    levels = [level for level in priority.levels if low <= level.value <= high]
+    levels.append(priority.level(priority.safety_critical_level))
+    return {level.queue for level in levels}
+
+
+def stranded_retry_queues(app: Any, consumed: set[str]) -> dict[str, list[str]]:
+    """{queue: the app's tasks whose retries may go there} for the queues the policy may
+    route retries to that this worker does not consume; empty when retries are not
+    routed (install(route_retries=False), or the policy's `priority.route_retries`
+    false) or no policy file can be read."""
+    stranded: dict[str, list[str]] = {}
+    for name, task in sorted(app.tasks.items()):
+        client = getattr(task, "sidecar_client", None)
+        if (
+            name.startswith("celery.")
+            or not isinstance(task, SidecarTask)
+            or not task.sidecar
+            or not task.sidecar_route_retries
+            or client is None
+        ):
+            continue
+        local = getattr(client, "local", None)
+        policy = local.policy() if local is not None else None
+        if policy is None or not getattr(policy.priority, "route_retries", True):
+            continue
+        for queue in retry_queues(policy, name) - consumed:
+            stranded.setdefault(queue, []).append(name)
+    return stranded
+
+
+def consumed_queues(consumer: Any) -> set[str]:
+    """The queues a worker's consumer reads (`celery worker -Q`)."""
+    task_consumer = getattr(consumer, "task_consumer", None)
+    queues = getattr(task_consumer, "queues", None)
+    if queues is None:
+        queues = consumer.app.amqp.queues.consume_from.values()
+    return {queue.name for queue in queues}
+
+
+def warn_stranded_retries(app: Any, consumer: Any) -> dict[str, list[str]]:
+    """The worker_ready check: one warning naming each queue this worker does not read
+    and the tasks whose retries may land there."""
+    consumed = consumed_queues(consumer)
+    stranded = stranded_retry_queues(app, consumed)
+    if stranded:
+        listed = "; ".join(f"{queue} ({_some(tasks)})" for queue, tasks in sorted(stranded.items()))
+        wanted = ",".join(sorted(consumed) + sorted(stranded))
+        log.warning(
+            "task-sidecar: this worker consumes %s but the policy may send retries of its "
+            "tasks to queues it does not consume: %s. Those retries would wait for a worker "
+            "that reads them. Consume them (celery worker -Q %s), or keep retries on the "
+            "task's own queue with install(app, route_retries=False).",
+            ", ".join(sorted(consumed)),
+            listed,
+            wanted,
+        )
+    return stranded
+
+
+def _some(names: list[str], shown: int = 3) -> str:
+    more = f", and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
 
 
 def install(
@@ -313,9 +454,20 @@ def install(
 
     app.Task = AppSidecarTask
     try:
-        from celery.signals import worker_shutdown
-
-        worker_shutdown.connect(lambda **_: client.close(), weak=False)
+        from celery.signals import worker_ready, worker_shutdown
     except ImportError:  # pragma: no cover
-        pass
+        return client
+    worker_shutdown.connect(lambda **_: client.close(), weak=False)
+
+    def check_queues(sender: Any = None, **_: Any) -> None:
+        if sender is None or getattr(sender, "app", app) is not app:
+            return  # another app's worker in this process
+        try:
+            warn_stranded_retries(app, sender)
+        except Exception as exc:  # a check must never stop a worker from starting
+            log.warning("task-sidecar: cannot check the queues retries go to: %r", exc)
+
+    if not getattr(app, "_task_sidecar_checks_queues", False):  # once, however often installed
+        app._task_sidecar_checks_queues = True
+        worker_ready.connect(check_queues, weak=False)
     return client
