@@ -36,29 +36,27 @@ from sidecar.policy import EMPTY, FailureEvent, decide, parse_policy  # noqa: E4
 POLICY = (ROOT / "policies.yaml").read_text()
 
 # Policy A (recorded) retries the database quickly; B waits longer and retries more.
-A_DATABASE = """    TRANSIENT_DATABASE:
-      max_retries: 3
-      initial_delay: 30s
-      backoff: exponential
-      multiplier: 2.0
-      max_delay: 5m
-      jitter: full
-"""
-B_DATABASE = """    TRANSIENT_DATABASE:
-      max_retries: 5
-      initial_delay: 5m
-      backoff: exponential
-      multiplier: 2.0
-      max_delay: 1h
-      jitter: full
-      breaker: {failures: 10, open_for: 5m}
-"""
+A_DATABASE = {
+    "max_retries": 3,
+    "initial_delay": "30s",
+    "backoff": "exponential",
+    "multiplier": 2.0,
+    "max_delay": "5m",
+    "jitter": "full",
+}
+B_DATABASE = {
+    "max_retries": 5,
+    "initial_delay": "5m",
+    "backoff": "exponential",
+    "multiplier": 2.0,
+    "max_delay": "1h",
+    "jitter": "full",
+    "breaker": {"failures": 10, "open_for": "5m"},
+}
 
 
-def policy_text(database: str) -> str:
-    start = POLICY.index("    TRANSIENT_DATABASE:\n")
-    end = POLICY.index("    TRANSIENT_NETWORK:\n")
-    return POLICY[:start] + database + POLICY[end:]
+def policy_text(database: dict) -> str:
+    return syn.with_retry_policies(POLICY, {"TRANSIENT_DATABASE": database})
 
 
 def world(hours: float, every: float) -> syn.World:

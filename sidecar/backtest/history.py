@@ -117,6 +117,11 @@ class History:
     first_at: float
     last_at: float
     order: list[tuple[float, int, int, int, int]] = field(default_factory=list)
+    # Seconds from a retry's due time to its first start hook (queue waits), sorted: a run
+    # the replay postpones is published again and waits in the queue as long as one of these.
+    queue_waits: list[float] = field(default_factory=list)
+    # The same without start hooks: seconds from a retry's due time to its report.
+    report_gaps: list[float] = field(default_factory=list)
 
     @property
     def decisions(self) -> int:
@@ -171,6 +176,12 @@ def parse(lines: Iterable[tuple[int, bytes]]) -> History:
         first_at = last_at = 0.0
     history = History(tasks, exogenous, count, starts, ignored, first_at, last_at)
     history.order = _order(history)
+    history.queue_waits = sorted(
+        t.pickup[k] for t in tasks for k in range(1, len(t.runs)) if t.runs[k].starts
+    )
+    history.report_gaps = sorted(
+        t.work[k] for t in tasks for k in range(1, len(t.runs)) if not t.runs[k].starts
+    )
     return history
 
 

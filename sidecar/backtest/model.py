@@ -26,6 +26,7 @@ from typing import Protocol
 from ..policy import Policy
 from ..policy.events import FailureEvent
 from ..policy.model import Category
+from .draws import hashed_draw
 from .history import History, TaskHistory
 
 
@@ -103,17 +104,40 @@ def _nearest(times: list[float], at: float) -> tuple[float, int]:
     return best, where
 
 
+@dataclass(slots=True)
+class _Kind:
+    """Per task name: how many tasks showed what they are made of (a success or a
+    permanent failure), how many of those were permanent, and examples of those."""
+
+    revealed: int = 0
+    permanent: list[tuple[float, FailureEvent]] = field(default_factory=list)
+
+    def share(self) -> float:
+        return len(self.permanent) / self.revealed if self.revealed else 0.0
+
+
 class OutageModel:
     def __init__(self, history: History, observer: Observer) -> None:
         self.observer = observer
         self._owners: dict[str, _Owner] = {}
         self._own: dict[int, _Own] = {}
+        self._kinds: dict[str, _Kind] = {}
         for task in history.tasks:
             own = _Own()
+            revealed = False
             for run in task.runs:
                 self._observe(task.task_name, run.at, run.failure, own)
+                revealed = revealed or run.failure is None
             if own.by_type or own.permanent is not None:
                 self._own[task.index] = own
+            kind = self._kinds.get(task.task_name)
+            if kind is None:
+                kind = self._kinds[task.task_name] = _Kind()
+            if own.permanent is not None:
+                kind.permanent.append((task.runs[-1].at, own.permanent))
+                kind.revealed += 1
+            elif revealed:
+                kind.revealed += 1
         for event in history.exogenous:
             if event.kind != "start":
                 failure = event.event if event.kind == "failure" else None
@@ -165,7 +189,24 @@ class OutageModel:
                 return self._example(key, where, own, at), outside
         if own is not None and own.permanent is not None:
             return own.permanent, outside
+        if own is not None and own.by_type:
+            hidden = self._hidden_permanent(task, at)
+            if hidden is not None:
+                return hidden, outside
         return None, outside
+
+    def _hidden_permanent(self, task: TaskHistory, at: float) -> FailureEvent | None:
+        """A task seen only failing transiently may also carry bad input that its runs
+        never reached: as often as the tasks of its name that showed what they are made
+        of did (a fixed draw per task, so all its runs agree)."""
+        if any(run.failure is None for run in task.runs):
+            return None  # it succeeded once: nothing permanent in it
+        kind = self._kinds.get(task.task_name)
+        if kind is None or not kind.permanent:
+            return None
+        if hashed_draw(0, task.task_id, -1) >= kind.share():
+            return None
+        return min(kind.permanent, key=lambda p: abs(p[0] - at))[1]
 
     @staticmethod
     def _example(key: _Key, where: int, own: _Own | None, at: float) -> FailureEvent:

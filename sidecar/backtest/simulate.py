@@ -24,16 +24,16 @@ from __future__ import annotations
 import gc
 import heapq
 import random
-import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import msgspec
 
 from ..policy import Policy, keys_for
 from ..policy.decide import Keys, Outcome
 from ..policy.events import FailureEvent, SuccessEvent
+from .draws import Quantile, hashed_draw
 from .history import History, TaskHistory
 from .metrics import TaskResult
 from .model import Model, Observer, OutageModel
@@ -43,23 +43,6 @@ TOLERANCE = 0.0015  # decisions carry milliseconds: equal delays may differ by a
 HORIZON = 30 * 86400.0  # how long past the history a replay follows unfinished tasks
 
 _GATE, _REPORT = 0, 1
-
-
-class _Draw(random.Random):
-    """An rng whose draw is set from outside: `uniform(a, b)` is the quantile `u` of
-    [a, b]. Records the range it was asked for (None: no jitter in this decision)."""
-
-    def __init__(self) -> None:
-        super().__init__(0)
-        self.u = 0.5
-        self.span: tuple[float, float] | None = None
-
-    def uniform(self, a: float, b: float) -> float:
-        self.span = (a, b)
-        return a + (b - a) * self.u
-
-    def random(self) -> float:
-        return self.u
 
 
 @contextmanager
@@ -76,8 +59,14 @@ def cyclic_gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def hashed_draw(seed: int, task_id: str, run: int) -> float:
-    return zlib.crc32(f"{seed}/{task_id}/{run}".encode()) / 4294967296.0
+@dataclass(slots=True)
+class Recovered:
+    """What the baseline pass learns from the history for the candidate pass: the jitter
+    draw of each recorded decision (a quantile, per task and run), and the wait the
+    sidecar gave each refused start hook (per task, run and start)."""
+
+    draws: dict[int, list[float | None]] = field(default_factory=dict)
+    waits: dict[tuple[int, int, int], float] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -116,7 +105,7 @@ class _Replay:
         policy: Policy,
         model: Model,
         observer: Observer,
-        draws: dict[int, list[float | None]],
+        recovered: Recovered,
         *,
         learn: bool,
         seed: int,
@@ -126,12 +115,14 @@ class _Replay:
         self.policy = policy
         self.model = model
         self.observer = observer
-        self.draws = draws
-        self.learn = learn  # the baseline pass: recover the recorded draws
+        self.draws = recovered.draws
+        self.waits = recovered.waits
+        self.learn = learn  # the baseline pass: recover the recorded draws and waits
         self.seed = seed
         self.until = history.last_at + horizon
         self.replica = Replica(policy)
-        self.rng = _Draw()
+        self.rng = Quantile()
+        self.queue = random.Random(seed)  # which recorded queue wait a postponed run gets
         self.heap: list[tuple[float, int, int, object]] = []
         self.counter = 0
         self.keys: dict[tuple[int, str], Keys] = {}
@@ -200,33 +191,63 @@ class _Replay:
         heapq.heappush(self.heap, (at, self.counter, code, sim))
 
     def _move(self, sim: _Task, due: float) -> None:
-        """The run in progress is off script from its due time on."""
-        task, k = sim.task, min(sim.run, len(sim.task.runs) - 1)
+        """The run in progress is off script from its due time on. The world's share of
+        its timing is the recorded one of the same run, else the last run's run time and a
+        queue wait drawn from the history (the first run's wait is not known)."""
+        task, k = sim.task, sim.run
         sim.script, sim.pending = False, -1
         if task.uses_start:
-            self._push(due + task.pickup[k], _GATE, sim)
-        else:
+            wait = task.pickup[k] if 0 < k < len(task.runs) else self._queue_wait()
+            self._push(due + wait, _GATE, sim)
+        elif 0 < k < len(task.runs):
             self._push(due + task.work[k], _REPORT, sim)
+        else:
+            self._push(due + self._queue_wait_without_start(), _REPORT, sim)
 
     # --- hooks/start ----------------------------------------------------------------------
 
     def _gate(self, sim: _Task, at: float) -> None:
         allow, wait = self.replica.start(sim.task.task_name, at)
+        wait = wait or 1.0  # the worker client waits at least a second
         if sim.script:
             run = sim.task.runs[sim.run]
             if allow == (sim.step == len(run.starts) - 1):  # the answer the live sidecar gave
                 if allow:
                     sim.pending = run.line
+                    return
+                key = (sim.task.index, sim.run, sim.step)
+                if self.learn:
+                    self.waits[key] = wait
+                    live = wait
                 else:
-                    sim.step += 1
-                    sim.pending = run.starts[sim.step][1]
+                    live = self.waits.get(key)
+                sim.step += 1
+                again, line = run.starts[sim.step]
+                if live is not None and abs(wait - live) <= TOLERANCE:
+                    sim.pending = line  # told to wait as long as live: back when it was
+                    return
+                # Told to wait another time: the queue wait after it is the world's.
+                extra = max(0.0, again - at - live) if live is not None else self._queue_wait()
+                sim.script, sim.pending = False, -1
+                self._push(at + wait + extra, _GATE, sim)
                 return
             sim.script, sim.pending = False, -1
         if allow:
             k = min(sim.run, len(sim.task.runs) - 1)
             self._push(at + sim.task.work[k], _REPORT, sim)
         else:
-            self._push(at + (wait or 1.0), _GATE, sim)  # as the worker client does
+            # As the worker does: publish the task again to run `wait` later; it then waits
+            # in the queue like any retry.
+            self._push(at + wait + self._queue_wait(), _GATE, sim)
+
+    def _queue_wait(self) -> float:
+        waits = self.history.queue_waits
+        return waits[int(self.queue.random() * len(waits))] if waits else 0.0
+
+    def _queue_wait_without_start(self) -> float:
+        """Due to report, for workers that do not call hooks/start."""
+        gaps = self.history.report_gaps
+        return gaps[int(self.queue.random() * len(gaps))] if gaps else 0.0
 
     # --- a run reports ------------------------------------------------------------------
 
@@ -371,14 +392,15 @@ def replay(
     policy: Policy,
     model: Model,
     observer: Observer,
-    draws: dict[int, list[float | None]],
+    recovered: Recovered,
     *,
     learn: bool,
     seed: int = 0,
     horizon: float = HORIZON,
 ) -> Pass:
+    """One pass; `learn` (the baseline) fills `recovered`, a later pass reads it."""
     return _Replay(
-        history, policy, model, observer, draws, learn=learn, seed=seed, horizon=horizon
+        history, policy, model, observer, recovered, learn=learn, seed=seed, horizon=horizon
     ).run()
 
 
@@ -408,10 +430,12 @@ def simulate(
     baseline."""
     observer = Observer(baseline)
     world = model(history, observer)
-    draws: dict[int, list[float | None]] = {}
-    base = replay(history, baseline, world, observer, draws, learn=True, seed=seed, horizon=horizon)
+    recovered = Recovered()
+    base = replay(
+        history, baseline, world, observer, recovered, learn=True, seed=seed, horizon=horizon
+    )
     cand = replay(
-        history, candidate, world, observer, draws, learn=False, seed=seed, horizon=horizon
+        history, candidate, world, observer, recovered, learn=False, seed=seed, horizon=horizon
     )
     return Simulation(history, observer, recorded_results(history, observer), base, cand)
 

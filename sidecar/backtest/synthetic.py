@@ -23,7 +23,6 @@ import asyncio
 import heapq
 import random
 import sys
-import zlib
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any, Protocol
@@ -38,6 +37,7 @@ from ..policy.events import (
     StartEvent,
     SuccessEvent,
 )
+from .draws import hashed_draw
 from .history import History, TaskHistory
 from .model import Observer
 from .replica import Expiring, Replica
@@ -186,6 +186,20 @@ def outage_world(*, hours: float = 8.0, every: float = 4.0, seed: int = 1) -> Wo
         ),
         seed=seed,
     )
+
+
+def with_retry_policies(policies_yaml: str, changes: dict[str, dict[str, Any]]) -> str:
+    """`policies_yaml` with the retry policies of some failure types replaced, e.g.
+    {"TRANSIENT_DATABASE": {"max_retries": 5, "initial_delay": "5m", ...}}."""
+    import yaml
+
+    class _Dumper(yaml.SafeDumper):
+        def ignore_aliases(self, data: Any) -> bool:
+            return True  # the policy loader refuses aliases
+
+    doc = yaml.safe_load(policies_yaml)
+    doc["retry"]["policies"].update(changes)
+    return yaml.dump(doc, Dumper=_Dumper, sort_keys=False)
 
 
 # --- the sidecar a world's workers talk to --------------------------------------------------
@@ -463,8 +477,7 @@ class PerAttemptModel:
         first = self._first.get(task.index)
         if first is None or run == 0:
             return None, False
-        draw = zlib.crc32(f"{self.seed}/{task.task_id}/{run}".encode()) / 4294967296.0
-        if draw < self.rate(first[0], run):
+        if hashed_draw(self.seed, task.task_id, run) < self.rate(first[0], run):
             return None, False
         return first[1], False
 
