@@ -15,6 +15,7 @@ from typing import IO
 import msgspec
 
 from . import operator_cli, schedules_cli, settings
+from .backtest.cli import add_parser as add_simulate_parser  # backtest branch; lead wires it
 from .policy import EMPTY, FailureEvent, PolicyError, decide, load_policy
 from .policy.events import decode_error_path
 
@@ -178,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     operator_cli.add_parsers(commands)
     schedules_cli.add_parser(commands)
+    add_simulate_parser(commands)
     return parser
 
 
