@@ -358,7 +358,7 @@ class _Replay:
                 and d0 - TOLERANCE <= wanted <= d1 + TOLERANCE
             ):
                 if d1 > d0:
-                    draws[k] = min(1.0, max(0.0, (wanted - d0) / (d1 - d0)))
+                    draws[k] = self._invert(event, keys, at, wanted, d0, d1)
                 self.out.decisions_reproduced += 1
                 return low, wanted
         rng.u = self._draw(sim, k)
@@ -372,6 +372,31 @@ class _Replay:
             delay = recorded.delay_seconds  # the recorded decision, to the millisecond
             self.out.decisions_reproduced += 1
         return outcome, delay
+
+    def _invert(
+        self, event: FailureEvent, keys: Keys, at: float, wanted: float, d0: float, d1: float
+    ) -> float:
+        """The draw u in [0, 1] for which decide() gives the recorded delay. The delay
+        grows with u: linearly unless Retry-After, a breaker, off-peak or max_delay clamps
+        it, so the straight line is checked, then halved towards the answer."""
+        rng, replica = self.rng, self.replica
+        u = (wanted - d0) / (d1 - d0)
+        rng.u = u
+        got = replica.decide(event, keys, at, rng).decision.delay_seconds
+        if abs(got - wanted) <= TOLERANCE:
+            return u
+        low, high = 0.0, 1.0
+        for _ in range(40):
+            u = (low + high) / 2
+            rng.u = u
+            got = replica.decide(event, keys, at, rng).decision.delay_seconds
+            if abs(got - wanted) <= TOLERANCE:
+                break
+            if got < wanted:
+                low = u
+            else:
+                high = u
+        return u
 
     # --- runs retried from the DLQ: replayed as recorded ----------------------------------
 
