@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import gc
 import random
+import resource
 import sys
 import tempfile
 import time
@@ -125,6 +126,8 @@ def main() -> int:
         f"decide() alone over the {len(failures)} failure events: {alone:.2f}s; "
         f"simulate / decide() alone = {simulated / alone:.1f}x"
     )
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"peak memory of the process (generation included): {peak:,.0f} MiB")
     verdict = "PASS" if simulated < 60 else "FAIL"
     print(f"{verdict}: simulate of {len(lines)} events took {simulated:.1f}s (target < 60 s)")
     if not args.keep:

@@ -486,7 +486,11 @@ class PerAttemptModel:
 
 
 async def _main(args: argparse.Namespace) -> int:
+    import logging
+
     from .. import settings
+
+    logging.getLogger("task_sidecar").setLevel(logging.ERROR)  # breakers open: that's the point
 
     world = outage_world(hours=args.hours, every=args.every, seed=args.seed)
     path = args.policies or settings.default_policies()
