@@ -182,9 +182,9 @@ class OutageModel:
         if own is not None and own.by_type:  # the task's own kinds of failure first
             mine = [owner.keys[t] for t in own.by_type]
             keys = mine + [k for k in keys if k.failure_type not in own.by_type]
+        up, _ = _nearest(owner.successes, at)
         for key in keys:
             down, where = _nearest(key.times, at)
-            up, _ = _nearest(owner.successes, at)
             if down <= up:
                 return self._example(key, where, own, at), outside
         if own is not None and own.permanent is not None:

@@ -15,8 +15,8 @@ Jitter. The recorded delays hold the random draws the live sidecar made. The bas
 recovers each draw (as a quantile of the jitter's range) and uses the recorded delay; the
 candidate pass makes the same draw for the same attempt of the same task (common random
 numbers), so the two columns differ by policy, not by luck. Draws the history does not
-hold come from a hash of (seed, task id, attempt): the result does not depend on the order
-of the replay.
+hold come from a hash of (seed, task id, attempt), and the queue waits of postponed runs
+from an rng seeded likewise: the same history and seed give the same result.
 """
 
 from __future__ import annotations
@@ -358,7 +358,13 @@ class _Replay:
                 and d0 - TOLERANCE <= wanted <= d1 + TOLERANCE
             ):
                 if d1 > d0:
-                    draws[k] = self._invert(event, keys, at, wanted, d0, d1)
+                    linear = (
+                        event.context.retry_after_seconds is None
+                        and not {"breaker", "off_peak"} & set(low.effects.deferrals)
+                        and d1 < keys.route.retry.max_delay - TOLERANCE
+                    )  # no floor at u=0, no cap at u=1: the delay is a straight line in u
+                    u = (wanted - d0) / (d1 - d0)
+                    draws[k] = u if linear else self._invert(event, keys, at, wanted, d0, d1)
                 self.out.decisions_reproduced += 1
                 return low, wanted
         rng.u = self._draw(sim, k)
