@@ -258,8 +258,7 @@ def _chain(
             run = Run(at, number, event, None, decision, tuple(pending))  # type: ignore[arg-type]
             ended = decision.action != "retry"  # type: ignore[union-attr]
         else:
-            run = Run(at, number, None, event, None, ())  # type: ignore[arg-type]
-            run.starts = tuple(pending)
+            run = Run(at, number, None, event, None, tuple(pending))  # type: ignore[arg-type]
             ended = True
         if pending:
             uses_start = True
