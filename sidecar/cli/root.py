@@ -10,13 +10,14 @@ import traceback
 from importlib import metadata
 
 from .. import __version__
+from ..backtest import cli as simulate
 from ..settings import SettingsError
-from . import admin, check, completion, dlq, events, output, schedules, server
+from . import admin, check, completion, dlq, events, mixin, output, schedules, server
 from .output import Exit
 
 # Each group adds its commands: server (serve, migrate), check (check, explain), the API
 # commands (dlq; breakers, audit, trends, policies), schedules, completion.
-GROUPS = (server, check, dlq, events, admin, schedules, completion)
+GROUPS = (server, check, dlq, events, simulate, admin, schedules, mixin, completion)
 
 
 def version() -> str:

@@ -27,6 +27,7 @@ from typing import Any
 
 from ..schedules import ScheduleError
 from .beat import schedule_from_celery
+from .kombu import DLQ_HEADER, message_priority
 
 
 def beat_schedules(app: Any, durations: dict[str, float] | None = None) -> list[dict[str, Any]]:
@@ -74,7 +75,6 @@ def send_beat_schedule(
 
 # --- smart retries: a Task base class driven by the sidecar --------------------------------
 
-DLQ_HEADER = "task_sidecar_dlq_id"  # set by sidecar.requeue.celery on DLQ retries
 log = logging.getLogger("sidecar.integrations.celery")
 
 try:  # Celery is an optional extra; beat-schedule reporting above does not need it.
@@ -331,15 +331,7 @@ def _queue_of(request: Any) -> str | None:
 
 
 def _message_priority(app: Any, priority: int) -> int:
-    """Our levels (CRITICAL 10 … DEFERRED 2) as a message priority; Redis (kombu) treats 0
-    as the highest, RabbitMQ the highest number."""
-    broker = str(app.conf.broker_url or "")
-    if broker.startswith(("redis://", "rediss://", "sentinel://")):
-        return max(0, min(9, 10 - int(priority)))
-    return max(0, min(255, int(priority)))
-
-
-# --- at worker start: are the queues retries go to consumed here? ---------------------------
+    return message_priority(priority, str(app.conf.broker_url or ""))
 
 
 def retry_queues(policy: Any, task_name: str) -> set[str]:
