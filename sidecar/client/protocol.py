@@ -18,6 +18,7 @@ all, so an outage costs each task nothing.
 
 from __future__ import annotations
 
+import collections
 import errno as errno_module
 import json
 import logging
@@ -34,6 +35,9 @@ from .state import Health, StartAllowances
 log = logging.getLogger("sidecar.client")
 T = TypeVar("T")
 ACTIONS = ("retry", "dead_letter", "discard")
+
+
+MAX_OWNERS = 10_000  # claims held at once by one client, at most
 
 
 class Unavailable(Exception):
@@ -109,6 +113,8 @@ class Protocol:
         self.health = Health(retry_interval, clock)
         self.allowances = StartAllowances(start_cache, clock)
         self.traceback_limit = traceback_limit
+        # The owner token of each claim this client holds, for its complete/release.
+        self.owners: collections.OrderedDict[tuple[str, str], str] = collections.OrderedDict()
 
     # --- events ----------------------------------------------------------------------------
 
@@ -230,18 +236,30 @@ class Protocol:
     ) -> Exchange[dict[str, Any]]:
         """Falls back to `{"claimed": true, "source": "fallback"}`: the work runs."""
         body = _key_body(key, scope, ttl_seconds=ttl_seconds)
-        return Exchange("/v1/idempotency/claim", body, _claim_answer, claim_granted)
+
+        def read(answer: Any) -> dict[str, Any] | None:
+            claim = _claim_answer(answer)
+            if claim is not None and claim["claimed"] and isinstance(claim.get("owner"), str):
+                self.owners[(key, scope)] = claim["owner"]
+                while len(self.owners) > MAX_OWNERS:
+                    self.owners.popitem(last=False)
+            return claim
+
+        return Exchange("/v1/idempotency/claim", body, read, claim_granted)
 
     def complete(
         self, key: str, scope: Scope = "global", ttl_seconds: Ttl = None, owner: Owner = None
     ) -> Exchange[bool]:
-        """True when the sidecar took it. `owner` is the token the claim answered with."""
+        """True when the sidecar took it. `owner` is the token the claim answered with
+        (by default the one this client's own claim of the key got)."""
+        owner = owner or self.owners.pop((key, scope), None)
         body = _key_body(key, scope, ttl_seconds=ttl_seconds, owner=owner)
         return Exchange("/v1/idempotency/complete", body, _any_object, _false)
 
     def release(
         self, key: str, scope: Scope = "global", owner: str | None = None
     ) -> Exchange[bool]:
+        owner = owner or self.owners.pop((key, scope), None)
         body = _key_body(key, scope, owner=owner)
         return Exchange("/v1/idempotency/release", body, _any_object, _false)
 
