@@ -3,7 +3,7 @@ remediation and the rule that matched.
 
 Rules are tried best first (highest confidence, then file order). Everything but the
 message depends on a handful of values that repeat endlessly in practice (the MRO, errno,
-status, SQLSTATE, task name), so the rules passing those conditions are found once per
+status, error code, language, task name), so the rules passing those conditions are found once per
 distinct combination and memoised; each event then only runs the message regexes of those
 few candidates. That keeps classification fast with hundreds of rules.
 """
@@ -39,7 +39,7 @@ class _CompiledRule:
     result: Classification
     bare: re.Pattern[str] | None  # class-name globs without a dot
     qualified: re.Pattern[str] | None  # globs with a dot, on module.Class names
-    sqlstate: re.Pattern[str] | None
+    code: re.Pattern[str] | None  # globs on `code` (or the older `sqlstate`)
     task: re.Pattern[str] | None
 
     def matches_static(
@@ -58,7 +58,9 @@ class _CompiledRule:
             exc.http_status is None or not any(exc.http_status in r for r in match.http_status)
         ):
             return False
-        if self.sqlstate and not (exc.sqlstate and self.sqlstate.match(exc.sqlstate)):
+        if self.code and not ((code := exc.error_code) and self.code.match(code)):
+            return False
+        if match.language and (exc.language or "").lower() not in match.language:
             return False
         return not (self.task and not self.task.match(task_name))
 
@@ -95,12 +97,21 @@ class Classifier:
             ),
             bare=glob_regex([p for p in patterns if "." not in p]) if patterns else None,
             qualified=glob_regex([p for p in patterns if "." in p]) if patterns else None,
-            sqlstate=glob_regex(rule.match.sqlstate) if rule.match.sqlstate else None,
+            code=glob_regex(rule.match.code) if rule.match.code else None,
             task=glob_regex(rule.match.task) if rule.match.task else None,
         )
 
     def classify(self, exc: ExceptionInfo, task_name: str) -> Classification:
-        key = (exc.type, exc.module, exc.mro, exc.errno, exc.http_status, exc.sqlstate, task_name)
+        key = (
+            exc.type,
+            exc.module,
+            exc.mro,
+            exc.errno,
+            exc.http_status,
+            exc.error_code,
+            exc.language,
+            task_name,
+        )
         candidates = self._memo.get(key)
         if candidates is None:
             if len(self._memo) >= self._memo_size:

@@ -24,6 +24,25 @@ Traceback = Annotated[str, Meta(max_length=262144)]
 Seconds = Annotated[float, Meta(ge=0, le=1e11)]
 Count = Annotated[int, Meta(ge=0, le=1_000_000_000)]
 Attempt = Annotated[int, Meta(ge=0, le=100_000)]
+Code = Annotated[
+    str,
+    Meta(
+        min_length=1,
+        max_length=128,
+        pattern=NO_NUL,
+        description="The error's own code: Node's err.code (ECONNREFUSED), a SQLSTATE "
+        "(40P01), a library's code (UND_ERR_SOCKET, ERR_BAD_RESPONSE).",
+    ),
+]
+Language = Annotated[
+    str,
+    Meta(
+        min_length=1,
+        max_length=32,
+        pattern=NO_NUL,
+        description="The worker's language: python, node, java, go, ruby, … (any case).",
+    ),
+]
 
 
 class ExceptionInfo(msgspec.Struct, frozen=True):
@@ -34,7 +53,15 @@ class ExceptionInfo(msgspec.Struct, frozen=True):
     traceback: Traceback | None = None
     errno: Annotated[int, Meta(ge=-(2**31), le=2**31)] | None = None
     http_status: Annotated[int, Meta(ge=100, le=599)] | None = None
+    # Kept from before `code` existed: a SQLSTATE here counts as the code when none is sent.
     sqlstate: Annotated[str, Meta(min_length=5, max_length=5)] | None = None
+    code: Code | None = None
+    language: Language | None = None
+
+    @property
+    def error_code(self) -> str | None:
+        """`code`, or the older `sqlstate` when no code was sent."""
+        return self.code if self.code is not None else self.sqlstate
 
 
 class Context(msgspec.Struct, frozen=True):

@@ -305,7 +305,17 @@ class _PolicyReader:
         f = node.fields({"name", "failure_type", "match"}, {"confidence", "remediation"})
         match = f["match"]
         c = match.fields(
-            set(), {"exception", "message", "errno", "http_status", "sqlstate", "task"}
+            set(),
+            {
+                "exception",
+                "message",
+                "errno",
+                "http_status",
+                "code",
+                "sqlstate",
+                "language",
+                "task",
+            },
         )
         if not c:
             raise match.fail("a rule needs at least one condition")
@@ -320,7 +330,9 @@ class _PolicyReader:
                 message=_optional(c, "message", _regex, None),
                 errno=frozenset(_optional(c, "errno", _errnos, ())),
                 http_status=tuple(_optional(c, "http_status", _statuses, ())),
-                sqlstate=tuple(_optional(c, "sqlstate", _globs, ())),
+                # `sqlstate` is the older name of `code`: both lists are globs on the code.
+                code=(*_optional(c, "code", _globs, ()), *_optional(c, "sqlstate", _globs, ())),
+                language=frozenset(s.lower() for s in _optional(c, "language", _globs, ())),
                 task=tuple(_optional(c, "task", _globs, ())),
             ),
         )

@@ -73,7 +73,8 @@ class Match:
     message: str | None = None  # an RE2 pattern (see regex.py)
     errno: frozenset[int] = frozenset()
     http_status: tuple[StatusRange, ...] = ()
-    sqlstate: tuple[str, ...] = ()  # globs such as "40P01" or "08*"
+    code: tuple[str, ...] = ()  # globs on the error code: "ECONNREFUSED", "40P01", "08???"
+    language: frozenset[str] = frozenset()  # lower-case names: "node", "java"
     task: tuple[str, ...] = ()  # globs on the task name
 
 
