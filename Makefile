@@ -2,8 +2,9 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed      # what the tests need (the dev extra)
-RUN    := $(VENV)/.installed-run  # what running needs: the package alone
+# What the tests need (the dev extra), and what running needs (the package alone).
+STAMP  := $(VENV)/.installed
+RUN    := $(VENV)/.installed-run
 
 .PHONY: run test lint format bench clean chart-files
 
