@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -312,3 +313,77 @@ class TestHangs:
         # to PostgreSQL at once.
         assert [status for status, _ in answers[1:]] == [200] * 19
         assert all(body["claimed"] for _, body in answers[1:])
+
+
+class TestSlowAndMalformedClients:
+    """Slow uploads hold at most their client's share; odd headers get 4xx, no token
+    reaches the log."""
+
+    OTHER = "data-hooks-other-0123456789"
+
+    @pytest.fixture
+    def small(self, tmp_path):
+        tokens = f"a:{HOOKS},b:{self.OTHER}"
+        with SidecarProcess(
+            tmp_path, None, policies=str(DEFAULT_POLICIES), hook_tokens=tokens, max_in_flight="4"
+        ) as process:
+            yield process
+
+    @staticmethod
+    def slow_upload(port: int, token: str) -> socket.socket:
+        """Headers and half a body, then nothing: the request holds its slot."""
+        sock = socket.create_connection(("127.0.0.1", port))
+        sock.sendall(
+            b"POST /v1/hooks/failure HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"Authorization: Bearer {token}\r\nContent-Length: 1000\r\n\r\n".encode()
+            + b'{"task_id": "slow"'
+        )
+        return sock
+
+    def test_a_slow_client_holds_half_the_slots_and_then_gets_408(self, small):
+        slow = [self.slow_upload(small.port, HOOKS) for _ in range(2)]
+        try:
+            wait_for(lambda: metric(small, "task_sidecar_requests_rejected_total", "client_share")
+                     or self.third_refused(small), 10, "the client's share taken")  # fmt: skip
+            # Another client is still answered.
+            status, answer = call(
+                small.port, "POST", "/v1/hooks/failure", dead_letter("data.ok", "b"), self.OTHER
+            )
+            assert (status, answer["action"]) == (200, "dead_letter")
+            # The slow bodies are cut off.
+            for sock in slow:
+                sock.settimeout(15)
+                assert sock.recv(100).startswith(b"HTTP/1.1 408")
+        finally:
+            for sock in slow:
+                sock.close()
+        assert metric(small, "task_sidecar_requests_rejected_total", "body_timeout") == 2
+
+    @staticmethod
+    def third_refused(process) -> bool:
+        status, _ = call(
+            process.port, "POST", "/v1/hooks/failure", dead_letter("data.x", "c"), HOOKS
+        )
+        return status == 503
+
+    def test_undecodable_authorization_is_a_401_and_tokens_never_reach_the_log(self, small):
+        for header in (b"Authorization: Bearer \xff\xfe" + HOOKS.encode(),
+                       b" Authorization: Bearer " + HOOKS.encode()):  # fmt: skip
+            with socket.create_connection(("127.0.0.1", small.port)) as sock:
+                sock.sendall(
+                    b"POST /v1/hooks/start HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
+                    + header + b"\r\n\r\n{}"
+                )  # fmt: skip
+                sock.settimeout(10)
+                status = sock.recv(100).split(b" ")[1]
+            assert status in (b"400", b"401")
+        assert HOOKS not in small.output()
+
+
+def metric(process, name: str, reason: str) -> float:
+    request = urllib.request.Request(f"http://127.0.0.1:{process.port}/metrics")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith(f'{name}{{reason="{reason}"}}'):
+                return float(line.rsplit(" ", 1)[1])
+    return 0.0
