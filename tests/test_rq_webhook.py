@@ -17,6 +17,7 @@ from sidecar.integrations.rq import DLQ_META, RequeueWebhook, verify  # noqa: E4
 SECRET = "whsec-test-0123456789"
 RECORD = {
     "id": "rec-1",
+    "task_id": "t-1",
     "task_name": "tests.rq_app.db_write",
     "args": ["tag", 0],
     "kwargs": {},

@@ -33,7 +33,7 @@ function createRequeueServer({ queue, secret, log = console }) {
         const record = JSON.parse(body);
         const job = await queue.add(record.task_name, {
           args: record.args, kwargs: record.kwargs, context: record.context,
-          sidecar: { attempt: 0, dlqId: record.id },
+          sidecar: { attempt: 0, dlqId: record.id, taskId: record.task_id },
         }, { priority: Math.max(1, 11 - Number(record.priority || 6)) });
         log.info(`requeued DLQ record ${record.id} as job ${job.id}`);
         res.writeHead(202, { 'Content-Type': 'application/json' });

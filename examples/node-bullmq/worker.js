@@ -36,7 +36,9 @@ function createWorker({ queueName, connection, handlers, sidecar, log = console,
     const handler = handlers[job.name];
     if (!handler) throw new Error(`no handler for job ${job.name}`);
     const { args = [], kwargs = {} } = job.data;
-    const taskId = job.id;
+    // A DLQ retry runs under the record's task id: the sidecar lets a run resolve only
+    // the record of its own task.
+    const taskId = state.taskId || job.id;
 
     const start = await client.start({ taskId, taskName: job.name, attempt: state.attempt,
       queue: queueName });

@@ -45,6 +45,8 @@ from ..client import SidecarClient, idempotency_key
 log = logging.getLogger("rq.worker.sidecar")
 
 DLQ_META = "task_sidecar_dlq_id"  # set on jobs requeued from the DLQ by RequeueWebhook
+# ... with the record's task id: the sidecar lets a run resolve only its own task's record.
+TASK_META = "task_sidecar_task_id"
 ATTEMPT_META = "task_sidecar_attempt"  # retries the sidecar decided so far
 DISCARD_META = "task_sidecar_discard"
 OFF_META = "sidecar"  # meta={"sidecar": False}: a plain RQ job, its own Retry applies
@@ -136,6 +138,11 @@ def idempotent(
 class SidecarJob(Job):
     """An RQ job that asks the sidecar before it runs and when it fails."""
 
+    @property
+    def task_id(self) -> str:
+        """The id the sidecar knows this work by: a DLQ retry keeps its record's."""
+        return self.meta.get(TASK_META) or self.id
+
     def _execute(self) -> Any:
         client = current_client()
         if client is None or self.meta.get(OFF_META) is False:
@@ -177,7 +184,7 @@ class SidecarJob(Job):
         if key is not None:
             client.complete(key, scope, options["ttl"])
         client.success(
-            self.id,
+            self.task_id,
             name,
             attempt=attempt,
             runtime_seconds=time.monotonic() - started,
@@ -205,7 +212,7 @@ class SidecarJob(Job):
 
     def _on_failure(self, client: Any, exc: Exception, attempt: int, dlq_id: str | None) -> None:
         decision = client.failure(
-            self.id,
+            self.task_id,
             self.func_name,
             exc,
             attempt=attempt,
@@ -306,7 +313,11 @@ class RequeueWebhook:
                 func=record["task_name"],
                 args=tuple(record.get("args") or ()),
                 kwargs=record.get("kwargs") or {},
-                meta={DLQ_META: record["id"], "sidecar_context": record.get("context") or {}},
+                meta={
+                    DLQ_META: record["id"],
+                    TASK_META: record["task_id"],
+                    "sidecar_context": record.get("context") or {},
+                },
             )
         except (ValueError, KeyError, TypeError) as exc:
             return 400, {"error": f"not a DLQ record: {exc}"}
