@@ -156,6 +156,11 @@ class TestAdaptive:
         assert outcome.effects.adaptive == "slower"
         assert run(policy, event(attempt=4), self.outcomes(2, 8)).decision.action == "dead_letter"
 
+    def test_the_rationale_says_what_cut_the_retry_limit(self, policy):
+        decision = run(policy, event(attempt=4), self.outcomes(2, 8)).decision
+        assert "no retry: 4 of 4 retries made" in decision.rationale
+        assert "limit 5 → 4 by adaptive learning (retries succeed 20% of 10" in decision.rationale
+
     def test_too_few_samples_change_nothing(self, policy):
         base = run(policy, event()).decision
         assert run(policy, event(), self.outcomes(1, 8)).decision == base

@@ -131,6 +131,10 @@ def decide(
         why.append(
             f"no retry: {attempt} of {max_retries} retries made" if max_retries else "not retried"
         )
+        if learned.retry_delta:  # say what changed the limit, not only the limit
+            why.append(
+                f"limit {retry.max_retries} → {max_retries} by adaptive learning ({learned.note})"
+            )
         delay = 0.0
     else:
         action = "retry"
