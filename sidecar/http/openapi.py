@@ -192,6 +192,18 @@ def document() -> dict[str, Any]:
                 params=FILTER_PARAMS + PAGE_PARAMS,
             )
         },
+        "/v1/events/export": {
+            "get": operation(
+                "The hook-event history as JSON Lines (for `task-sidecar simulate`)",
+                ("viewer",),
+                params=[
+                    {"name": "since", "in": "query", "schema": {"type": "string"}},
+                    {"name": "until", "in": "query", "schema": {"type": "string"}},
+                ],
+                answer={"type": "string"},
+                content_type="application/x-ndjson",
+            )
+        },
         "/v1/dlq/export.csv": {
             "get": operation(
                 "Export dead-lettered tasks as CSV",
