@@ -14,7 +14,7 @@ dialects) and numbered migrations `NNNN_what.sql`, applied in order and recorded
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from functools import cache
 from importlib.resources import files
@@ -39,6 +39,10 @@ class Session(Protocol):
 
     async def execute(self, sql: str, params: Params | None = None) -> int:
         """The statement's row count."""
+
+    async def execute_many(self, sql: str, rows: Sequence[Params]) -> None:
+        """One statement for many parameter sets, in one round trip where the driver can
+        (psycopg pipelines them) and one commit."""
 
 
 class Connector(Session, Protocol):

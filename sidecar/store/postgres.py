@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
@@ -79,6 +79,13 @@ class _Session:
         except psycopg.Error as exc:
             raise store_error(exc) from None
         return cur.rowcount
+
+    async def execute_many(self, sql: str, rows: Sequence[Params]) -> None:
+        try:
+            async with self._conn.cursor() as cur:
+                await cur.executemany(sql, rows)
+        except psycopg.Error as exc:
+            raise store_error(exc) from None
 
 
 class PostgresConnector:
@@ -162,6 +169,10 @@ class PostgresConnector:
     async def execute(self, sql: str, params: Params | None = None) -> int:
         async with self._connection() as conn:
             return await _Session(conn).execute(sql, params)
+
+    async def execute_many(self, sql: str, rows: Sequence[Params]) -> None:
+        async with self._connection() as conn, conn.transaction():
+            await _Session(conn).execute_many(sql, rows)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[_Session]:

@@ -13,7 +13,7 @@ import asyncio
 import fcntl
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -64,6 +64,10 @@ class _Session:
     async def execute(self, sql: str, params: Params | None = None) -> int:
         return await self._connector._run(lambda db: db.execute(sql, _bind(params)).rowcount)
 
+    async def execute_many(self, sql: str, rows: Sequence[Params]) -> None:
+        bound = [_bind(row) for row in rows]
+        await self._connector._run(lambda db: db.executemany(sql, bound))
+
 
 class SqliteConnector:
     name = DIALECT
@@ -102,6 +106,10 @@ class SqliteConnector:
     async def execute(self, sql: str, params: Params | None = None) -> int:
         async with self._lock:
             return await self._session.execute(sql, params)
+
+    async def execute_many(self, sql: str, rows: Sequence[Params]) -> None:
+        async with self.transaction() as tx:  # one commit for them all
+            await tx.execute_many(sql, rows)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[_Session]:

@@ -219,9 +219,7 @@ class SqlStore:
             }
             for e in events
         ]
-        async with self.db.transaction() as tx:  # one commit for the batch
-            for row in rows:
-                await tx.execute(self.q["event_insert"], row)
+        await self.db.execute_many(self.q["event_insert"], rows)
 
     async def events(
         self, since: float, until: float, batch: int = 1000
