@@ -25,7 +25,8 @@ from aiohttp.test_utils import TestClient, TestServer  # noqa: E402
 from prometheus_client import CollectorRegistry, generate_latest  # noqa: E402
 
 from sidecar.http import create_app  # noqa: E402
-from sidecar.http.keys import METRICS, SERVICES  # noqa: E402
+from sidecar.http.keys import METRICS  # noqa: E402
+from sidecar.policy import load_policy  # noqa: E402
 from sidecar.settings import Settings  # noqa: E402
 
 
@@ -40,7 +41,7 @@ async def main(rounds: int) -> None:
         )
         app = create_app(settings, registry=registry)
         m = app[METRICS]
-        failure_types = list(app[SERVICES].policies.current.failure_types)
+        failure_types = list(load_policy(ROOT / "policies.yaml").failure_types)
         for t in range(500):
             task = f"app.tasks.task_{t}"
             for ft in failure_types:
