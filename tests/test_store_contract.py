@@ -523,7 +523,7 @@ class TestDlqSearch:
     """DESIGN §3.3's task_id, exception_type, min_dlq_retries and q: one table, both stores."""
 
     @pytest.mark.parametrize(
-        "where, expected_count",
+        ("where", "expected_count"),
         [
             pytest.param(DlqFilter(q="frobnicator"), 3, id="q-a-word-in-three-tracebacks"),
             pytest.param(DlqFilter(q="FROBNIC"), 3, id="q-any-case-any-part"),
