@@ -76,7 +76,7 @@ index dlq_records_failure_type_created_at_id_idx ON dlq_records USING btree (fai
 index dlq_records_id_pattern_idx ON dlq_records USING btree (id text_pattern_ops)
 index dlq_records_lease_until_idx ON dlq_records USING btree (lease_until) WHERE (lease_until IS NOT NULL)
 index dlq_records_pkey UNIQUE ON dlq_records USING btree (id)
-index dlq_records_search_trgm_idx ON dlq_records USING gin ((((((((task_id || ' '::text) || COALESCE((exception ->> 'type'::text), ''::text)) || ' '::text) || COALESCE((exception ->> 'message'::text), ''::text)) || ' '::text) || COALESCE((exception ->> 'traceback'::text), ''::text))) gin_trgm_ops)
+index dlq_records_search_trgm_idx ON dlq_records USING gin (dlq_search_text(task_id, exception) gin_trgm_ops)
 index dlq_records_status_created_at_id_idx ON dlq_records USING btree (status, created_at, id)
 index dlq_records_task_id_created_at_id_idx ON dlq_records USING btree (task_id, created_at, id)
 index dlq_records_task_name_created_at_id_idx ON dlq_records USING btree (task_name, created_at, id)

@@ -569,6 +569,16 @@ class TestDlqSearch:
         assert ids(found) == [records[4].id]
         assert run(store.count(DlqFilter(q="frobnicator"))) == 3
 
+    def test_a_message_with_nul_is_kept_and_found(self, store, run):
+        """PostgreSQL's text cannot hold NUL: the searched text drops it, the record keeps it."""
+        exception = {"type": "ValueError", "message": "bad \x00 byte, a \\u0000 literal"}
+        record = make_record(exception=exception)
+        run(store.put(record))
+
+        assert ids(run(store.list(DlqFilter(q="bad "), 10)).records) == [record.id]
+        assert ids(run(store.list(DlqFilter(q="a \\u0000 lit"), 10)).records) == [record.id]
+        assert run(store.get(record.id)).exception == exception
+
     def test_a_query_shorter_than_a_trigram_is_a_value_error(self, store, run):
         with pytest.raises(ValueError, match="at least 3 characters"):
             run(store.list(DlqFilter(q="ab"), 10))

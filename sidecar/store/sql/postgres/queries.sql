@@ -298,4 +298,4 @@ exception ->> 'type' = %(exception_type)s
 dlq_retries >= %(min_dlq_retries)s
 
 -- name: dlq_where_q
-(task_id || ' ' || coalesce(exception ->> 'type', '') || ' ' || coalesce(exception ->> 'message', '') || ' ' || coalesce(exception ->> 'traceback', '')) ILIKE %(q)s
+dlq_search_text(task_id, exception) ILIKE %(q)s
