@@ -293,7 +293,7 @@ class Metrics:
         cannot see the first sample of a series that did not exist)."""
         for status in ("pending", "retrying", "resolved", "abandoned"):
             self.dlq_depth.labels(status)
-        for action in ("retry", "abandon", "bulk_retry", "resolve", "export"):
+        for action in ("retry", "abandon", "bulk_retry", "bulk_abandon", "resolve", "export"):
             self.dlq_actions.labels(action)
         for reason in ("off_peak", "breaker", "load"):
             self.deferrals.labels(reason)

@@ -101,6 +101,14 @@ class DlqFilter(msgspec.Struct, frozen=True, kw_only=True):
     failure_type: str | None = None
     since: float | None = None  # created_at >= since (unix seconds)
     until: float | None = None  # created_at < until
+    task_id: str | None = None  # exact Celery task id
+    exception_type: str | None = None  # exact exception class name
+    min_dlq_retries: int | None = None  # dlq_retries >= this
+    q: str | None = None  # substring (3+ characters, any case) of task id, exception
+    # type, message or traceback
+
+
+MIN_QUERY_CHARS = 3  # what a trigram index (pg_trgm, FTS5 trigram) can answer
 
 
 class DlqPage(msgspec.Struct, frozen=True):

@@ -152,11 +152,35 @@ class TestList:
             ("limit=0", "query.limit"),
             ("limit=many", "query.limit"),
             ("cursor=garbage", "query.cursor"),
+            ("qq=frobnicator", "query.qq"),  # a typo is refused, not ignored
+            ("task=app.tasks.import_csv", "query.task"),
+            ("q=ab", "query.q"),
+            ("min_dlq_retries=-1", "query.min_dlq_retries"),
+            ("min_dlq_retries=some", "query.min_dlq_retries"),
         ],
     )
     async def test_bad_filters(self, client, query, path):
         problem = await call(client, "GET", f"/v1/dlq?{query}", token=VIEWER, status=400)
         assert problem["errors"][0]["path"] == path
+
+    async def test_search_and_the_new_filters(self, client):
+        for i in range(6):
+            body = dead_letter(task_id=f"job-{i}", message=f"row {i} rejected")
+            if i in (1, 3, 4):
+                body["exception"]["traceback"] = f'  File "/app/frobnicator.py", line {i}\n'
+            await call(client, "POST", "/v1/hooks/failure", body, token=HOOKS)
+        found = await call(client, "GET", "/v1/dlq?q=FROBNICATOR", token=VIEWER)
+        assert sorted(r["task_id"] for r in found["records"]) == ["job-1", "job-3", "job-4"]
+        one = await call(client, "GET", "/v1/dlq?task_id=job-2", token=VIEWER)
+        assert [r["task_id"] for r in one["records"]] == ["job-2"]
+        typed = await call(client, "GET", "/v1/dlq?exception_type=ValueError", token=VIEWER)
+        assert len(typed["records"]) == 6
+        none = await call(client, "GET", "/v1/dlq?min_dlq_retries=1", token=VIEWER)
+        assert none["records"] == []
+        text = await call(client, "GET", "/v1/dlq/export.csv?q=frobnicator", token=VIEWER)
+        assert len(list(csv.DictReader(io.StringIO(text, newline="")))) == 3
+        problem = await call(client, "GET", "/v1/dlq/export.csv?search=x", token=VIEWER, status=400)
+        assert problem["errors"][0]["path"] == "query.search"
 
     async def test_detail_and_404(self, client):
         [dlq_id] = await seed(client, 1)
@@ -281,6 +305,58 @@ class TestBulkRetry:
         assert problem["errors"][0]["path"] == "filter.status"
 
 
+class TestBulkAbandon:
+    """Bulk abandon by ids or filter: a reason, dry-run counts, each record once, audited."""
+
+    async def test_by_filter_with_a_dry_run(self, client):
+        await seed(client, 4)
+        keep = await seed(client, 2, task="reports.daily")
+        body = {"filter": {"task_name": "app.tasks.import_csv"}, "reason": "bad import"}
+        dry = await call(client, "POST", "/v1/dlq/bulk-abandon", {**body, "dry_run": True})
+        assert dry == {"dry_run": True, "total": 4}
+        answer = await call(client, "POST", "/v1/dlq/bulk-abandon", body)
+        assert (answer["abandoned"], answer["skipped"]) == (4, 0)
+        left = await call(client, "GET", "/v1/dlq?status=pending", token=VIEWER)
+        assert sorted(r["id"] for r in left["records"]) == sorted(keep)
+        audit = await call(client, "GET", "/v1/audit", token=VIEWER)
+        [entry] = [e for e in audit["entries"] if e["action"] == "bulk_abandon"]
+        assert (entry["actor"], entry["reason"], len(entry["record_ids"])) == (
+            "alice",
+            "bad import",
+            4,
+        )
+
+    async def test_two_bulk_abandons_together_move_each_record_once(self, client):
+        ids = await seed(client, 30)
+        body = {"filter": {"status": "pending"}, "reason": "duplicate"}
+        answers = await asyncio.gather(
+            *(call(client, "POST", "/v1/dlq/bulk-abandon", body) for _ in range(3))
+        )
+        assert sum(a["abandoned"] for a in answers) == 30
+        audit = await call(client, "GET", "/v1/audit?limit=100", token=VIEWER)
+        moved = [
+            i for e in audit["entries"] if e["action"] == "bulk_abandon" for i in e["record_ids"]
+        ]
+        assert sorted(moved) == sorted(ids)
+
+    async def test_by_ids_and_bad_bodies(self, client):
+        ids = await seed(client, 3)
+        answer = await call(
+            client, "POST", "/v1/dlq/bulk-abandon", {"ids": [*ids[:2], "nope"], "reason": "x"}
+        )
+        assert answer["abandoned"] == 2
+        await call(client, "POST", "/v1/dlq/bulk-abandon", {"ids": ids}, status=400)  # reason
+        await call(client, "POST", "/v1/dlq/bulk-abandon", {"reason": "x"}, status=400)
+        problem = await call(
+            client,
+            "POST",
+            "/v1/dlq/bulk-abandon",
+            {"filter": {"query": "x"}, "reason": "x"},
+            status=400,
+        )
+        assert "query" in json.dumps(problem)
+
+
 class TestExport:
     """The CSV export streams every filtered record with formula cells neutralised."""
 
@@ -311,6 +387,7 @@ class TestRoles:
         ("POST", "/v1/dlq/x/retry", "operator"),
         ("POST", "/v1/dlq/x/abandon", "operator"),
         ("POST", "/v1/dlq/bulk-retry", "operator"),
+        ("POST", "/v1/dlq/bulk-abandon", "operator"),
         ("POST", "/v1/breakers/x/reset", "operator"),
         ("POST", "/v1/policies/reload", "operator"),
     )

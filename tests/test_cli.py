@@ -304,7 +304,7 @@ class TestCompletion:
         )
         assert result.returncode == 0, result.stderr
         assert result.stdout.splitlines() == [
-            "list show retry abandon bulk-retry export",
+            "list show retry abandon bulk-retry bulk-abandon export",
             "table wide json",
             "bash zsh",
             "<files>",

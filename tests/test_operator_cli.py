@@ -168,6 +168,40 @@ class TestDlqList:
         assert "expected unix seconds, ISO 8601" in bad.stderr
 
 
+class TestDlqSearch:
+    """The search filters reach the API from list, export and bulk-abandon."""
+
+    def test_query_and_the_new_filters(self, sidecar):
+        found = cli(sidecar, "dlq", "list", "-q", "IMPORTS.PY", "-o", "json")
+        assert found.returncode == 0, found.stderr
+        assert [r["task_id"] for r in json.loads(found.stdout)["records"]] == ["t0"]
+        by_id = json.loads(cli(sidecar, "dlq", "list", "--task-id", "t1", "-o", "json").stdout)
+        assert [r["task_id"] for r in by_id["records"]] == ["t1"]
+        typed = cli(sidecar, "dlq", "list", "--exception-type", "ValueError", "-o", "json")
+        types = {r["exception"]["type"] for r in json.loads(typed.stdout)["records"]}
+        assert types == {"ValueError"}
+        other = cli(sidecar, "dlq", "list", "--exception-type", "KeyError", "-o", "json")
+        assert json.loads(other.stdout)["records"] == []
+        none = cli(sidecar, "dlq", "list", "--min-dlq-retries", "5")
+        assert "no DLQ records match" in none.stderr
+        exported = cli(sidecar, "dlq", "export", "--query", "imports.py")
+        assert len(exported.stdout.strip().splitlines()) == 2  # the header and t0
+        short = cli(sidecar, "dlq", "list", "-q", "ab")
+        assert short.returncode != 0
+        assert "query.q" in short.stderr
+        no_traceback(short)
+
+    def test_bulk_abandon(self, sidecar):
+        dead_letter(sidecar, "abandon-me")
+        base = ("dlq", "bulk-abandon", "--task-id", "abandon-me", "--reason", "test")
+        dry = cli(sidecar, *base, "--dry-run")
+        assert dry.stdout.strip() == "1 pending or retrying records would be abandoned"
+        done = cli(sidecar, *base)
+        assert done.stdout.strip() == "abandoned 1, skipped 0", done.stderr
+        [record] = records(sidecar, task_id="abandon-me")
+        assert record["status"] == "abandoned"
+
+
 class TestDlqShow:
     """`dlq show` prints the record for a person; `-o json` prints the document."""
 

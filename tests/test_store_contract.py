@@ -482,6 +482,108 @@ class TestDlqListing:
             run(store.list(DlqFilter(), limit))
 
 
+def search_dataset() -> list[DlqRecord]:
+    """30 records; the word `frobnicator` is only in the tracebacks of records 4, 11, 23."""
+    records = []
+    for i in range(30):
+        traceback = f'Traceback (most recent call last):\n  File "/app/jobs/step_{i}.py"\n'
+        if i in (4, 11, 23):
+            traceback += "    Frobnicator.run()\n"
+        records.append(
+            make_record(
+                task_id=f"task-{i:03d}-{'a' if i % 2 else 'b'}",
+                exception={
+                    "type": ("KeyError", "TimeoutError", "DeadlockDetected")[i % 3],
+                    "message": f"quota 100% used_by tenant{i}" if i == 7 else f"failed #{i}",
+                    "traceback": traceback,
+                },
+                dlq_retries=i % 4,
+                status=STATUSES[i % 2],  # pending or retrying
+                created_at=NOW + i,
+            )
+        )
+    return records
+
+
+def search_matches(record: DlqRecord, where: DlqFilter) -> bool:
+    exc = record.exception
+    text = " ".join(
+        [record.task_id, exc["type"], exc.get("message", ""), exc.get("traceback") or ""]
+    )
+    return (
+        matches(record, where)
+        and where.task_id in (None, record.task_id)
+        and where.exception_type in (None, exc["type"])
+        and (where.min_dlq_retries is None or record.dlq_retries >= where.min_dlq_retries)
+        and (where.q is None or where.q.lower() in text.lower())
+    )
+
+
+class TestDlqSearch:
+    """DESIGN §3.3's task_id, exception_type, min_dlq_retries and q: one table, both stores."""
+
+    @pytest.mark.parametrize(
+        ("where", "expected_count"),
+        [
+            pytest.param(DlqFilter(q="frobnicator"), 3, id="q-a-word-in-three-tracebacks"),
+            pytest.param(DlqFilter(q="FROBNIC"), 3, id="q-any-case-any-part"),
+            pytest.param(DlqFilter(q="TimeoutErr"), 10, id="q-exception-type"),
+            pytest.param(DlqFilter(q="task-017"), 1, id="q-task-id"),
+            pytest.param(DlqFilter(q="100% used_by"), 1, id="q-like-wildcards-are-literal"),
+            pytest.param(DlqFilter(q="100%_used"), 0, id="q-percent-is-not-a-wildcard"),
+            pytest.param(DlqFilter(q='say "hi"'), 0, id="q-quotes-are-text"),
+            pytest.param(DlqFilter(q="nowhere-to-be-found"), 0, id="q-nothing"),
+            pytest.param(DlqFilter(task_id="task-005-a"), 1, id="task_id"),
+            pytest.param(DlqFilter(task_id="task-005"), 0, id="task_id-is-exact"),
+            pytest.param(DlqFilter(exception_type="KeyError"), 10, id="exception_type"),
+            pytest.param(DlqFilter(min_dlq_retries=2), 14, id="min_dlq_retries"),
+            pytest.param(DlqFilter(min_dlq_retries=0), 30, id="min_dlq_retries-zero"),
+            pytest.param(
+                DlqFilter(q="frobnicator", status="retrying", min_dlq_retries=3),
+                2,
+                id="q-status-retries",
+            ),
+            pytest.param(
+                DlqFilter(q="step_", exception_type="DeadlockDetected", until=NOW + 20),
+                6,
+                id="q-type-until",
+            ),
+        ],
+    )
+    def test_each_filter_narrows_and_pages(self, store, run, where, expected_count):
+        records = search_dataset()
+        run(put_all(store, shuffled(records)))
+        expected = newest_first([r for r in records if search_matches(r, where)])
+        assert len(expected) == expected_count  # the table says what the dataset holds
+
+        assert ids(run(all_pages(store, where, limit=2))) == expected
+        assert run(store.count(where)) == len(expected)
+        assert ids(run(collect(store.iterate(where, batch=2)))) == expected[::-1]
+
+    def test_search_follows_deletes_and_status_changes(self, store, run):
+        records = search_dataset()
+        run(put_all(store, records))
+        run(store.transition([records[4].id], "abandoned", ("pending", "retrying"), NOW + 99))
+
+        found = run(store.list(DlqFilter(q="frobnicator", status="abandoned"), 10)).records
+        assert ids(found) == [records[4].id]
+        assert run(store.count(DlqFilter(q="frobnicator"))) == 3
+
+    def test_a_message_with_nul_is_kept_and_found(self, store, run):
+        """PostgreSQL's text cannot hold NUL: the searched text drops it, the record keeps it."""
+        exception = {"type": "ValueError", "message": "bad \x00 byte, a \\u0000 literal"}
+        record = make_record(exception=exception)
+        run(store.put(record))
+
+        assert ids(run(store.list(DlqFilter(q="bad "), 10)).records) == [record.id]
+        assert ids(run(store.list(DlqFilter(q="a \\u0000 lit"), 10)).records) == [record.id]
+        assert run(store.get(record.id)).exception == exception
+
+    def test_a_query_shorter_than_a_trigram_is_a_value_error(self, store, run):
+        with pytest.raises(ValueError, match="at least 3 characters"):
+            run(store.list(DlqFilter(q="ab"), 10))
+
+
 class TestDlqIterate:
     """iterate() yields every match oldest first, reading one batch at a time."""
 

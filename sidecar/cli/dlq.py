@@ -1,5 +1,5 @@
-"""`task-sidecar dlq list|show|retry|abandon|bulk-retry|export`: the dead-letter queue of a
-running sidecar, through its action API.
+"""`task-sidecar dlq list|show|retry|abandon|bulk-retry|bulk-abandon|export`: the dead-letter
+queue of a running sidecar, through its action API.
 
 Ids are passed as the user typed them: the full id, or any unique prefix such as the
 8 characters `dlq list` prints; the sidecar resolves it (404 when nothing matches, 409
@@ -63,6 +63,13 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--dry-run", action="store_true", help="only count")
     p.set_defaults(run=api.command(bulk_retry))
 
+    p = actions.add_parser("bulk-abandon", help="give up on many pending or retrying records")
+    _filters(p)
+    p.add_argument("--ids", nargs="+", metavar="ID", help="these records instead of a filter")
+    p.add_argument("--reason", required=True, help="kept in the audit log")
+    p.add_argument("--dry-run", action="store_true", help="only count")
+    p.set_defaults(run=api.command(bulk_abandon))
+
     p = actions.add_parser("export", help="CSV of the filtered records")
     _filters(p)
     p.add_argument("-f", "--file", default="-", help="write to FILE (default: stdout)")
@@ -76,6 +83,17 @@ def _filters(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--status", choices=STATUSES)
     parser.add_argument("--task", help="task name")
     parser.add_argument("--failure-type", help="e.g. TRANSIENT_DATABASE")
+    parser.add_argument("--task-id", help="a Celery task id (exact)")
+    parser.add_argument("--exception-type", help="an exception class name, e.g. KeyError")
+    parser.add_argument(
+        "--min-dlq-retries", type=args.count(0), metavar="N", help="retried from the DLQ N+ times"
+    )
+    parser.add_argument(
+        "-q",
+        "--query",
+        help="any part (3+ characters, any case) of the task id, exception type, message "
+        "or traceback",
+    )
     parser.add_argument("--since", type=args.unix_time, help=args.TIME_FORMS)
     parser.add_argument("--until", type=args.unix_time, help="the same forms as --since")
 
@@ -85,6 +103,10 @@ def filters(ns: argparse.Namespace) -> dict[str, Any]:
         "status": ns.status,
         "task_name": ns.task,
         "failure_type": ns.failure_type,
+        "task_id": ns.task_id,
+        "exception_type": ns.exception_type,
+        "min_dlq_retries": ns.min_dlq_retries,
+        "q": ns.query,
         "since": ns.since,
         "until": ns.until,
     }
@@ -278,6 +300,20 @@ def bulk_retry(client: Api, ns: argparse.Namespace) -> int:
     lines += [f"  {error}" for error in job["errors"]]
     output.write("\n".join(lines))
     return Exit.FAILED if job["failed"] else Exit.OK
+
+
+def bulk_abandon(client: Api, ns: argparse.Namespace) -> int:
+    body: dict[str, Any] = {"reason": ns.reason, "dry_run": ns.dry_run}
+    if ns.ids:
+        body["ids"] = ns.ids
+    else:
+        body["filter"] = {k: v for k, v in filters(ns).items() if v is not None}
+    answer = client.post("/v1/dlq/bulk-abandon", body)
+    if ns.dry_run:
+        output.write(f"{answer['total']} pending or retrying records would be abandoned")
+    else:
+        output.write(f"abandoned {answer['abandoned']}, skipped {answer['skipped']}")
+    return Exit.OK
 
 
 def export(client: Api, ns: argparse.Namespace) -> int:

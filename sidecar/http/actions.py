@@ -15,7 +15,7 @@ from ..requeue import RequeueError
 from ..service.errors import Ambiguous, Conflict, NotFound
 from .auth import actor_of, requires
 from .keys import SERVICES
-from .params import dlq_filter, known_only, limit_of, path_id, time_param
+from .params import FILTER_PARAMS, dlq_filter, known_only, limit_of, path_id, time_param
 from .problems import Problem, invalid, json_response, read
 
 MAX_PAGE = 500
@@ -34,10 +34,14 @@ class AbandonRequest(msgspec.Struct, frozen=True):
     reason: Annotated[str, Meta(min_length=1, max_length=2000, pattern=NO_NUL)]
 
 
-class FilterBody(msgspec.Struct, frozen=True):
+class FilterBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     status: str | None = None
     task_name: str | None = None
     failure_type: str | None = None
+    task_id: str | None = None
+    exception_type: str | None = None
+    min_dlq_retries: Annotated[int, Meta(ge=0, lt=2**31)] | None = None
+    q: str | None = None
     since: float | str | None = None
     until: float | str | None = None
 
@@ -47,6 +51,13 @@ class BulkRetryRequest(msgspec.Struct, frozen=True):
     filter: FilterBody | None = None
     priority: str | None = None
     rate_per_second: Annotated[float, Meta(gt=0, le=100_000)] | None = None
+    dry_run: bool = False
+
+
+class BulkAbandonRequest(msgspec.Struct, frozen=True):
+    reason: Annotated[str, Meta(min_length=1, max_length=2000, pattern=NO_NUL)]
+    ids: Annotated[list[Id], Meta(max_length=100_000)] | None = None
+    filter: FilterBody | None = None
     dry_run: bool = False
 
 
@@ -74,6 +85,7 @@ def _priority_problem(name: str | None, request: web.Request) -> Problem:
 @requires("viewer")
 async def list_dlq(request: web.Request) -> web.Response:
     query = request.query
+    known_only(query, (*FILTER_PARAMS, "limit", "cursor"))
     limit = limit_of(dict(query), most=MAX_PAGE)
     where = dlq_filter(dict(query))
     try:
@@ -151,6 +163,21 @@ async def bulk_retry(request: web.Request) -> web.Response:
     return json_response(answer, status=200 if body.dry_run else 202)
 
 
+@requires("operator")
+async def bulk_abandon(request: web.Request) -> web.Response:
+    """Abandon pending or retrying records, by ids or by filter, each once, audited."""
+    body = await read(request, BulkAbandonRequest)
+    if (body.ids is None) == (body.filter is None):
+        raise invalid("", "give either `ids` or `filter`")
+    where = None
+    if body.filter is not None:
+        where = dlq_filter(msgspec.to_builtins(body.filter), "filter")
+    answer = await request.app[SERVICES].dlq.bulk_abandon(
+        actor_of(request), ids=body.ids, where=where, reason=body.reason, dry_run=body.dry_run
+    )
+    return json_response(answer)
+
+
 @requires("viewer")
 async def bulk_retry_progress(request: web.Request) -> web.Response:
     job = request.app[SERVICES].dlq.jobs.get(request.match_info["job"])
@@ -161,6 +188,7 @@ async def bulk_retry_progress(request: web.Request) -> web.Response:
 
 @requires("viewer")
 async def export_csv(request: web.Request) -> web.StreamResponse:
+    known_only(request.query, FILTER_PARAMS)
     where = dlq_filter(dict(request.query))
     response = web.StreamResponse(
         headers={
@@ -264,6 +292,7 @@ def routes() -> list[web.RouteDef]:
         web.get("/v1/dlq/export.csv", export_csv),
         web.get("/v1/events/export", export_events),
         web.post("/v1/dlq/bulk-retry", bulk_retry),
+        web.post("/v1/dlq/bulk-abandon", bulk_abandon),
         web.get("/v1/dlq/bulk-retry/{job}", bulk_retry_progress),
         web.get("/v1/dlq/{id}", get_dlq),
         web.post("/v1/dlq/{id}/retry", retry_dlq),

@@ -38,6 +38,7 @@ SCHEMA_TYPES = [
     actions.RetryRequest,
     actions.AbandonRequest,
     actions.BulkRetryRequest,
+    actions.BulkAbandonRequest,
 ]
 
 PROBLEM = {
@@ -67,6 +68,15 @@ FILTER_PARAMS = [
     },
     {"name": "task_name", "in": "query", "schema": {"type": "string"}},
     {"name": "failure_type", "in": "query", "schema": {"type": "string"}},
+    {"name": "task_id", "in": "query", "schema": {"type": "string"}},
+    {"name": "exception_type", "in": "query", "schema": {"type": "string"}},
+    {"name": "min_dlq_retries", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+    {
+        "name": "q",
+        "in": "query",
+        "schema": {"type": "string", "minLength": 3},
+        "description": "any part (any case) of the task id, exception type, message or traceback",
+    },
     {
         "name": "since",
         "in": "query",
@@ -219,6 +229,13 @@ def document() -> dict[str, Any]:
                 ("operator",),
                 body=ref(actions.BulkRetryRequest),
                 status=202,
+            )
+        },
+        "/v1/dlq/bulk-abandon": {
+            "post": operation(
+                "Abandon many records (by ids or filter), each once, with a reason",
+                ("operator",),
+                body=ref(actions.BulkAbandonRequest),
             )
         },
         "/v1/dlq/bulk-retry/{job}": {

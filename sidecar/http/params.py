@@ -15,6 +15,7 @@ from ..records import (
     LATEST,
     MAX_ID_BYTES,
     MAX_NAME_BYTES,
+    MIN_QUERY_CHARS,
     STATUSES,
     DlqFilter,
     text_problem,
@@ -40,15 +41,48 @@ def parse_time(value: str, name: str, now: float | None = None) -> float:
         ) from None
 
 
+# The parameters of the DLQ list and its CSV export (DESIGN §3.3).
+FILTER_PARAMS = (
+    "status",
+    "task_name",
+    "failure_type",
+    "task_id",
+    "exception_type",
+    "min_dlq_retries",
+    "q",
+    "since",
+    "until",
+)
+MAX_QUERY_BYTES = 1000
+
+
 def dlq_filter(values: dict[str, object], where: str = "query") -> DlqFilter:
     """Filters from a query string or a JSON body, each checked, 400 naming the bad one."""
     status = values.get("status")
     if status is not None and status not in STATUSES:
         raise invalid(f"{where}.status", f"expected one of {list(STATUSES)}, got {status!r}")
-    for name in ("task_name", "failure_type"):
+    for name in ("task_name", "failure_type", "task_id", "exception_type"):
         value = values.get(name)
         if isinstance(value, str) and (problem := text_problem(value, MAX_NAME_BYTES)):
             raise invalid(f"{where}.{name}", problem)
+    q = values.get("q") or None
+    if q is not None:
+        if not isinstance(q, str):
+            raise invalid(f"{where}.q", "expected text")
+        if problem := text_problem(q, MAX_QUERY_BYTES):
+            raise invalid(f"{where}.q", problem)
+        if len(q) < MIN_QUERY_CHARS:
+            raise invalid(f"{where}.q", f"give at least {MIN_QUERY_CHARS} characters")
+    retries = values.get("min_dlq_retries")
+    if retries is not None:
+        try:
+            retries = int(retries)  # type: ignore[call-overload]
+        except (TypeError, ValueError):
+            raise invalid(
+                f"{where}.min_dlq_retries", f"expected a whole number, got {retries!r}"
+            ) from None
+        if not 0 <= retries < 2**31:
+            raise invalid(f"{where}.min_dlq_retries", f"expected 0 or more, got {retries}")
     times = {}
     for name in ("since", "until"):
         value = values.get(name)
@@ -63,6 +97,10 @@ def dlq_filter(values: dict[str, object], where: str = "query") -> DlqFilter:
         status=status,  # type: ignore[arg-type]
         task_name=values.get("task_name") or None,  # type: ignore[arg-type]
         failure_type=values.get("failure_type") or None,  # type: ignore[arg-type]
+        task_id=values.get("task_id") or None,  # type: ignore[arg-type]
+        exception_type=values.get("exception_type") or None,  # type: ignore[arg-type]
+        min_dlq_retries=retries,  # type: ignore[arg-type]
+        q=q,
         **times,
     )
 

@@ -237,6 +237,68 @@ class DeadLetters:
         task.add_done_callback(self._tasks.discard)
         return job.view()
 
+    async def bulk_abandon(
+        self,
+        actor: str,
+        *,
+        ids: list[str] | None,
+        where: DlqFilter | None,
+        reason: str,
+        dry_run: bool,
+    ) -> dict[str, object]:
+        """Abandon pending and retrying records (by ids, or by filter: those there now),
+        at once. Each moves once however many calls race (the store's conditional
+        transition); each batch moved is one audit entry. A dry run only counts them."""
+        states = ("pending", "retrying")
+        if where is not None:
+            now = self.clock()
+            until = now if where.until is None else min(where.until, now)
+            where = msgspec.structs.replace(where, until=until)
+            if where.status is not None and where.status not in states:
+                return {"dry_run": dry_run, "total": 0, "abandoned": 0, "skipped": 0}
+        if dry_run:
+            if ids is not None:
+                found = [await self.store.get(i) for i in ids]
+                total = sum(1 for r in found if r is not None and r.status in states)
+            else:
+                assert where is not None
+                total = sum(
+                    [
+                        await self.store.count(msgspec.structs.replace(where, status=s))
+                        for s in ((where.status,) if where.status else states)
+                    ]
+                )
+            return {"dry_run": True, "total": total}
+        abandoned = skipped = 0
+        async for batch in self._records(ids, where):
+            wanted = [r.id for r in batch if r.status in states]
+            moved = await self.store.transition(wanted, "abandoned", states, self.clock())
+            abandoned += len(moved)
+            skipped += len(wanted) - len(moved)
+            if moved:
+                by_status: dict[str, list[str]] = {}
+                for record in moved:
+                    by_status.setdefault(record.status, []).append(record.id)
+                for from_status, record_ids in by_status.items():
+                    await self.store.audit(
+                        AuditEntry(
+                            at=self.clock(),
+                            actor=actor,
+                            action="bulk_abandon",
+                            record_ids=record_ids,
+                            from_status=from_status,
+                            reason=reason,
+                        )
+                    )
+        if abandoned:
+            self.metrics.record_dlq_action("bulk_abandon")
+        return {
+            "dry_run": False,
+            "total": abandoned + skipped,
+            "abandoned": abandoned,
+            "skipped": skipped,
+        }
+
     async def _records(
         self, ids: list[str] | None, where: DlqFilter | None
     ) -> AsyncIterator[list[DlqRecord]]:

@@ -19,6 +19,7 @@ import msgspec
 from ..records import (
     EARLIEST,
     LATEST,
+    MIN_QUERY_CHARS,
     STATUSES,
     AuditEntry,
     AuditPage,
@@ -31,7 +32,28 @@ from .connector import named_queries
 
 K = TypeVar("K", str, int)
 
-_FILTER_FIELDS = ("status", "task_name", "failure_type", "since", "until")
+_FILTER_FIELDS = (
+    "status",
+    "task_name",
+    "failure_type",
+    "since",
+    "until",
+    "task_id",
+    "exception_type",
+    "min_dlq_retries",
+    "q",
+)
+
+
+def search_param(dialect: str, q: str) -> str:
+    """`q` as the dialect's search wants it: an ILIKE pattern matching it anywhere (its
+    own % _ and \\ taken literally) for PostgreSQL, one FTS5 phrase for SQLite."""
+    if len(q) < MIN_QUERY_CHARS:
+        raise ValueError(f"q must have at least {MIN_QUERY_CHARS} characters, got {q!r}")
+    if dialect == "sqlite":
+        return '"' + q.replace('"', '""') + '"'
+    escaped = q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
 
 
 def encode_cursor(at: float, key: str | int) -> str:
@@ -88,14 +110,18 @@ def filtered(
         value = getattr(where, field)
         if value is not None:
             fragments.append(f"dlq_where_{field}")
-            params[field] = check_time(field, value) if field in ("since", "until") else value
+            if field in ("since", "until"):
+                value = check_time(field, value)
+            elif field == "q":
+                value = search_param(dialect, value)
+            params[field] = value
     if position is not None and keyset is not None:
         fragments.append(keyset)
         params["cursor_at"], params["cursor_id"] = position
     return compose(dialect, query, tuple(fragments)), params
 
 
-@cache  # a few dozen shapes at most: 2**5 filter combinations per query
+@cache  # a few dozen shapes at most: 2**9 filter combinations per query
 def compose(dialect: str, query: str, fragments: tuple[str, ...]) -> str:
     queries = named_queries(dialect)
     text = queries[query]

@@ -287,3 +287,15 @@ SELECT version FROM schema_migrations ORDER BY version;
 
 -- name: migrations_record
 INSERT INTO schema_migrations (version) VALUES (%(version)s);
+
+-- name: dlq_where_task_id
+task_id = %(task_id)s
+
+-- name: dlq_where_exception_type
+exception ->> 'type' = %(exception_type)s
+
+-- name: dlq_where_min_dlq_retries
+dlq_retries >= %(min_dlq_retries)s
+
+-- name: dlq_where_q
+dlq_search_text(task_id, exception) ILIKE %(q)s

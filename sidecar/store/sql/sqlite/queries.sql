@@ -209,3 +209,15 @@ SELECT version FROM schema_migrations ORDER BY version;
 
 -- name: migrations_record
 INSERT INTO schema_migrations (version) VALUES (:version);
+
+-- name: dlq_where_task_id
+task_id = :task_id
+
+-- name: dlq_where_exception_type
+exception ->> 'type' = :exception_type
+
+-- name: dlq_where_min_dlq_retries
+dlq_retries >= :min_dlq_retries
+
+-- name: dlq_where_q
+rowid IN (SELECT rowid FROM dlq_fts WHERE dlq_fts MATCH :q)
