@@ -21,7 +21,7 @@ class Runs(msgspec.Struct, frozen=True):
     lost: int = 0
     hosts: tuple[str, ...] = ()  # the hosts of the lost runs, oldest first
     reason: str | None = None  # what the last lost run is known to have died of
-    ended_lost: bool = False  # the last end was a lost run already counted
+    ended: bool = False  # an end (or a lost run) was reported for the last start
     dlq_id: str | None = None  # dead-lettered as a poison task
 
 
@@ -52,12 +52,12 @@ def on_start(
     lost, hosts = runs.lost, runs.hosts
     if runs.open:
         lost_now, lost, hosts = 1, lost + 1, _with_host(hosts, runs.host)
-    elif redelivered and not runs.ended_lost:
+    elif redelivered and not runs.ended:
         # The previous delivery's start never reached us (its worker died first) and no
         # end was reported: a lost run all the same.
         lost_now, lost, hosts = 1, lost + 1, _with_host(hosts, None)
     after = msgspec.structs.replace(
-        runs, lost=lost, hosts=hosts, starts=runs.starts + 1, ended_lost=False
+        runs, lost=lost, hosts=hosts, starts=runs.starts + 1, ended=False
     )
     if max_lost_runs > 0 and lost >= max_lost_runs:
         return StartVerdict(msgspec.structs.replace(after, open=False), lost_now, True)
@@ -73,7 +73,7 @@ def on_lost(runs: Runs | None, host: str | None, reason: str | None) -> Runs:
         lost=runs.lost + 1,
         hosts=_with_host(runs.hosts, host or runs.host),
         reason=reason or runs.reason,
-        ended_lost=True,
+        ended=True,
     )
 
 
@@ -81,7 +81,7 @@ def on_end(runs: Runs | None) -> Runs | None:
     """The run ended (success or a reported failure): nothing is open any more."""
     if runs is None:
         return None
-    return msgspec.structs.replace(runs, open=False, ended_lost=False)
+    return msgspec.structs.replace(runs, open=False, ended=True)
 
 
 def dead_lettered(runs: Runs, dlq_id: str | None) -> Runs:
