@@ -62,7 +62,7 @@ class Env:
     def start_worker(self) -> Worker:
         self.worker = Worker(
             self.tmp / "worker.log",
-            "default",
+            "default,critical,high_priority,reports,maintenance",  # DLQ retries' queues too
             self.worker_env,
             app="tests.poison_app",
             pool="prefork",
@@ -96,9 +96,10 @@ class Env:
             return error.code, json.loads(error.read())
 
     def record_of(self, task_id: str) -> dict[str, Any] | None:
-        status, page = self.api("GET", f"/v1/dlq?task_id={task_id}")
+        status, page = self.api("GET", "/v1/dlq?limit=500")
         assert status == 200, page
-        return page["records"][0] if page["records"] else None
+        found = [r for r in page["records"] if r["task_id"] == task_id]
+        return found[0] if found else None
 
     def log(self) -> str:
         return (self.tmp / "worker.log").read_text(errors="replace")
@@ -182,7 +183,7 @@ def test_poison_tasks_dead_lettered_while_others_run(env: Env) -> None:
     before = len(env.starts(kill_tag))
     status, body = env.api("POST", f"/v1/dlq/{killed['id']}/retry", {})
     assert status == 200, body
-    wait_for(lambda: env.done(kill_tag), 20, env.log())
+    wait_for(lambda: env.done(kill_tag), 20, "the DLQ retry ran")
     assert len(env.starts(kill_tag)) == before + 1
     wait_for(
         lambda: env.api("GET", f"/v1/dlq/{killed['id']}")[1]["status"] == "resolved",
@@ -202,7 +203,7 @@ def test_healthy_task_redelivered_once_still_succeeds(env: Env) -> None:
     assert env.worker is not None
     env.worker.kill()  # the node dies mid-run; its supervisor starts it again
     env.start_worker()
-    wait_for(lambda: env.done(tag), 30, env.log())
+    wait_for(lambda: env.done(tag), 30, "the redelivered run")
     starts = env.starts(tag)
     assert len(starts) == 2
     assert starts[1]["redelivered"] is True

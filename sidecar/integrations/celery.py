@@ -221,6 +221,11 @@ class SidecarTask(_CeleryTask):  # type: ignore[misc,valid-type]
             if key is not None:
                 client.release(key, self.idempotency_scope, owner=owner)
             self._on_failure(client, exc, args, kwargs, attempt, queue, dlq_id)
+            if isinstance(exc, MemoryError):
+                # Celery treats a MemoryError reaching the worker as unrecoverable and
+                # stops the whole worker (with acks_late the message would come back):
+                # it is in the DLQ, so the message is rejected without a requeue.
+                raise Reject(f"dead-lettered: {exc!r}", requeue=False) from exc
             raise  # dead_letter: the task fails (the sidecar stored it in the DLQ)
         if key is not None:
             client.complete(key, self.idempotency_scope, self.idempotency_ttl, owner=owner)
