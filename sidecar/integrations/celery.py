@@ -116,6 +116,8 @@ class SidecarRequest(_CeleryRequest):  # type: ignore[misc,valid-type]
                     attempt=int(self._request_dict.get("retries") or 0),
                     queue=_queue_of(self),
                     host=self.hostname,
+                    args=list(self.args or ()),
+                    kwargs=dict(self.kwargs or {}),
                 )
             except Exception:  # never into the worker
                 log.debug("task-sidecar: lost run not reported", exc_info=True)
@@ -165,6 +167,12 @@ class SidecarTask(_CeleryTask):  # type: ignore[misc,valid-type]
         client = self.sidecar_client
         if client is None or not self.sidecar or self.request.is_eager:
             return super().__call__(*args, **kwargs)
+        try:
+            return self._sidecar_call(client, args, kwargs)
+        finally:
+            _seen.pop(self.request.id or "", None)  # the run ended in this process
+
+    def _sidecar_call(self, client: Any, args: tuple, kwargs: dict) -> Any:
         request = self.request
         task_id = request.id or ""
         attempt = int(request.retries or 0)
@@ -397,12 +405,13 @@ def workflow_of(request: Any) -> dict[str, Any]:
 
 
 _SEEN_LIMIT = 10_000
-_seen: dict[str, int] = {}  # task id -> retries of the runs started in this process
+_seen: dict[str, int] = {}  # task id -> retries of the runs running in this process
 
 
 def _redelivery(request: Any, task_id: str, retries: int) -> bool:
     """The broker says so (delivery_info / headers `redelivered`, a delivery count above
-    1), or this process already started this task id with the same retries count."""
+    1), or this process is already running this task id with the same retries count
+    (a second delivery while the first runs: thread and gevent pools)."""
     info = getattr(request, "delivery_info", None) or {}
     headers = getattr(request, "headers", None) or {}
     flagged = bool(info.get("redelivered") or getattr(request, "redelivered", False))
