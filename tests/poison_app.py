@@ -24,7 +24,7 @@ app.conf.broker_connection_retry_on_startup = True
 app.conf.worker_prefetch_multiplier = 1
 app.conf.task_acks_late = True
 app.conf.task_reject_on_worker_lost = True
-app.conf.broker_transport_options = {"visibility_timeout": 3}
+app.conf.broker_transport_options = {"visibility_timeout": 3, "unacked_restore_interval": 1}
 
 install(app, flush_interval=0.1)
 store = redis.Redis.from_url(os.environ.get("RUNS_REDIS_URL", "redis://127.0.0.1:6379/2"))
