@@ -180,6 +180,13 @@ class Metrics:
             namespace=ns,
             registry=r,
         )
+        self.lost_runs = Counter(
+            "lost_runs",
+            "Runs that started and never ended (the worker died under them), per task.",
+            ["task"],
+            namespace=ns,
+            registry=r,
+        )
         self.deferrals = Counter(
             "deferrals", "Retries pushed back, by reason.", ["reason"], namespace=ns, registry=r
         )
@@ -364,6 +371,11 @@ class Metrics:
         self._at(self.task_events, task, "success").inc()
         if retried_failure_type is not None:
             self._at(self.retry_outcomes, task, retried_failure_type, "success").inc()
+
+    def record_lost_runs(self, task_name: str, count: int = 1) -> None:
+        """Runs of the task that started and never ended (a poison suspect)."""
+        if count > 0:
+            self._at(self.lost_runs, self.task(task_name)).inc(count)
 
     def record_deferral(self, reason: str) -> None:
         self._at(self.deferrals, reason).inc()

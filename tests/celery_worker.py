@@ -17,15 +17,24 @@ class Worker:
     """`celery -A tests.celery_app worker -P solo -Q <queues>`, logging to `log`. `env`
     adds to the environment (broker, sidecar URL, token, policies)."""
 
-    def __init__(self, log: Path, queues: str, env: dict[str, str]) -> None:
+    def __init__(
+        self,
+        log: Path,
+        queues: str,
+        env: dict[str, str],
+        *,
+        app: str = "tests.celery_app",
+        pool: str = "solo",
+        concurrency: int = 1,
+    ) -> None:
         self.log = log
-        with open(log, "wb") as out:
+        with open(log, "ab") as out:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "celery", "-A", "tests.celery_app", "worker",
-                 "-P", "solo", "-c", "1", "-Q", queues, "--without-gossip",
+                [sys.executable, "-m", "celery", "-A", app, "worker",
+                 "-P", pool, "-c", str(concurrency), "-Q", queues, "--without-gossip",
                  "--without-mingle", "--without-heartbeat", "-l", "info"],
                 cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), **env},
-                stdout=out, stderr=subprocess.STDOUT,
+                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
             )  # fmt: skip
 
     def output(self) -> str:
@@ -48,3 +57,9 @@ class Worker:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(timeout=10)
+
+    def kill(self) -> None:
+        """SIGKILL the worker and its pool children at once (a crashed node)."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)

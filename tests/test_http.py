@@ -149,7 +149,13 @@ class TestFailureHook:
         assert 299 <= start["delay_seconds"] <= 300
         assert start["breaker"] == {"key": "app.tasks.sync:TRANSIENT_DATABASE", "state": "open"}
         other = await post(client, "/v1/hooks/start", {"task_id": "x", "task_name": "other"})
-        assert other == {"allow": True, "delay_seconds": 0.0, "breaker": None}
+        assert other == {
+            "allow": True,
+            "delay_seconds": 0.0,
+            "breaker": None,
+            "dead_lettered": False,
+            "dlq_id": None,
+        }
 
     async def test_dry_runs_change_no_state(self, client):
         for _ in range(15):
@@ -363,3 +369,83 @@ class TestReload:
             assert policies.reload() is not None
             answer = await post(client, "/v1/decide", failure_event(attempt=0), token=None)
             assert answer["action"] == "retry"
+
+
+class TestPoison:
+    """A task id that starts again with no end for its previous start is a lost run; past
+    poison.max_lost_runs (2) it is dead-lettered and its start refused."""
+
+    def start(self, task_id, host, **extra):
+        return {
+            "task_id": task_id,
+            "task_name": "app.tasks.crash",
+            "queue": "default",
+            "host": host,
+            "args": [7],
+            **extra,
+        }
+
+    async def test_restarted_without_end_is_dead_lettered(self, client):
+        first = await post(client, "/v1/hooks/start", self.start("p-1", "w1"))
+        assert first["allow"] is True
+        second = await post(client, "/v1/hooks/start", self.start("p-1", "w2", redelivered=True))
+        assert second["allow"] is True
+        third = await post(client, "/v1/hooks/start", self.start("p-1", "w3", delivery_count=3))
+        assert third["allow"] is False
+        assert third["dead_lettered"] is True
+        dlq_id = third["dlq_id"]
+        record = await client.server.app[SERVICES].stores.dlq.get(dlq_id)
+        assert record.task_id == "p-1"
+        assert record.args == [7]
+        assert record.context["lost_runs"] == 2
+        assert record.context["lost_run_hosts"] == ["w1", "w2"]
+        assert record.exception["type"] == "WorkerLostError"
+        again = await post(client, "/v1/hooks/start", self.start("p-1", "w4", redelivered=True))
+        assert (again["allow"], again["dlq_id"]) == (False, dlq_id)
+        # A retry from the DLQ (after a fix) runs, and counting starts over.
+        retried = await post(client, "/v1/hooks/start", self.start("p-1", "w5", dlq_id=dlq_id))
+        assert retried["allow"] is True
+        metrics = await (await client.get("/metrics")).text()
+        assert 'task_sidecar_lost_runs_total{task="app.tasks.crash"} 2.0' in metrics
+
+    async def test_worker_lost_sigkill_is_out_of_memory(self, client):
+        lost = failure_event(
+            task="app.tasks.crash",
+            task_id="p-2",
+            exc_type="WorkerLostError",
+            message="Worker exited prematurely: signal 9 (SIGKILL) Job: 0.",
+            host="w1",
+        )
+        lost["exception"]["module"] = "billiard.exceptions"
+        lost["exception"]["mro"] = []
+        await post(client, "/v1/hooks/start", self.start("p-2", "w1"))
+        answer = await post(client, "/v1/hooks/failure", lost)
+        assert answer["action"] == "retry"
+        await post(client, "/v1/hooks/start", self.start("p-2", "w1", redelivered=True))
+        answer = await post(client, "/v1/hooks/failure", {**lost, "report_id": "r2"})
+        assert answer["action"] == "dead_letter"
+        assert answer["classification"]["failure_type"] == "SYSTEM_OUT_OF_MEMORY"
+        assert answer["classification"]["rule"] == "worker-killed"
+        refused = await post(client, "/v1/hooks/start", self.start("p-2", "w1", redelivered=True))
+        assert refused == {
+            "allow": False,
+            "delay_seconds": 0.0,
+            "breaker": None,
+            "dead_lettered": True,
+            "dlq_id": answer["dlq_id"],
+        }
+        record = await client.server.app[SERVICES].stores.dlq.get(answer["dlq_id"])
+        assert record.exception["message"].startswith("Worker exited prematurely: signal 9")
+        assert record.context["lost_runs"] == 2
+
+    async def test_runs_that_end_are_not_lost(self, client):
+        for _ in range(4):
+            assert (await post(client, "/v1/hooks/start", self.start("p-3", "w1")))["allow"]
+            await post(
+                client,
+                "/v1/hooks/batch",
+                [{"type": "end", "task_id": "p-3", "task_name": "app.tasks.crash"}],
+            )
+        await post(client, "/v1/hooks/start", self.start("p-3", "w1"))
+        await post(client, "/v1/hooks/success", {"task_id": "p-3", "task_name": "app.tasks.crash"})
+        assert (await post(client, "/v1/hooks/start", self.start("p-3", "w1")))["allow"]

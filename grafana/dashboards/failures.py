@@ -114,6 +114,17 @@ def build() -> Dashboard:
                         data_links=[by_task],
                         width=8,
                     ),
+                    table_panel(
+                        "Lost runs (started, never ended)",
+                        "Runs whose worker died under them (SIGKILL, OOM, a crash), per task: "
+                        "a task id past poison.max_lost_runs is dead-lettered and not run.",
+                        "short",
+                        Q(q.lost_runs_in_range(), instant=True),
+                        thresholds=steps(GREEN, (1, ORANGE)),
+                        links=[runbook("TaskSidecarLostRuns")],
+                        data_links=[by_task],
+                        width=16,
+                    ),
                     bar_panel(
                         "Retries scheduled per failure",
                         "Retries decided per failure, by type, over the time range (the "

@@ -140,6 +140,11 @@ def system_failures_in_range(system_types: str) -> str:
     return f"sum by (task, failure_type) (increase(task_sidecar_failures_total{system}[{RANGE}]))"
 
 
+def lost_runs_in_range() -> str:
+    """Runs that started and never ended (poison suspects), per task."""
+    return f"sum by (task) (increase(task_sidecar_lost_runs_total{sel(task=True)}[{RANGE}])) > 0"
+
+
 def retries_per_failure_by_type() -> str:
     """Retries scheduled per failure, by failure type (the seed's "average retry count")."""
     return (

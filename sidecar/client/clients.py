@@ -92,6 +92,14 @@ class ClientBase:
         except Exception:  # defensive: never into the task
             log.debug("sidecar client: success event not buffered", exc_info=True)
 
+    def end(self, task_id: str, task_name: str) -> None:
+        """A run ended without a success or failure report (postponed, skipped): batched,
+        so the sidecar does not count it as a lost run."""
+        try:
+            self._batcher.add(self.protocol.end_event(task_id, task_name))
+        except Exception:  # defensive: never into the task
+            log.debug("sidecar client: end event not buffered", exc_info=True)
+
     def flush(self, timeout: float = 5.0) -> bool:
         return self._batcher.flush(timeout)
 
@@ -133,10 +141,20 @@ class SidecarClient(ClientBase):
         return self._run(self.protocol.failure(task_id, task_name, exc, **fields))
 
     def start(
-        self, task_id: str, task_name: str, *, attempt: int = 0, queue: str | None = None
+        self,
+        task_id: str,
+        task_name: str,
+        *,
+        attempt: int = 0,
+        queue: str | None = None,
+        ask: bool = False,
+        **run: Any,
     ) -> dict[str, Any]:
-        """May the task run now? Falls back to allowing it."""
-        return self._run(self.protocol.start(task_id, task_name, attempt=attempt, queue=queue))
+        """May the task run now? Falls back to allowing it. `run`: delivery_count,
+        redelivered, host, dlq_id, args, kwargs; `ask`: do not answer from the cache."""
+        return self._run(
+            self.protocol.start(task_id, task_name, attempt=attempt, queue=queue, ask=ask, **run)
+        )
 
     def claim(
         self, key: str, scope: Scope = "global", ttl_seconds: float | None = None
@@ -182,10 +200,17 @@ class AsyncSidecarClient(ClientBase):
         return await self._run(self.protocol.failure(task_id, task_name, exc, **fields))
 
     async def start(
-        self, task_id: str, task_name: str, *, attempt: int = 0, queue: str | None = None
+        self,
+        task_id: str,
+        task_name: str,
+        *,
+        attempt: int = 0,
+        queue: str | None = None,
+        ask: bool = False,
+        **run: Any,
     ) -> dict[str, Any]:
         return await self._run(
-            self.protocol.start(task_id, task_name, attempt=attempt, queue=queue)
+            self.protocol.start(task_id, task_name, attempt=attempt, queue=queue, ask=ask, **run)
         )
 
     async def claim(

@@ -132,6 +132,7 @@ class Protocol:
         dlq_id: str | None = None,
         workflow: Mapping[str, Any] | None = None,
         report_id: str | None = None,
+        host: str | None = None,
     ) -> dict[str, Any]:
         """The failure hook body. `report_id` is made here unless given; every re-send of
         this report carries it unchanged. `workflow` (chain, callbacks, …) is sent only
@@ -156,6 +157,8 @@ class Protocol:
             "dlq_id": dlq_id,
             "report_id": report_id or new_report_id(str(task_id), int(attempt)),
         }
+        if host:
+            event["host"] = str(host)
         steps = {k: v for k, v in (workflow or {}).items() if v not in (None, "", [], (), {})}
         if steps:
             event["workflow"] = jsonable(steps)
@@ -214,22 +217,48 @@ class Protocol:
         return answer
 
     def start(
-        self, task_id: str, task_name: str, *, attempt: int = 0, queue: str | None = None
+        self,
+        task_id: str,
+        task_name: str,
+        *,
+        attempt: int = 0,
+        queue: str | None = None,
+        ask: bool = False,
+        **run: Any,
     ) -> Exchange[dict[str, Any]]:
-        """May the task run now? Falls back to allowing it."""
+        """May the task run now? Falls back to allowing it. `run` (delivery_count,
+        redelivered, host, dlq_id, args, kwargs) tells the sidecar about the run, for
+        poison detection. While the task name's allowance is cached, the start is only
+        queued for the batch sender (no round trip); `ask` (a redelivery) always asks."""
         name = str(task_name)
-        cached = self.allowances.get(name)
-        if cached is not None:
-            return Exchange.answered(cached)
         body = {"task_id": str(task_id), "task_name": name, "attempt": int(attempt), "queue": queue}
+        for key, value in run.items():
+            if value is not None and value is not False:
+                body[key] = value
+        if not ask:
+            cached = self.allowances.get(name)
+            if cached is not None:
+                if run:
+                    body.pop("args", None)
+                    body.pop("kwargs", None)
+                    self.outbox({"type": "start", **body})
+                return Exchange.answered(cached)
+        elif "args" in body or "kwargs" in body:
+            body["args"] = jsonable(list(body.get("args") or ()))
+            body["kwargs"] = jsonable(dict(body.get("kwargs") or {}))
 
         def read(answer: Any) -> dict[str, Any] | None:
             if not isinstance(answer, dict) or not isinstance(answer.get("allow"), bool):
                 return None
-            self.allowances.remember(name, answer)
+            if not answer.get("dead_lettered"):
+                self.allowances.remember(name, answer)
             return answer
 
         return Exchange("/v1/hooks/start", body, read, start_allowed)
+
+    def end_event(self, task_id: str, task_name: str) -> dict[str, Any]:
+        """A run that ended without a report (postponed, a duplicate skipped), batched."""
+        return {"type": "end", "task_id": str(task_id), "task_name": str(task_name)}
 
     def claim(
         self, key: str, scope: Scope = "global", ttl_seconds: float | None = None

@@ -10,7 +10,7 @@ from msgspec import Meta
 
 from ..errors import StoreUnavailable
 from ..policy import FailureEvent, StartEvent, SuccessEvent
-from ..policy.events import Seconds
+from ..policy.events import EndEvent, Seconds
 from ..service.errors import InvalidInput, NotHolder
 from ..service.hooks import Hooks
 from .auth import actor_of, requires
@@ -38,10 +38,15 @@ class KeyRequest(msgspec.Struct, frozen=True):
 
 
 class BatchItem(msgspec.Struct, frozen=True):
-    type: Literal["failure", "success", "start"]
+    type: Literal["failure", "success", "start", "end"]
 
 
-KINDS: dict[str, type] = {"failure": FailureEvent, "success": SuccessEvent, "start": StartEvent}
+KINDS: dict[str, type] = {
+    "failure": FailureEvent,
+    "success": SuccessEvent,
+    "start": StartEvent,
+    "end": EndEvent,
+}
 
 
 def _timer(request: web.Request, hook: str):
@@ -105,6 +110,9 @@ async def apply(hooks: Hooks, kind: str, event: Any, actor: str) -> Any:
         return await hooks.failure(event, actor)
     if kind == "success":
         await hooks.success(event, actor)
+        return {"recorded": True}
+    if kind == "end":
+        await hooks.end(event)
         return {"recorded": True}
     return await hooks.start(event)
 

@@ -12,6 +12,7 @@ from .. import __version__
 from ..policy.events import (
     Classification,
     Decision,
+    EndEvent,
     FailureEvent,
     StartAnswer,
     StartEvent,
@@ -26,6 +27,7 @@ SCHEMA_TYPES = [
     FailureEvent,
     SuccessEvent,
     StartEvent,
+    EndEvent,
     Decision,
     StartAnswer,
     Classification,
@@ -139,7 +141,7 @@ def document() -> dict[str, Any]:
     batch_item = {
         "type": "object",
         "required": ["type"],
-        "properties": {"type": {"enum": ["failure", "success", "start"]}},
+        "properties": {"type": {"enum": ["failure", "success", "start", "end"]}},
     }
     paths = {
         "/v1/hooks/failure": {

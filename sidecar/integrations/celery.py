@@ -79,10 +79,50 @@ log = logging.getLogger("sidecar.integrations.celery")
 
 try:  # Celery is an optional extra; beat-schedule reporting above does not need it.
     from celery import Task as _CeleryTask
-    from celery.exceptions import Ignore, Reject, Retry
+    from celery.exceptions import Ignore, Reject, Retry, WorkerLostError
+    from celery.worker.request import Request as _CeleryRequest
 except ImportError:  # pragma: no cover - depends on the installation
-    _CeleryTask = object  # type: ignore[assignment,misc]
-    Ignore = Reject = Retry = ()  # type: ignore[assignment,misc]
+    _CeleryTask = _CeleryRequest = object  # type: ignore[assignment,misc]
+    Ignore = Reject = Retry = WorkerLostError = ()  # type: ignore[assignment,misc]
+
+
+class SidecarRequest(_CeleryRequest):  # type: ignore[misc,valid-type]
+    """The worker's (parent process's) view of a run: when a prefork child dies under a
+    task (SIGKILL, the OOM killer, a segfault), Celery reports WorkerLostError here, in
+    the parent, and nowhere else; it is sent to the sidecar as a lost run, with the
+    signal or exit code, before Celery requeues the message (reject_on_worker_lost)."""
+
+    def on_failure(self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False):
+        exc = getattr(exc_info, "exception", None)
+        exc = getattr(exc, "exc", exc)  # ExceptionWithTraceback
+        task = self.task
+        client = getattr(task, "sidecar_client", None)
+        if (
+            isinstance(WorkerLostError, type)
+            and isinstance(exc, WorkerLostError)
+            and client is not None
+            and getattr(task, "sidecar", False)
+        ):
+            try:
+                client.failure(
+                    self.id,
+                    self.name,
+                    {
+                        "type": "WorkerLostError",
+                        "module": "billiard.exceptions",
+                        "mro": ["billiard.exceptions.WorkerLostError", "builtins.Exception"],
+                        "message": str(exc),
+                    },
+                    attempt=int(self._request_dict.get("retries") or 0),
+                    queue=_queue_of(self),
+                    host=self.hostname,
+                    args=list(self.args or ()),
+                    kwargs=dict(self.kwargs or {}),
+                )
+            except Exception:  # never into the worker
+                log.debug("task-sidecar: lost run not reported", exc_info=True)
+        return super().on_failure(exc_info, send_failed_event, return_ok)
+
 
 _CONTROL = tuple(c for c in (Retry, Ignore, Reject) if isinstance(c, type))
 
@@ -110,6 +150,7 @@ class SidecarTask(_CeleryTask):  # type: ignore[misc,valid-type]
     """
 
     abstract = True  # Celery < 5 compatibility; ignored by newer versions
+    Request = "sidecar.integrations.celery:SidecarRequest"  # reports lost runs (prefork)
     sidecar: bool = True
     idempotent: bool = False
     idempotency_scope: str = "global"
@@ -126,14 +167,45 @@ class SidecarTask(_CeleryTask):  # type: ignore[misc,valid-type]
         client = self.sidecar_client
         if client is None or not self.sidecar or self.request.is_eager:
             return super().__call__(*args, **kwargs)
+        try:
+            return self._sidecar_call(client, args, kwargs)
+        finally:
+            _seen.pop(self.request.id or "", None)  # the run ended in this process
+
+    def _sidecar_call(self, client: Any, args: tuple, kwargs: dict) -> Any:
         request = self.request
         task_id = request.id or ""
         attempt = int(request.retries or 0)
         queue = _queue_of(request)
         dlq_id = dlq_id_of(request)
 
-        answer = client.start(task_id, self.name, attempt=attempt, queue=queue)
+        redelivered = _redelivery(request, task_id, attempt)
+        answer = client.start(
+            task_id,
+            self.name,
+            attempt=attempt,
+            queue=queue,
+            ask=redelivered,  # a redelivery may be a poison task: ask before running it
+            redelivered=redelivered,
+            delivery_count=_delivery_count(request),
+            host=getattr(request, "hostname", None),
+            dlq_id=dlq_id,
+            args=list(args) if redelivered else None,
+            kwargs=dict(kwargs) if redelivered else None,
+        )
+        if answer.get("dead_lettered"):
+            # Too many runs of this task id never ended (it kills its worker): the message
+            # is acknowledged without running it; the DLQ has it.
+            log.error(
+                "%s[%s] not run: poison task, dead-lettered (%s) after runs that never "
+                "ended; acknowledged",
+                self.name,
+                task_id,
+                answer.get("dlq_id"),
+            )
+            raise Ignore()
         if not answer.get("allow", True):
+            client.end(task_id, self.name)
             self._postpone(float(answer.get("delay_seconds") or 1.0), answer)
 
         key, owner = None, None
@@ -141,6 +213,7 @@ class SidecarTask(_CeleryTask):  # type: ignore[misc,valid-type]
             key = self._idempotency_key(args, kwargs)
             claim = client.claim(key, self.idempotency_scope, self.idempotency_ttl)
             if not claim.get("claimed", True):
+                client.end(task_id, self.name)
                 return self._duplicate(key, claim)
             owner = claim.get("owner")  # complete/release prove the claim is ours
 
@@ -150,11 +223,17 @@ class SidecarTask(_CeleryTask):  # type: ignore[misc,valid-type]
         except _CONTROL:
             if key is not None:
                 client.release(key, self.idempotency_scope, owner=owner)
+            client.end(task_id, self.name)
             raise
         except Exception as exc:
             if key is not None:
                 client.release(key, self.idempotency_scope, owner=owner)
             self._on_failure(client, exc, args, kwargs, attempt, queue, dlq_id)
+            if isinstance(exc, MemoryError):
+                # Celery treats a MemoryError reaching the worker as unrecoverable and
+                # stops the whole worker (with acks_late the message would come back):
+                # it is in the DLQ, so the message is rejected without a requeue.
+                raise Reject(f"dead-lettered: {exc!r}", requeue=False) from exc
             raise  # dead_letter: the task fails (the sidecar stored it in the DLQ)
         if key is not None:
             client.complete(key, self.idempotency_scope, self.idempotency_ttl, owner=owner)
@@ -323,6 +402,39 @@ def workflow_of(request: Any) -> dict[str, Any]:
             value = [dict(v) if isinstance(v, Mapping) else v for v in value]  # Signature: a dict
         workflow[name] = value if isinstance(value, list) else str(value)
     return workflow
+
+
+_SEEN_LIMIT = 10_000
+_seen: dict[str, int] = {}  # task id -> retries of the runs running in this process
+
+
+def _redelivery(request: Any, task_id: str, retries: int) -> bool:
+    """The broker says so (delivery_info / headers `redelivered`, a delivery count above
+    1), or this process is already running this task id with the same retries count
+    (a second delivery while the first runs: thread and gevent pools)."""
+    info = getattr(request, "delivery_info", None) or {}
+    headers = getattr(request, "headers", None) or {}
+    flagged = bool(info.get("redelivered") or getattr(request, "redelivered", False))
+    if not flagged and isinstance(headers, dict):
+        flagged = bool(headers.get("redelivered"))
+    count = _delivery_count(request)
+    again = _seen.get(task_id) == retries
+    if len(_seen) >= _SEEN_LIMIT:
+        _seen.clear()
+    _seen[task_id] = retries
+    return flagged or again or (count is not None and count > 1)
+
+
+def _delivery_count(request: Any) -> int | None:
+    """RabbitMQ quorum queues count deliveries (`x-delivery-count`, 0 on the first)."""
+    headers = getattr(request, "headers", None) or {}
+    value = headers.get("x-delivery-count") if isinstance(headers, dict) else None
+    if value is None:
+        value = getattr(request, "x-delivery-count", None)
+    try:
+        return int(value) + 1 if value is not None else None
+    except (TypeError, ValueError):
+        return None
 
 
 def _queue_of(request: Any) -> str | None:

@@ -69,6 +69,7 @@ ALERT_NAMES = (
     "TaskSidecarDLQDepthHigh",
     "TaskSidecarBreakerOpen",
     "TaskSidecarSystemFailure",
+    "TaskSidecarLostRuns",
     "TaskSidecarTaskSuccessRateLow",
     "TaskSidecarDuplicateRateHigh",
     "TaskSidecarDLQRecovered",

@@ -93,7 +93,8 @@ def new_events(metric: str, matchers: str, by: str, window: str, window_seconds:
     prometheus_client exports when each labelled counter was created (`<name>_created`), so
     a series created within the window counts with its whole value.
     """
-    total, created = raw(f"{metric}_total", matchers), raw(f"{metric}_created", matchers)
+    only = (matchers,) if matchers else ()
+    total, created = raw(f"{metric}_total", *only), raw(f"{metric}_created", *only)
     return (
         f"sum by ({by}) (\n"
         f"    increase({total}[{window}]) > 0\n"
@@ -246,6 +247,19 @@ def alerts() -> list[Alert]:
             '{{ $value | printf "%.0f" }} run(s) of {{ $labels.task }} failed with '
             "{{ $labels.failure_type }} in {{ $labels.namespace }}/{{ $labels.job }} "
             "in the last 5 minutes: a worker ran out of memory or disk.",
+            "failures",
+            PER_TASK,
+        ),
+        Alert(
+            "TaskSidecarLostRuns",
+            "warning",
+            new_events("task_sidecar_lost_runs", "", f"{GROUPING}, task", "15m", "900"),
+            "0s",
+            "Runs of {{ $labels.task }} start and never end: its workers die under it",
+            '{{ $value | printf "%.0f" }} run(s) of {{ $labels.task }} in '
+            "{{ $labels.namespace }}/{{ $labels.job }} started and never ended in the last "
+            "15 minutes (the worker was SIGKILLed, ran out of memory or crashed): a poison "
+            "task is dead-lettered after poison.max_lost_runs of them.",
             "failures",
             PER_TASK,
         ),

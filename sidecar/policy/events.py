@@ -98,6 +98,7 @@ class FailureEvent(msgspec.Struct, frozen=True):
     dlq_id: ShortText | None = None
     report_id: ShortText | None = None  # made once per failure by the client: stored once
     workflow: dict[str, Any] | None = None  # what the worker needs to go on (chain, links)
+    host: ShortText | None = None  # the worker's host (a lost run's, for the DLQ record)
 
 
 class SuccessEvent(msgspec.Struct, frozen=True):
@@ -114,6 +115,27 @@ class StartEvent(msgspec.Struct, frozen=True):
     task_name: Name
     attempt: Attempt = 0
     queue: ShortText | None = None
+    # Poison detection (docs/celery.md): how often the broker delivered this message
+    # (1 = first), whether it says it is a redelivery, the worker's host, and the DLQ
+    # record when the run is a retry from the DLQ.
+    delivery_count: Annotated[int, Meta(ge=0, le=1_000_000)] | None = None
+    redelivered: bool = False
+    host: ShortText | None = None
+    dlq_id: ShortText | None = None
+    args: tuple[Any, ...] = ()  # kept for the DLQ record of a poison task
+    kwargs: dict[str, Any] = msgspec.field(default_factory=dict)
+
+    @property
+    def redelivery(self) -> bool:
+        return self.redelivered or (self.delivery_count or 0) > 1
+
+
+class EndEvent(msgspec.Struct, frozen=True):
+    """A run ended without a success or failure report (postponed, a duplicate skipped):
+    it is not a lost run."""
+
+    task_id: Name
+    task_name: Name
 
 
 # --- answers ------------------------------------------------------------------------------
@@ -154,6 +176,9 @@ class StartAnswer(msgspec.Struct, frozen=True):
     allow: bool
     delay_seconds: float = 0.0
     breaker: BreakerOut | None = None
+    # A poison task (too many lost runs): acknowledge the message without running it.
+    dead_lettered: bool = False
+    dlq_id: str | None = None
 
 
 def decode_error_path(error: msgspec.ValidationError) -> tuple[str, str]:

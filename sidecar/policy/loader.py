@@ -202,6 +202,7 @@ class _PolicyReader:
                 "off_peak",
                 "idempotency",
                 "schedules",
+                "poison",
             },
         )
         if "version" in top:
@@ -220,6 +221,7 @@ class _PolicyReader:
         off_peak = self.off_peak(top.get("off_peak"), priority)
         idempotency = self.idempotency(top.get("idempotency"))
         schedules = self.schedules(top.get("schedules"))
+        poison = self.poison(top.get("poison"))
         if self.problems:
             raise _Invalid
         return m.Policy(
@@ -238,6 +240,7 @@ class _PolicyReader:
             priority=priority,
             idempotency=idempotency,
             schedules=schedules,
+            poison=poison,
         )
 
     def remediations(self, node: Node) -> dict[str, str]:
@@ -598,6 +601,16 @@ class _PolicyReader:
         return m.Idempotency(
             default_scope=_optional(f, "default_scope", lambda n: n.choice(scopes), "global"),
             ttl={scope: _optional(ttl, scope, _positive_duration, 86400.0) for scope in scopes},
+        )
+
+    def poison(self, node: Node | None) -> m.Poison:
+        try:
+            f = node.fields(set(), {"max_lost_runs", "window"}) if node is not None else {}
+        except _Invalid:
+            return m.Poison()
+        return m.Poison(
+            max_lost_runs=_optional(f, "max_lost_runs", lambda n: n.int(0, 1000), 2),
+            window=_optional(f, "window", _positive_duration, 86400.0),
         )
 
     def schedules(self, node: Node | None) -> tuple[m.Schedule, ...]:

@@ -206,6 +206,16 @@ class Idempotency:
 
 
 @dataclass(frozen=True, slots=True)
+class Poison:
+    """Runs that start and never end (the worker died under them): after `max_lost_runs`
+    such runs the task is dead-lettered and not run again (0 turns it off); `window` is how
+    long the sidecar remembers a task id's runs."""
+
+    max_lost_runs: int = 2
+    window: float = 86400.0
+
+
+@dataclass(frozen=True, slots=True)
 class Schedule:
     name: str
     cron: str
@@ -231,6 +241,7 @@ class Policy:
     priority: Priority
     idempotency: Idempotency
     schedules: tuple[Schedule, ...] = ()
+    poison: Poison = Poison()
     # Compiled once from the fields above; memoised lookups keep the hot path short.
     _classifier: Classifier = field(init=False, repr=False, compare=False)
     _memo: dict[tuple[str, ...], object] = field(init=False, repr=False, compare=False)

@@ -19,11 +19,19 @@ from ..policy import (
     decide,
     keys_for,
     on_success,
+    poison,
     task_breakers,
 )
 from ..policy.breaker import Status
-from ..policy.decide import OutcomeChange
-from ..policy.events import BreakerOut, Classification, StartAnswer, StartEvent
+from ..policy.decide import Effects, OutcomeChange
+from ..policy.events import (
+    BreakerOut,
+    Classification,
+    EndEvent,
+    ExceptionInfo,
+    StartAnswer,
+    StartEvent,
+)
 from ..records import (
     MAX_ID_BYTES,
     MAX_NAME_BYTES,
@@ -40,6 +48,7 @@ from .breakers import Breakers
 from .errors import InvalidInput
 from .policies import Policies
 
+EMPTY_EFFECTS = Effects()
 ANSWER_TTL = 3600.0  # how long a report's answer is kept for a client that sends it again
 _decision = msgspec.json.Decoder(Decision)
 _encode = msgspec.json.Encoder().encode
@@ -85,6 +94,10 @@ class Hooks:
 
     async def _failure(self, event: FailureEvent, actor: str) -> Decision:
         policy, now = self.policies.current, self.clock()
+        if poison.is_worker_lost(event.exception.type) and policy.poison.max_lost_runs > 0:
+            return await self._worker_lost(event, now, actor)
+        if policy.poison.max_lost_runs > 0:
+            await self.state.update_runs(event.task_id, poison.on_end, policy.poison.window)
         keys = keys_for(event, policy)
         route = keys.route
         breaker, outcomes = await self.state.snapshot(route.breaker_key, route.outcomes_key)
@@ -135,6 +148,8 @@ class Hooks:
                 return
             await self.state.remember_answer(f"success:{event.report_id}", b"1", ANSWER_TTL)
         policy, now = self.policies.current, self.clock()
+        if policy.poison.max_lost_runs > 0:
+            await self.state.update_runs(event.task_id, _forget, policy.poison.window)
         keys = [key for key, _ in task_breakers(policy, event.task_name)]
         breakers = await self.state.breakers(keys) if keys else {}
         last = await self.state.last_failure(event.task_id) if event.attempt > 0 else None
@@ -165,10 +180,107 @@ class Hooks:
             if state is None or state.current(settings, now) is Status.CLOSED:
                 continue
             allow, delay, status = await self.breakers.gate(key, settings, now)
-            if not allow:
+            if not allow:  # the run is postponed, not started: no run to lose
                 self.metrics.record_deferral("breaker")
                 return StartAnswer(False, round(delay, 3), BreakerOut(key, status))
+        if policy.poison.max_lost_runs > 0:
+            return await self._start_run(event, now)
         return StartAnswer(True)
+
+    async def end(self, event: EndEvent) -> None:
+        """A run ended without a report (postponed by the worker, a duplicate skipped)."""
+        window = self.policies.current.poison.window
+        await self.state.update_runs(event.task_id, poison.on_end, window)
+
+    # --- poison tasks: runs that started and never ended -----------------------------------
+
+    async def _start_run(self, event: StartEvent, now: float) -> StartAnswer:
+        settings = self.policies.current.poison
+        verdicts: list[poison.StartVerdict] = []
+
+        def update(runs: poison.Runs | None) -> poison.Runs:
+            verdict = poison.on_start(
+                runs, event.host, event.redelivery, settings.max_lost_runs, event.dlq_id
+            )
+            verdicts.append(verdict)  # the last one applied (a CAS may re-apply it)
+            return verdict.runs
+
+        await self.state.update_runs(event.task_id, update, settings.window)
+        verdict = verdicts[-1]
+        self.metrics.record_lost_runs(event.task_name, verdict.lost_now)
+        if not verdict.poison:
+            return StartAnswer(True)
+        dlq_id = verdict.runs.dlq_id
+        if dlq_id is None:  # dead-letter it now, once
+            info = ExceptionInfo(
+                type="WorkerLostError",
+                module="billiard.exceptions",
+                message=verdict.runs.reason or poison.summary(verdict.runs, settings.max_lost_runs),
+            )
+            failure = FailureEvent(
+                task_id=event.task_id,
+                task_name=event.task_name,
+                exception=info,
+                queue=event.queue,
+                attempt=event.attempt,
+                args=event.args,
+                kwargs=event.kwargs,
+                dlq_id=event.dlq_id,
+                report_id=f"{event.task_id}:lost:{verdict.runs.starts}",
+            )
+            decision = self._poison_decision(failure, verdict.runs, now)
+            dlq_id = await self._dead_letter(failure, decision, now, "poison", runs=verdict.runs)
+            await self.state.update_runs(
+                event.task_id,
+                lambda r: poison.dead_lettered(r or verdict.runs, dlq_id),
+                settings.window,
+            )
+            self.metrics.record_failure(
+                event.task_name, event.attempt, decision, EMPTY_EFFECTS, event.queue, None
+            )
+        return StartAnswer(False, 0.0, None, dead_lettered=True, dlq_id=dlq_id or None)
+
+    async def _worker_lost(self, event: FailureEvent, now: float, actor: str) -> Decision:
+        """Celery says the run's process died (WorkerLostError): a lost run. The broker
+        hands the message out again (reject_on_worker_lost); past max_lost_runs it is
+        dead-lettered here and its next start refused."""
+        settings = self.policies.current.poison
+        host = event.host
+        runs = await self.state.update_runs(
+            event.task_id,
+            lambda r: poison.on_lost(r, host, event.exception.message or None),
+            settings.window,
+        )
+        assert runs is not None
+        self.metrics.record_lost_runs(event.task_name)
+        decision = self._poison_decision(event, runs, now)
+        if runs.dlq_id is None and runs.lost >= settings.max_lost_runs:
+            dlq_id = await self._dead_letter(event, decision, now, actor, runs=runs)
+            await self.state.update_runs(
+                event.task_id, lambda r: poison.dead_lettered(r or runs, dlq_id), settings.window
+            )
+            decision = msgspec.structs.replace(decision, action="dead_letter", dlq_id=dlq_id)
+            self.metrics.record_failure(
+                event.task_name, event.attempt, decision, EMPTY_EFFECTS, event.queue, None
+            )
+        elif runs.dlq_id is not None:
+            decision = msgspec.structs.replace(decision, action="dead_letter", dlq_id=runs.dlq_id)
+        return decision
+
+    def _poison_decision(self, event: FailureEvent, runs: poison.Runs, now: float) -> Decision:
+        """The failure's classification, queue and priority as the core gives them; the
+        action is the broker's redelivery (retry now) below the limit, else a dead letter."""
+        policy = self.policies.current
+        base = decide(event, policy, Snapshot(None, None), now, self.rng).decision
+        limit = policy.poison.max_lost_runs
+        action = "dead_letter" if runs.lost >= limit else "retry"
+        return msgspec.structs.replace(
+            base,
+            action=action,
+            delay_seconds=0.0,
+            breaker=None,
+            rationale=f"{poison.summary(runs, limit)} | {action}",
+        )
 
     # --- dry runs ---------------------------------------------------------------------------
 
@@ -195,9 +307,19 @@ class Hooks:
         await self.state.update_outcomes(change.key, change.apply, 2 * change.window)
 
     async def _dead_letter(
-        self, event: FailureEvent, decision: Decision, now: float, actor: str
+        self,
+        event: FailureEvent,
+        decision: Decision,
+        now: float,
+        actor: str,
+        runs: poison.Runs | None = None,
     ) -> str | None:
         c = decision.classification
+        context = msgspec.to_builtins(event.context)
+        if runs is not None:  # a poison task: how many runs were lost, and where
+            context["lost_runs"] = runs.lost
+            context["lost_run_hosts"] = list(dict.fromkeys(runs.hosts))
+            context["starts"] = runs.starts
         record = DlqRecord(
             id=event.dlq_id or record_id(event.report_id),
             task_id=event.task_id,
@@ -206,7 +328,7 @@ class Hooks:
             args=list(event.args),
             kwargs=event.kwargs,
             exception=msgspec.to_builtins(event.exception),
-            context=msgspec.to_builtins(event.context),
+            context=context,
             failure_type=c.failure_type,
             category=c.category,
             remediation=c.remediation,
@@ -234,6 +356,10 @@ class Hooks:
 
 
 __all__ = ["Hooks"]
+
+
+def _forget(_: poison.Runs | None) -> None:
+    return None
 
 
 def _raw(event: object) -> msgspec.Raw:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import msgspec
 
 from ..policy.breaker import BreakerState, Status
+from ..policy.poison import Runs
 from ..policy.window import Window
 
 _breaker_encoder = msgspec.msgpack.Encoder()
@@ -29,3 +30,14 @@ def encode_window(window: Window) -> bytes:
 
 def decode_window(data: bytes) -> Window:
     return Window(tuple(map(tuple, msgspec.msgpack.decode(data))))
+
+
+_runs_decoder = msgspec.msgpack.Decoder(Runs)
+
+
+def encode_runs(runs: Runs) -> bytes:
+    return _breaker_encoder.encode(runs)
+
+
+def decode_runs(data: bytes) -> Runs:
+    return _runs_decoder.decode(data)

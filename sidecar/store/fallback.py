@@ -24,10 +24,18 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 from ..policy.breaker import BreakerState, Status
+from ..policy.poison import Runs
 from ..policy.window import Window
 from ..records import Claim
 from .memory import MemoryState
-from .ports import BreakerUpdate, IdempotencyStore, StateStore, StoreUnavailable, WindowUpdate
+from .ports import (
+    BreakerUpdate,
+    IdempotencyStore,
+    RunsUpdate,
+    StateStore,
+    StoreUnavailable,
+    WindowUpdate,
+)
 
 log = logging.getLogger("task_sidecar.store")
 RETRY_INTERVAL = 1.0
@@ -157,6 +165,9 @@ class FallbackState:
 
     async def all_breakers(self) -> dict[str, BreakerState]:
         return await self._call("all_breakers")
+
+    async def update_runs(self, task_id: str, update: RunsUpdate, ttl: float) -> Runs | None:
+        return await self._call("update_runs", task_id, update, ttl)
 
     async def ping(self) -> None:
         await self.shared.ping()  # readiness reports the shared store, not the fallback

@@ -7,17 +7,23 @@ import time
 from collections.abc import Sequence
 
 from ..policy.breaker import BreakerState, Status
+from ..policy.poison import Runs
 from ..policy.window import Window
-from .ports import BreakerUpdate, WindowUpdate
+from .ports import BreakerUpdate, RunsUpdate, WindowUpdate
 
 MAX_KEYS = 100_000  # bounds memory whatever task names clients invent
+MAX_RUNS = 50_000  # task ids with runs remembered (poison detection); the oldest go first
 
 
 class _Expiring(dict):
     """A dict whose entries carry a deadline; expired entries read as missing."""
 
+    def __init__(self, limit: int = MAX_KEYS) -> None:
+        super().__init__()
+        self.limit = limit
+
     def put(self, key: str, value: object, ttl: float) -> None:
-        if len(self) >= MAX_KEYS and key not in self:
+        if len(self) >= self.limit and key not in self:
             self.sweep()
         self[key] = (time.monotonic() + ttl, value)
 
@@ -34,7 +40,7 @@ class _Expiring(dict):
         now = time.monotonic()
         for key in [k for k, (deadline, _) in self.items() if deadline < now]:
             del self[key]
-        while len(self) >= MAX_KEYS:  # still full of live keys: drop the oldest
+        while len(self) >= self.limit:  # still full of live keys: drop the oldest
             del self[next(iter(self))]
 
 
@@ -46,6 +52,7 @@ class MemoryState:
         self._outcomes = _Expiring()
         self._failures = _Expiring()
         self._answers = _Expiring()
+        self._runs = _Expiring(MAX_RUNS)
 
     async def snapshot(
         self, breaker_key: str | None, outcomes_key: str | None
@@ -83,6 +90,14 @@ class MemoryState:
     async def all_breakers(self) -> dict[str, BreakerState]:
         self._breakers.sweep()
         return {key: state for key, (_, state) in self._breakers.items()}
+
+    async def update_runs(self, task_id: str, update: RunsUpdate, ttl: float) -> Runs | None:
+        new = update(self._runs.fetch(task_id))  # type: ignore[arg-type]
+        if new is None:
+            self._runs.pop(task_id, None)
+        else:
+            self._runs.put(task_id, new, ttl)
+        return new
 
     async def ping(self) -> None:
         return None

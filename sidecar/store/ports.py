@@ -17,6 +17,7 @@ from typing import Protocol
 
 from ..errors import StoreRefused, StoreUnavailable
 from ..policy.breaker import BreakerState, Status
+from ..policy.poison import Runs
 from ..policy.window import Window
 from ..records import (
     AuditEntry,
@@ -31,6 +32,7 @@ from ..records import (
 
 BreakerUpdate = Callable[[BreakerState | None], tuple[BreakerState, Status | None]]
 WindowUpdate = Callable[[Window | None], Window]
+RunsUpdate = Callable[[Runs | None], Runs | None]
 
 
 class StateStore(Protocol):
@@ -59,6 +61,10 @@ class StateStore(Protocol):
     async def answer_for(self, report_id: str) -> bytes | None: ...
 
     async def all_breakers(self) -> dict[str, BreakerState]: ...
+
+    async def update_runs(self, task_id: str, update: RunsUpdate, ttl: float) -> Runs | None:
+        """The runs of a task id that started and have not ended (poison detection):
+        `update` applied atomically; None from it forgets the task id."""
 
     async def ping(self) -> None: ...
 
@@ -170,6 +176,7 @@ __all__ = [
     "BreakerUpdate",
     "DlqStore",
     "IdempotencyStore",
+    "RunsUpdate",
     "StateStore",
     "StoreRefused",
     "StoreUnavailable",

@@ -15,10 +15,18 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError, WatchError
 
 from ..policy.breaker import BreakerState, Status
+from ..policy.poison import Runs
 from ..policy.window import Window
 from ..records import Claim
-from .codec import decode_breaker, decode_window, encode_breaker, encode_window
-from .ports import BreakerUpdate, StoreUnavailable, WindowUpdate
+from .codec import (
+    decode_breaker,
+    decode_runs,
+    decode_window,
+    encode_breaker,
+    encode_runs,
+    encode_window,
+)
+from .ports import BreakerUpdate, RunsUpdate, StoreUnavailable, WindowUpdate
 
 T = TypeVar("T")
 CAS_ATTEMPTS = 50
@@ -95,6 +103,28 @@ class RedisStore:
 
     async def update_outcomes(self, key: str, update: WindowUpdate, ttl: float) -> None:
         await self._cas(self._outcomes(key), update, decode_window, encode_window, ttl)
+
+    async def update_runs(self, task_id: str, update: RunsUpdate, ttl: float) -> Runs | None:
+        """One key per task id (`runs:<task id>`), read-modify-write under WATCH; an update
+        that answers None deletes it."""
+        name = f"{self.prefix}runs:{task_id}"
+        async with _errors():
+            for _ in range(CAS_ATTEMPTS):
+                async with self.redis.pipeline(transaction=True) as pipe:
+                    try:
+                        await pipe.watch(name)
+                        raw = await pipe.get(name)
+                        result = update(decode_runs(raw) if raw else None)
+                        pipe.multi()
+                        if result is None:
+                            pipe.delete(name)
+                        else:
+                            pipe.set(name, encode_runs(result), px=max(1, int(ttl * 1000)))
+                        await pipe.execute()
+                        return result
+                    except WatchError:
+                        continue
+        raise StoreUnavailable("redis", f"{CAS_ATTEMPTS} conflicting writes in a row on {name}")
 
     async def _cas(
         self,

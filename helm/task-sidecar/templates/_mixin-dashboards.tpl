@@ -525,6 +525,115 @@
         "type": "prometheus",
         "uid": "${datasource}"
       },
+      "description": "Runs whose worker died under them (SIGKILL, OOM, a crash), per task: a task id past poison.max_lost_runs is dead-lettered and not run.",
+      "fieldConfig": {
+        "defaults": {
+          "links": [
+            {
+              "asDropdown": false,
+              "icon": "",
+              "includeVars": false,
+              "keepTime": false,
+              "tags": [],
+              "targetBlank": true,
+              "title": "DLQ records of this task (API)",
+              "tooltip": "",
+              "type": "link",
+              "url": "${sidecar_url}/v1/dlq?task_name=${__field.labels.task}"
+            }
+          ],
+          "thresholds": {
+            "mode": "absolute",
+            "steps": [
+              {
+                "color": "green",
+                "value": null
+              },
+              {
+                "color": "orange",
+                "value": 1
+              }
+            ]
+          },
+          "unit": "short"
+        },
+        "overrides": []
+      },
+      "gridPos": {
+        "h": 8,
+        "w": 16,
+        "x": 8,
+        "y": 17
+      },
+      "id": 8,
+      "links": [
+        {
+          "asDropdown": false,
+          "icon": "",
+          "includeVars": false,
+          "keepTime": false,
+          "tags": [],
+          "targetBlank": true,
+          "title": "Runbook: TaskSidecarLostRuns",
+          "tooltip": "",
+          "type": "link",
+          "url": "{{ $c.links.runbook_base_url | trimSuffix "/" | include "task-sidecar.mixin.json" }}/TaskSidecarLostRuns.md"
+        }
+      ],
+      "options": {
+        "cellHeight": "sm",
+        "footer": {
+          "countRows": false,
+          "reducer": [],
+          "show": false
+        },
+        "frameIndex": 0,
+        "showHeader": true,
+        "showTypeIcons": false,
+        "sortBy": [
+          {
+            "desc": true,
+            "displayName": "Lost runs (started, never ended)"
+          }
+        ]
+      },
+      "repeatDirection": "h",
+      "targets": [
+        {
+          "datasource": {
+            "type": "prometheus",
+            "uid": "${datasource}"
+          },
+          "expr": "sum by (task) (increase(task_sidecar_lost_runs_total{{ "{" }}{{ $c.cluster_label | include "task-sidecar.mixin.json" }}=~\"$cluster\", namespace=~\"$namespace\", job=~\"$job\", instance=~\"$instance\", task=~\"$task\"{{ $c.selectors | include "task-sidecar.mixin.matchers" | include "task-sidecar.mixin.json" }}}[$__range])) > 0",
+          "format": "table",
+          "instant": true,
+          "legendFormat": "__auto",
+          "range": false,
+          "refId": "A"
+        }
+      ],
+      "title": "Lost runs (started, never ended)",
+      "transformations": [
+        {
+          "id": "organize",
+          "options": {
+            "excludeByName": {
+              "Time": true
+            },
+            "renameByName": {
+              "Value": "Lost runs (started, never ended)"
+            }
+          }
+        }
+      ],
+      "transparent": false,
+      "type": "table"
+    },
+    {
+      "datasource": {
+        "type": "prometheus",
+        "uid": "${datasource}"
+      },
       "description": "Retries decided per failure, by type, over the time range (the seed's average retry count).",
       "fieldConfig": {
         "defaults": {
@@ -545,10 +654,10 @@
       "gridPos": {
         "h": 8,
         "w": 8,
-        "x": 8,
-        "y": 17
+        "x": 0,
+        "y": 25
       },
-      "id": 8,
+      "id": 9,
       "options": {
         "displayMode": "gradient",
         "legend": {
@@ -631,10 +740,10 @@
       "gridPos": {
         "h": 8,
         "w": 8,
-        "x": 16,
-        "y": 17
+        "x": 8,
+        "y": 25
       },
-      "id": 9,
+      "id": 10,
       "options": {
         "legend": {
           "calcs": [
@@ -697,10 +806,10 @@
       "gridPos": {
         "h": 8,
         "w": 8,
-        "x": 0,
+        "x": 16,
         "y": 25
       },
-      "id": 10,
+      "id": 11,
       "options": {
         "displayMode": "gradient",
         "legend": {
@@ -774,10 +883,10 @@
       "gridPos": {
         "h": 8,
         "w": 16,
-        "x": 8,
-        "y": 25
+        "x": 0,
+        "y": 33
       },
-      "id": 11,
+      "id": 12,
       "options": {
         "legend": {
           "calcs": [
@@ -817,9 +926,9 @@
         "h": 1,
         "w": 24,
         "x": 0,
-        "y": 33
+        "y": 41
       },
-      "id": 12,
+      "id": 13,
       "panels": [],
       "title": "Dead-letter queue",
       "type": "row"
@@ -857,9 +966,9 @@
         "h": 5,
         "w": 4,
         "x": 0,
-        "y": 34
+        "y": 42
       },
-      "id": 13,
+      "id": 14,
       "links": [
         {
           "asDropdown": false,
@@ -953,9 +1062,9 @@
         "h": 5,
         "w": 4,
         "x": 4,
-        "y": 34
+        "y": 42
       },
-      "id": 14,
+      "id": 15,
       "links": [
         {
           "asDropdown": false,
@@ -1056,9 +1165,9 @@
         "h": 8,
         "w": 8,
         "x": 8,
-        "y": 34
+        "y": 42
       },
-      "id": 15,
+      "id": 16,
       "options": {
         "displayMode": "gradient",
         "legend": {
@@ -1105,9 +1214,9 @@
         "h": 8,
         "w": 8,
         "x": 16,
-        "y": 34
+        "y": 42
       },
-      "id": 16,
+      "id": 17,
       "options": {
         "content": "The dead-letter queue is worked through the sidecar's action API (role `operator` for\nchanges, `viewer` for reads) or `task-sidecar dlq \u2026`:\n\n- [Pending records](${sidecar_url}/v1/dlq?status=pending) \u00b7 [retrying](${sidecar_url}/v1/dlq?status=retrying) \u00b7 [export CSV](${sidecar_url}/v1/dlq/export.csv?status=pending)\n- Retry one: `POST /v1/dlq/{id}/retry` `{\"priority\": \"HIGH\"}`\n- Bulk retry: `POST /v1/dlq/bulk-retry` `{\"filter\": {\"task_name\": \u2026, \"failure_type\": \u2026},\n  \"priority\": \u2026, \"rate_per_second\": \u2026}`\n- Abandon: `POST /v1/dlq/{id}/abandon` `{\"reason\": \u2026}`\n- [Failure trends, 24 h](${sidecar_url}/v1/failure-trends?hours=24)\n\nRunbooks: [DLQ depth]({{ $c.links.runbook_base_url | trimSuffix "/" | include "task-sidecar.mixin.json" }}/TaskSidecarDLQDepthHigh.md) \u00b7 [system failures]({{ $c.links.runbook_base_url | trimSuffix "/" | include "task-sidecar.mixin.json" }}/TaskSidecarSystemFailure.md)\n",
         "mode": "markdown"
@@ -1158,9 +1267,9 @@
         "h": 8,
         "w": 12,
         "x": 0,
-        "y": 42
+        "y": 50
       },
-      "id": 17,
+      "id": 18,
       "links": [
         {
           "asDropdown": false,
@@ -1262,9 +1371,9 @@
         "h": 8,
         "w": 12,
         "x": 12,
-        "y": 42
+        "y": 50
       },
-      "id": 18,
+      "id": 19,
       "links": [
         {
           "asDropdown": false,

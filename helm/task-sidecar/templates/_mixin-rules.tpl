@@ -107,6 +107,21 @@
           "runbook_url": "{{ $c.links.runbook_base_url | trimSuffix "/" | include "task-sidecar.mixin.json" }}/TaskSidecarSystemFailure.md"
           "dashboard_url": "{{ $c.links.grafana_url | trimSuffix "/" | include "task-sidecar.mixin.json" }}/d/task-sidecar-failures?var-cluster={{ "{{" }} $labels.{{ $c.cluster_label | include "task-sidecar.mixin.json" }} | urlquery }}&var-namespace={{ "{{" }} $labels.namespace | urlquery }}&var-job={{ "{{" }} $labels.job | urlquery }}&var-task={{ "{{" }} $labels.task | urlquery }}"
       {{- end }}
+      {{- if $c.alerts.TaskSidecarLostRuns }}
+      - "alert": "TaskSidecarLostRuns"
+        "expr": "sum by ({{ $c.cluster_label | include "task-sidecar.mixin.json" }}, namespace, job, task) (\n    increase(task_sidecar_lost_runs_total{{ $c.selectors | include "task-sidecar.mixin.selector" | include "task-sidecar.mixin.json" }}[15m]) > 0\n  or\n    task_sidecar_lost_runs_total{{ $c.selectors | include "task-sidecar.mixin.selector" | include "task-sidecar.mixin.json" }}\n      and (time() - task_sidecar_lost_runs_created{{ $c.selectors | include "task-sidecar.mixin.selector" | include "task-sidecar.mixin.json" }} < 900)\n)"
+        "for": "0s"
+        "labels":
+          "severity": "warning"
+          {{- range $k, $v := $c.rule_labels }}
+          {{ $k | toJson }}: {{ $v | toJson }}
+          {{- end }}
+        "annotations":
+          "summary": "Runs of {{ "{{" }} $labels.task }} start and never end: its workers die under it"
+          "description": "{{ "{{" }} $value | printf \"%.0f\" }} run(s) of {{ "{{" }} $labels.task }} in {{ "{{" }} $labels.namespace }}/{{ "{{" }} $labels.job }} started and never ended in the last 15 minutes (the worker was SIGKILLed, ran out of memory or crashed): a poison task is dead-lettered after poison.max_lost_runs of them."
+          "runbook_url": "{{ $c.links.runbook_base_url | trimSuffix "/" | include "task-sidecar.mixin.json" }}/TaskSidecarLostRuns.md"
+          "dashboard_url": "{{ $c.links.grafana_url | trimSuffix "/" | include "task-sidecar.mixin.json" }}/d/task-sidecar-failures?var-cluster={{ "{{" }} $labels.{{ $c.cluster_label | include "task-sidecar.mixin.json" }} | urlquery }}&var-namespace={{ "{{" }} $labels.namespace | urlquery }}&var-job={{ "{{" }} $labels.job | urlquery }}&var-task={{ "{{" }} $labels.task | urlquery }}"
+      {{- end }}
       {{- if $c.alerts.TaskSidecarTaskSuccessRateLow }}
       - "alert": "TaskSidecarTaskSuccessRateLow"
         "expr": "task:task_sidecar_task_success:ratio_rate5m < {{ $c.success_rate.warning_below | float64 }}\nand on ({{ $c.cluster_label | include "task-sidecar.mixin.json" }}, namespace, job, task)\nsum by ({{ $c.cluster_label | include "task-sidecar.mixin.json" }}, namespace, job, task) (task:task_sidecar_task_events:rate5m{outcome=~\"success|failure\"}) * 300 >= {{ $c.success_rate.min_executions | float64 }}"
