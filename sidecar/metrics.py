@@ -319,6 +319,7 @@ class Metrics:
         ratio has a denominator and an increase() sees the first failure."""
         for outcome in ("success", "failure", "retry", "dead_letter", "discard"):
             self._at(self.task_events, task, outcome)
+        self._at(self.lost_runs, task)
 
     def precreate_policy(self, failure_types: list[str], tiers: list[str]) -> None:
         for failure_type in failure_types:

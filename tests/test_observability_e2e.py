@@ -115,6 +115,10 @@ def first_events(sidecar: SidecarProcess) -> str:
 
 
 def workload(sidecar: SidecarProcess, first_dlq_id: str) -> None:
+    # A run that started and never ended (its worker died): the next start counts it lost.
+    for _ in range(2):
+        status, _ = sidecar.call("/v1/hooks/start", {"task_id": "lost-1", "task_name": "mail.send"})
+        assert status == 200
     # 59 more invalid rows: dead-lettered (DLQ above 50: critical), import.csv near 0 %.
     for i in range(1, 60):
         assert failure(sidecar, "import.csv", f"v{i}", VALUE_ERROR)["action"] == "dead_letter"

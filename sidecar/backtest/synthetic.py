@@ -257,6 +257,7 @@ class VirtualState:
         self.clock = clock
         self._breakers, self._outcomes, self._failures = Expiring(), Expiring(), Expiring()
         self._answers: dict[str, tuple[float, bytes]] = {}
+        self._runs: dict[str, tuple[float, object]] = {}
 
     async def snapshot(self, breaker_key: str | None, outcomes_key: str | None) -> tuple:
         now = self.clock()
@@ -291,6 +292,16 @@ class VirtualState:
     async def answer_for(self, report_id: str) -> bytes | None:
         found = self._answers.get(report_id)
         return found[1] if found and found[0] > self.clock() else None
+
+    async def update_runs(self, task_id: str, update, ttl: float):
+        found = self._runs.get(task_id)
+        current = found[1] if found and found[0] > self.clock() else None
+        new = update(current)
+        if new is None:
+            self._runs.pop(task_id, None)
+        else:
+            self._runs[task_id] = (self.clock() + ttl, new)
+        return new
 
     async def all_breakers(self) -> dict:
         now = self.clock()
