@@ -109,6 +109,14 @@ class RedisStore:
         that answers None deletes it."""
         name = f"{self.prefix}runs:{task_id}"
         async with _errors():
+            # Most runs end with nothing to keep: one GET (or one DEL), no WATCH/MULTI.
+            if update(None) is None:
+                raw = await self.redis.get(name)
+                if raw is None:
+                    return None
+                if update(decode_runs(raw)) is None:
+                    await self.redis.delete(name)
+                    return None
             for _ in range(CAS_ATTEMPTS):
                 async with self.redis.pipeline(transaction=True) as pipe:
                     try:
