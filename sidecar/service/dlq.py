@@ -96,7 +96,7 @@ class DeadLetters:
         record = await self.store.get(id_or_prefix)
         if record is not None:
             return record
-        ids = await self.store.ids_with_prefix(id_or_prefix, limit=20)
+        ids = await self.store.ids_with_prefix(id_or_prefix, limit=100)
         if len(ids) > 1:
             raise Ambiguous(id_or_prefix, ids)
         if ids and (record := await self.store.get(ids[0])) is not None:
