@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 
 NAMESPACE = "task_sidecar"
 OTHER_TASK = "__other__"
+OWN_QUEUE = "__own__"  # a retry kept on the task's own queue, which the worker did not name
 BREAKER_STATES = ("closed", "open", "half_open")
 
 # Retry delays run from seconds to hours; policy defaults sit between 30 s and 2 h.
@@ -200,6 +201,14 @@ class Metrics:
         self.queue_depth = Gauge(
             "queue_depth", "Tasks waiting per queue.", ["queue"], namespace=ns, registry=r
         )
+        self.queue_stalled = Gauge(
+            "queue_stalled_seconds",
+            "Seconds a queue has held tasks without shrinking (0 while empty or draining): "
+            "high when no worker consumes it.",
+            ["queue"],
+            namespace=ns,
+            registry=r,
+        )
         self.schedule_health_score = Gauge(
             "schedule_health_score",
             "Health of the periodic schedule, 0-100.",
@@ -352,7 +361,7 @@ class Metrics:
         self._at(self.task_events, task, decision.action).inc()
         self._at(self.failures, task, c.failure_type, c.remediation).inc()
         self._at(self.classification_confidence, c.failure_type).observe(c.confidence)
-        self._at(self.priority_assignments, decision.priority, decision.queue).inc()
+        self._at(self.priority_assignments, decision.priority, decision.queue or OWN_QUEUE).inc()
         if decision.action == "retry":
             self._at(self.retry_delay, c.failure_type).observe(decision.delay_seconds)
         if attempt > 0:
@@ -418,6 +427,9 @@ class Metrics:
 
     def set_queue_depth(self, queue: str, depth: int) -> None:
         self._at(self.queue_depth, queue).set(depth)
+
+    def set_queue_stalled(self, queue: str, seconds: float) -> None:
+        self._at(self.queue_stalled, queue).set(seconds)
 
     def set_spool_pending(self, count: int) -> None:
         self.spool_pending.set(count)

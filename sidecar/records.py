@@ -76,6 +76,9 @@ class DlqRecord(msgspec.Struct, kw_only=True):
     updated_at: float
     dlq_retries: int = 0  # times it was retried from the DLQ
     last_error: str | None = None  # why the last requeue failed, if it did
+    # What the worker needs to go on after a DLQ retry (Celery: chain, callbacks, errbacks,
+    # parent/root/group ids), as its client reported it; sent back with the retry.
+    workflow: dict[str, Any] | None = None
 
 
 _REPORTS = uuid.UUID("3c1f6f0e-2a53-4d5e-9a49-6b7f8a7f3e01")  # our namespace for uuid5

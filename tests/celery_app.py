@@ -66,6 +66,16 @@ def validate(self, tag: str) -> str:
     raise ValueError("Invalid data")
 
 
+@app.task(bind=True, name="e2e.parse")
+def parse(self, tag: str) -> str:
+    """Bad input (permanent: dead-lettered at once) while `fault:<tag>` is set."""
+    runs = _record(self, tag)
+    if _faulty(tag, 0, runs):
+        raise ValueError("Invalid data")
+    store.rpush(f"done:{tag}", time.time())
+    return "ok"
+
+
 @app.task(bind=True, name="e2e.fetch")
 def fetch(self, tag: str) -> str:
     """A network error (breaker) while `fault:<tag>` is set."""

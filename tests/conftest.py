@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +17,24 @@ DEFAULT_POLICIES = ROOT / "policies.yaml"
 def policy() -> Policy:
     """The default policy shipped in the repository."""
     return load_policy(DEFAULT_POLICIES)
+
+
+def routing_policies_file(directory: Path) -> Path:
+    """A copy of the default policy file with `priority.route_retries: true`."""
+    path = directory / "routing-policies.yaml"
+    text = DEFAULT_POLICIES.read_text()
+    assert "route_retries: false" in text
+    path.write_text(text.replace("route_retries: false", "route_retries: true", 1))
+    return path
+
+
+@pytest.fixture(scope="session")
+def routing_policy(policy: Policy) -> Policy:
+    """The default policy with `priority.route_retries: true`: retries go to the level's
+    queue (`critical`, `high_priority`, …)."""
+    return dataclasses.replace(
+        policy, priority=dataclasses.replace(policy.priority, route_retries=True)
+    )
 
 
 # --- real services: throw-away Redis and PostgreSQL on free loopback ports ---------------

@@ -4,7 +4,9 @@ with a real webhook receiver as the requeue target."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
+import dataclasses
 import hashlib
 import hmac
 import io
@@ -22,7 +24,7 @@ from sidecar.http.keys import SERVICES
 from sidecar.requeue.webhook import SIGNATURE_HEADER, WebhookTarget
 from sidecar.settings import Settings, Token
 
-from .conftest import DEFAULT_POLICIES
+from .conftest import DEFAULT_POLICIES, routing_policies_file
 
 HOOKS = "hooks-secret-0123456789"
 VIEWER = "viewer-secret-0123456789"
@@ -39,6 +41,7 @@ def dead_letter(task="app.tasks.import_csv", message="Invalid data", task_id="t"
     return {
         "task_id": task_id,
         "task_name": task,
+        "queue": "imports",
         "args": [1],
         "kwargs": {"k": "v"},
         "exception": {"type": "ValueError", "mro": ["builtins.ValueError"], "message": message},
@@ -93,6 +96,20 @@ def settings(request, tmp_path) -> Settings:
 
 @pytest.fixture
 async def client(settings, receiver):
+    async with _client(settings, receiver) as client:
+        yield client
+
+
+@pytest.fixture
+async def routing_client(settings, receiver, tmp_path):
+    """A sidecar whose policy routes retries to the priority level's queue."""
+    path = routing_policies_file(tmp_path)
+    async with _client(dataclasses.replace(settings, policies=str(path)), receiver) as client:
+        yield client
+
+
+@contextlib.asynccontextmanager
+async def _client(settings, receiver):
     target = WebhookTarget(receiver.url, SECRET)
     app = create_app(settings, target=target, registry=CollectorRegistry())
     async with TestClient(TestServer(app)) as client:
@@ -204,7 +221,7 @@ class TestRetry:
             "app.tasks.import_csv",
             [1],
         )
-        assert (sent["queue"], sent["priority"]) == ("reports", 6)
+        assert (sent["queue"], sent["priority"]) == ("imports", 6)  # its own queue
         await call(client, "POST", f"/v1/dlq/{dlq_id}/retry", {}, status=409)
         await call(
             client,
@@ -228,11 +245,20 @@ class TestRetry:
         [dlq_id] = await seed(client, 1)
         await call(client, "POST", f"/v1/dlq/{dlq_id}/retry", {"priority": "HIGH"})
         [sent] = client.receiver.received
-        assert (sent["queue"], sent["priority"]) == ("high_priority", 8)
+        assert (sent["queue"], sent["priority"]) == ("imports", 8)  # not routed: its own queue
         problem = await call(
             client, "POST", f"/v1/dlq/{dlq_id}/retry", {"priority": "URGENT"}, status=400
         )
         assert problem["errors"][0]["path"] == "priority"
+
+    async def test_a_routing_policy_sends_it_to_the_levels_queue(self, routing_client):
+        client = routing_client
+        [dlq_id] = await seed(client, 1)
+        record = await call(client, "GET", f"/v1/dlq/{dlq_id}", token=VIEWER)
+        assert (record["queue"], record["target_queue"]) == ("imports", "reports")
+        await call(client, "POST", f"/v1/dlq/{dlq_id}/retry", {})
+        [sent] = client.receiver.received
+        assert (sent["queue"], sent["priority"]) == ("reports", 6)
 
     async def test_failed_requeue_leaves_it_pending_with_the_error(self, client):
         [dlq_id] = await seed(client, 1)
@@ -277,7 +303,7 @@ class TestBulkRetry:
         await client.server.app[SERVICES].dlq.wait_jobs()
         progress = await call(client, "GET", f"/v1/dlq/bulk-retry/{job['id']}", token=VIEWER)
         assert (progress["state"], progress["requeued"], progress["done"]) == ("finished", 4, 4)
-        assert {s["queue"] for s in client.receiver.received} == {"maintenance"}
+        assert {(s["queue"], s["priority"]) for s in client.receiver.received} == {("imports", 4)}
         assert len(client.receiver.received) == 4
 
     async def test_two_bulk_retries_together_requeue_each_record_once(self, client):

@@ -145,7 +145,7 @@ def env(
         os.environ.pop("CELERY_BROKER_URL", None)
 
 
-def test_transient_db_error_retried_with_policy_delay_on_decided_queue(env: Env) -> None:
+def test_transient_db_error_retried_with_policy_delay_on_its_own_queue(env: Env) -> None:
     tag = "s1-" + uuid.uuid4().hex[:8]
     env.send("e2e.db_write", tag, 1)
     wait_for(lambda: env.done(tag), 20, env.log())
@@ -155,7 +155,7 @@ def test_transient_db_error_retried_with_policy_delay_on_decided_queue(env: Env)
     # TRANSIENT_DATABASE: initial 1s, equal jitter → 0.5 … 1.0 s (+ worker scheduling)
     gap = second["t"] - first["t"]
     assert 0.5 <= gap <= 1.0 + 1.0, gap
-    assert second["queue"] == "reports"  # MEDIUM → reports, as the policy decides
+    assert second["queue"] == "default"  # its own queue: the policy does not route retries
 
 
 def test_permanent_validation_error_dead_lettered_once(env: Env) -> None:
@@ -193,6 +193,40 @@ def test_never_clearing_error_retried_max_then_dlq_and_dlq_retry_resolves(env: E
     wait_for(lambda: env.done(tag), 20, env.log())
     last = env.runs_of(tag)[-1]
     assert last["dlq_id"] == record["id"]
+    wait_for(
+        lambda: env.api("GET", f"/v1/dlq/{record['id']}")[1]["status"] == "resolved",
+        10,
+        "record resolved",
+    )
+
+
+def test_chain_with_a_dead_lettered_middle_link_completes_after_a_dlq_retry(env: Env) -> None:
+    """a → b → c: b fails for good and is dead-lettered, the chain stops there; once the
+    input is fixed, a DLQ retry of b runs b and then c, as if nothing had happened."""
+    from celery import chain
+
+    tag = "s9-" + uuid.uuid4().hex[:8]
+    env.runs.set(f"fault:{tag}-b", 1)
+    sig = env.app.signature
+    result = chain(
+        sig("e2e.db_write", args=(f"{tag}-a",), immutable=True),
+        sig("e2e.parse", args=(f"{tag}-b",), immutable=True),
+        sig("e2e.db_write", args=(f"{tag}-c",), immutable=True),
+    ).apply_async(queue="default")
+    middle = result.parent
+    (record,) = wait_for(
+        lambda: [r for r in env.dlq_records("e2e.parse") if r["task_id"] == middle.id], 20
+    )
+    assert (env.done(f"{tag}-a"), env.done(f"{tag}-c")) == (1, 0)  # stopped at b
+    assert record["workflow"]["chain"][0]["args"] == [f"{tag}-c"]
+
+    env.runs.delete(f"fault:{tag}-b")
+    status, body = env.api("POST", f"/v1/dlq/{record['id']}/retry", {})
+    assert status == 200, body
+    wait_for(lambda: env.done(f"{tag}-c"), 20, env.log())  # the chain went on
+    assert (env.done(f"{tag}-a"), env.done(f"{tag}-b"), env.done(f"{tag}-c")) == (1, 1, 1)
+    [retried] = [r for r in env.runs_of(f"{tag}-b") if r["dlq_id"]]
+    assert retried["task_id"] == middle.id
     wait_for(
         lambda: env.api("GET", f"/v1/dlq/{record['id']}")[1]["status"] == "resolved",
         10,

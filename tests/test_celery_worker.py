@@ -19,6 +19,7 @@ from celery import Celery, chain, group
 
 from sidecar.integrations.celery import install, stranded_retry_queues
 from tests.celery_worker import Worker
+from tests.conftest import routing_policies_file
 from tests.faultproxy import FaultProxy
 from tests.polling import wait_for
 from tests.processes import SidecarProcess
@@ -135,6 +136,7 @@ class TestRetryQueuesAtWorkerStart:
     ) -> None:
         broker = redis_service.url.rsplit("/", 1)[0] + "/7"  # its own broker: steals nothing
         env = worker_env(broker, broker, f"http://127.0.0.1:{free_port()}")
+        env["TASK_SIDECAR_POLICIES"] = str(routing_policies_file(tmp_path))
         worker = Worker(tmp_path / "lonely.log", "default", env)
         try:
             log = worker.wait_ready().output()
@@ -147,19 +149,22 @@ class TestRetryQueuesAtWorkerStart:
         assert "e2e.db_write" in line
         assert "e2e.plain" not in line  # sidecar=False: Celery's own retries
         assert "celery worker -Q default,critical,high_priority,reports" in line
-        assert "route_retries=False" in line
+        assert "priority.route_retries: false" in line
 
     def test_worker_reading_every_queue_is_not_warned(self, fleet: Fleet) -> None:
         assert "queues it does not consume" not in fleet.worker.output()
 
-    def test_no_check_without_routing_or_without_a_policy(self) -> None:
+    def test_no_check_without_routing_or_without_a_policy(self, tmp_path: Path) -> None:
+        routing = str(routing_policies_file(tmp_path))
         routed = Celery("routed")
-        install(routed, url=f"http://127.0.0.1:{free_port()}", policies=str(POLICIES))
-        unrouted = Celery("unrouted")
-        install(unrouted, url="http://127.0.0.1:1", policies=str(POLICIES), route_retries=False)
+        install(routed, url=f"http://127.0.0.1:{free_port()}", policies=routing)
+        unrouted = Celery("unrouted")  # the worker keeps its queue whatever the policy
+        install(unrouted, url="http://127.0.0.1:1", policies=routing, route_retries=False)
+        default = Celery("default")  # the default policy does not route retries
+        install(default, url="http://127.0.0.1:1", policies=str(POLICIES))
         blind = Celery("blind")
         install(blind, url="http://127.0.0.1:1")  # no policies file: nothing to check against
-        for app in (routed, unrouted, blind):
+        for app in (routed, unrouted, default, blind):
             app.task(name="reports.build", shared=False)(build_report)
 
         assert set(stranded_retry_queues(routed, {"celery"})) == {
@@ -169,8 +174,9 @@ class TestRetryQueuesAtWorkerStart:
             stranded_retry_queues(routed, {"celery", "critical", "high_priority", "reports"}) == {}
         )
         assert stranded_retry_queues(unrouted, {"celery"}) == {}
+        assert stranded_retry_queues(default, {"celery"}) == {}
         assert stranded_retry_queues(blind, {"celery"}) == {}
-        for app in (routed, unrouted, blind):
+        for app in (routed, unrouted, default, blind):
             app.Task.sidecar_client.close(timeout=0.1)
 
 

@@ -61,23 +61,44 @@ class TestSeedExamples:
         assert decision.action == "dead_letter"
         assert decision.delay_seconds == 0
 
-    def test_payment_for_an_enterprise_customer_is_high(self, policy):
-        decision = run(policy, event(task="process_payment", customer_tier="enterprise")).decision
+    def test_payment_for_an_enterprise_customer_is_high(self, routing_policy):
+        ev = event(task="process_payment", customer_tier="enterprise")
+        decision = run(routing_policy, ev).decision
         assert (decision.priority, decision.priority_value, decision.queue) == (
             "HIGH",
             8,
             "high_priority",
         )
 
-    def test_sla_breach_escalates_to_critical_listing_each_factor(self, policy):
+    def test_sla_breach_escalates_to_critical_listing_each_factor(self, routing_policy):
         ev = event(task="process_payment", customer_tier="enterprise", age_seconds=7200, attempt=3)
-        outcome = run(policy, ev)
+        outcome = run(routing_policy, ev)
         decision = outcome.decision
         assert (decision.priority, decision.queue) == ("CRITICAL", "critical")
         assert "priority base HIGH (8), SLA breach enterprise 2.0h > 15m (+1), → CRITICAL" in (
             decision.rationale
         )
         assert outcome.effects.sla_breach_tier == "enterprise"
+
+
+class TestRetryQueue:
+    """A retry stays on the task's own queue unless the policy routes retries by priority."""
+
+    @pytest.mark.parametrize(
+        ("queue", "expected"),
+        [
+            ("payments", "payments"),  # the queue the worker said the task ran on
+            (None, None),  # not said: the worker keeps the task's own queue
+        ],
+    )
+    def test_the_default_keeps_the_tasks_queue(self, policy, queue, expected):
+        ev = msgspec.structs.replace(event(task="process_payment"), queue=queue)
+        decision = run(policy, ev).decision
+        assert (decision.priority, decision.queue) == ("HIGH", expected)
+
+    def test_route_retries_sends_it_to_the_levels_queue(self, routing_policy):
+        ev = msgspec.structs.replace(event(task="process_payment"), queue="payments")
+        assert run(routing_policy, ev).decision.queue == "high_priority"
 
 
 class TestRetry:

@@ -160,10 +160,10 @@ class TestDesignMetrics:
         _, s = scraped
         assert (
             value(
-                s, "task_sidecar_priority_assignments_total", priority="CRITICAL", queue="critical"
+                s, "task_sidecar_priority_assignments_total", priority="CRITICAL", queue="default"
             )
             >= 10
-        )  # HIGH + SLA breach; OOM's urgency too
+        )  # HIGH + SLA breach; OOM's urgency too; kept on the task's queue (not routed)
         assert value(s, "task_sidecar_sla_breaches_total", tier="enterprise") == 10
         assert value(s, "task_sidecar_sla_breaches_total", tier="basic") == 0
         assert value(s, "task_sidecar_deferrals_total", reason="load") == 10

@@ -54,6 +54,7 @@ column dlq_records.updated_at timestamp with time zone not null
 column dlq_records.dlq_retries integer not null default 0
 column dlq_records.last_error text null
 column dlq_records.lease_until timestamp with time zone null
+column dlq_records.workflow json null
 column hook_events.id bigint not null default nextval('hook_events_id_seq'::regclass)
 column hook_events.at timestamp with time zone not null
 column hook_events.kind text not null

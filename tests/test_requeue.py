@@ -7,10 +7,12 @@ import json
 
 import pytest
 import redis
+from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar.records import DlqRecord
 from sidecar.requeue import NoTarget, RequeueError
-from sidecar.requeue.celery import DLQ_HEADER, CeleryTarget
+from sidecar.requeue.celery import DLQ_HEADER, CeleryTarget, workflow_options
+from sidecar.service.pollers import QueueStalls
 
 
 def record(**changes) -> DlqRecord:
@@ -62,6 +64,38 @@ class TestCelery:
         body = json.loads(base64.b64decode(message["body"]))
         assert body[0] == [42]
         assert body[1] == {"currency": "EUR"}
+
+    async def test_a_workflow_goes_back_with_the_task(self, redis_url, broker):
+        link = {"task": "reports.send", "args": [1], "kwargs": {}, "options": {}}
+        workflow = {
+            "chain": [link],
+            "callbacks": [link],
+            "errbacks": [link],
+            "parent_id": "p-1",
+            "root_id": "r-1",
+            "group_id": "g-1",
+        }
+        target = CeleryTarget(redis_url)
+        try:
+            await target.requeue(record(workflow=workflow), "", 10)  # "": the default queue
+        finally:
+            await target.close()
+        message = json.loads(broker.lpop("celery"))  # Celery's default queue
+        headers = message["headers"]
+        assert (headers["id"], headers["parent_id"], headers["root_id"], headers["group"]) == (
+            "t-1",
+            "p-1",
+            "r-1",
+            "g-1",
+        )
+        _, _, embed = json.loads(base64.b64decode(message["body"]))
+        assert [step["task"] for step in embed["chain"]] == ["reports.send"]
+        assert [c["task"] for c in embed["callbacks"]] == ["reports.send"]
+        assert [e["task"] for e in embed["errbacks"]] == ["reports.send"]
+
+    def test_workflow_options_leave_out_what_is_not_set(self):
+        assert workflow_options(None) == {}
+        assert workflow_options({"root_id": "r", "chain": []}) == {"root_id": "r"}
 
     @pytest.mark.parametrize(
         ("level", "subqueue"), [(8, "q"), (6, "q\x06\x163"), (2, "q\x06\x166")]
@@ -118,5 +152,46 @@ async def test_queue_depth_probe_counts_priority_sub_queues(redis_url, tmp_path)
     async with TestClient(TestServer(app)) as client:
         await app[SERVICES].pollers.refresh()
         text = await (await client.get("/metrics")).text()
-    assert 'task_sidecar_queue_depth{queue="reports"} 4.0' in text
-    assert 'task_sidecar_queue_depth{queue="critical"} 0.0' in text
+        assert 'task_sidecar_queue_depth{queue="reports"} 4.0' in text
+        assert 'task_sidecar_queue_depth{queue="critical"} 0.0' in text
+
+        # Nobody consumes `reports`: the next poll finds it no smaller, and it counts as
+        # stalled since the first; once a task is taken from it, it is draining again.
+        await app[SERVICES].pollers.refresh()
+        after = stalled(await (await client.get("/metrics")).text())
+        assert after["reports"] > 0
+        assert after["critical"] == 0
+        redis.Redis.from_url(redis_url).rpop("reports")
+        await app[SERVICES].pollers.refresh()
+        assert stalled(await (await client.get("/metrics")).text()) == {
+            "reports": 0.0, "critical": 0.0
+        }  # fmt: skip
+
+
+def stalled(text: str) -> dict[str, float]:
+    return {
+        sample.labels["queue"]: sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "task_sidecar_queue_stalled_seconds"
+        for sample in family.samples
+    }
+
+
+class TestQueueStalls:
+    """A queue is stalled from the first poll that finds it holding tasks until one finds
+    it empty or smaller."""
+
+    def test_a_table_of_polls(self):
+        stalls = QueueStalls()
+        polls = [  # (time, depth, stalled seconds)
+            (0, 0, 0),  # empty
+            (10, 3, 0),  # holds tasks from now on
+            (20, 3, 10),  # no smaller
+            (30, 5, 20),  # growing: still stalled since 10
+            (40, 4, 0),  # smaller: a worker took one
+            (50, 4, 10),
+            (60, 0, 0),  # empty
+        ]
+        assert [stalls.observe("q", depth, at) for at, depth, _ in polls] == [
+            expected for *_, expected in polls
+        ]

@@ -213,6 +213,11 @@ class TestDlqRecords:
             status="retrying",
             dlq_retries=2,
             last_error="requeue failed: broker unreachable ☃",
+            workflow={
+                "chain": [{"task": "reports.send", "args": [1e16], "options": {}}],
+                "parent_id": "a1",
+                "root_id": "a0",
+            },
         )
         run(store.put(record))
 
@@ -220,6 +225,13 @@ class TestDlqRecords:
         assert stored == record
         # Also the same types and key order (== takes 1e16 for 10**16 and -0.0 for 0).
         assert msgspec.json.encode(stored) == msgspec.json.encode(record)
+
+    def test_a_record_without_workflow_keeps_none(self, store, run):
+        record = make_record()
+        run(store.put(record))
+        assert run(store.get(record.id)).workflow is None
+        [listed] = run(store.list(DlqFilter(), 10, None)).records
+        assert listed.workflow is None
 
     def test_timestamps_keep_microseconds(self, store, run):
         record = make_record(created_at=1764345600.123456789, updated_at=1764345601.000001)

@@ -485,7 +485,7 @@ def stranded_retry_queues(app: Any, consumed: set[str]) -> dict[str, list[str]]:
             continue
         local = getattr(client, "local", None)
         policy = local.policy() if local is not None else None
-        if policy is None or not getattr(policy.priority, "route_retries", True):
+        if policy is None or not policy.priority.route_retries:
             continue
         for queue in retry_queues(policy, name) - consumed:
             stranded.setdefault(queue, []).append(name)
@@ -513,7 +513,7 @@ def warn_stranded_retries(app: Any, consumer: Any) -> dict[str, list[str]]:
             "task-sidecar: this worker consumes %s but the policy may send retries of its "
             "tasks to queues it does not consume: %s. Those retries would wait for a worker "
             "that reads them. Consume them (celery worker -Q %s), or keep retries on the "
-            "task's own queue with install(app, route_retries=False).",
+            "task's own queue: priority.route_retries: false in the policy (the default).",
             ", ".join(sorted(consumed)),
             listed,
             wanted,

@@ -70,6 +70,7 @@ ALERT_NAMES = (
     "TaskSidecarBreakerOpen",
     "TaskSidecarSystemFailure",
     "TaskSidecarLostRuns",
+    "TaskSidecarQueueStalled",
     "TaskSidecarTaskSuccessRateLow",
     "TaskSidecarDuplicateRateHigh",
     "TaskSidecarDLQRecovered",
@@ -117,6 +118,14 @@ SPEC = Key(
                 "for": Key("duration", "How long before the alert fires."),
                 "oldest_pending_warning": Key("number", "Dashboard: orange above (seconds)."),
                 "oldest_pending_critical": Key("number", "Dashboard: red above (seconds)."),
+            },
+        ),
+        "queue_stalled": Key(
+            "map",
+            "A broker queue that holds tasks and never shrinks (no worker reads it).",
+            keys={
+                "seconds": Key("number", "Warn when a queue has not shrunk for this long."),
+                "for": Key("duration", "How long before the alert fires."),
             },
         ),
         "success_rate": Key(

@@ -264,6 +264,20 @@ def alerts() -> list[Alert]:
             PER_TASK,
         ),
         Alert(
+            "TaskSidecarQueueStalled",
+            "warning",
+            f"max by ({GROUPING}, queue) ({raw('task_sidecar_queue_stalled_seconds')})\n"
+            f"> {num('queue_stalled.seconds')}",
+            hole("queue_stalled.for"),
+            "Queue {{ $labels.queue }} holds tasks that no worker takes",
+            "Queue {{ $labels.queue }} in {{ $labels.namespace }}/{{ $labels.job }} has held "
+            "tasks without shrinking for {{ $value | humanizeDuration }}: no worker consumes "
+            "it, or none keeps up. Retries routed there (priority.route_retries) wait until "
+            "a worker reads it.",
+            "overview",
+            ("cluster", "namespace", "job"),
+        ),
+        Alert(
             "TaskSidecarTaskSuccessRateLow",
             "warning",
             f"{TASK_SUCCESS_RATIO} < {num('success_rate.warning_below')}\n"

@@ -173,7 +173,7 @@ def decide(
     decision = Decision(
         action=action,
         delay_seconds=round(delay, 3),
-        queue=level.queue,
+        queue=level.queue if policy.priority.route_retries else event.queue,
         priority=level.name,
         priority_value=level.value,
         classification=found,

@@ -163,7 +163,7 @@ class Decision(msgspec.Struct, frozen=True):
 
     action: Action
     delay_seconds: float
-    queue: str
+    queue: str | None  # None: the task's own queue (the worker did not say which)
     priority: str
     priority_value: int
     classification: Classification

@@ -536,6 +536,7 @@ class _PolicyReader:
                 "aging",
                 "retry_escalation",
                 "safety_critical_level",
+                "route_retries",
             },
         )
         levels = []
@@ -586,6 +587,7 @@ class _PolicyReader:
             retry_escalation_after=_optional(escalation, "after", lambda n: n.int(1), 5),
             retry_escalation_boost=_optional(escalation, "boost", lambda n: n.number(0, 100), 1.0),
             safety_critical_level=_optional(f, "safety_critical_level", level_name, names[0]),
+            route_retries=_optional(f, "route_retries", Node.bool, False),
         )
 
     def idempotency(self, node: Node | None) -> m.Idempotency:

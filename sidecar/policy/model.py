@@ -191,6 +191,9 @@ class Priority:
     retry_escalation_after: int = 5
     retry_escalation_boost: float = 1.0
     safety_critical_level: str = "CRITICAL"
+    # Retries go to the level's queue only when asked: a worker that does not consume
+    # `critical`, `reports`, … would never run them (the safe default keeps the task's queue).
+    route_retries: bool = False
 
     def level(self, name: str) -> Level:
         for level in self.levels:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from ..integrations.kombu import DLQ_HEADER, message_priority
 from ..records import DlqRecord
@@ -33,13 +34,14 @@ class CeleryTarget:
                 record.task_name,
                 args=record.args,
                 kwargs=record.kwargs,
-                queue=queue,
+                queue=queue or None,  # "": the task's default queue (Celery's routing)
                 priority=self.message_priority(priority),
                 headers={DLQ_HEADER: record.id},
                 # The run keeps the task's id: its hooks may only touch the record of
                 # their own task id, and operators follow one id through the retry.
                 task_id=record.task_id,
                 retries=record.attempts,
+                **workflow_options(record.workflow),
             )
         except Exception as exc:  # kombu raises many types; all mean "not handed over"
             raise RequeueError(f"celery: {type(exc).__name__}: {exc}") from exc
@@ -54,3 +56,19 @@ class CeleryTarget:
     async def close(self) -> None:
         self._executor.shutdown(wait=True)
         self.app.close()
+
+
+def workflow_options(workflow: dict[str, Any] | None) -> dict[str, Any]:
+    """send_task options that let a retried link go on with its workflow: the rest of the
+    chain, its callbacks and errbacks, and the ids tying it to its parent, root and group
+    (as the integration's `workflow_of` reported them)."""
+    workflow = workflow or {}
+    options = {
+        "chain": workflow.get("chain"),
+        "link": workflow.get("callbacks"),
+        "link_error": workflow.get("errbacks"),
+        "parent_id": workflow.get("parent_id"),
+        "root_id": workflow.get("root_id"),
+        "group_id": workflow.get("group_id"),
+    }
+    return {name: value for name, value in options.items() if value}

@@ -36,7 +36,7 @@ class WebhookTarget:
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=self.timeout)
         body = msgspec.json.encode(
-            {**msgspec.to_builtins(record), "queue": queue, "priority": priority}
+            {**msgspec.to_builtins(record), "queue": queue or None, "priority": priority}
         )
         headers = {
             "Content-Type": "application/json",

@@ -113,11 +113,14 @@ class DeadLetters:
         return await self.store.audit_log(limit, cursor)
 
     def route(self, record: DlqRecord, priority: str | None, queue: str | None) -> Route:
-        """The record's own queue and priority, or the level an operator chose."""
+        """The record's own queue and priority, or the level an operator chose. A chosen
+        level moves the retry to the level's queue only where the policy routes retries."""
         if priority is None:
             return Route(queue or record.target_queue, record.priority, record.priority_value)
-        level = self.policies.current.priority.level(priority)
-        return Route(queue or level.queue, level.name, level.value)
+        policy = self.policies.current.priority
+        level = policy.level(priority)
+        routed = level.queue if policy.route_retries else record.target_queue
+        return Route(queue or routed, level.name, level.value)
 
     # --- single records ----------------------------------------------------------------
 

@@ -336,10 +336,11 @@ class Hooks:
             rule=c.rule,
             priority=decision.priority,
             priority_value=decision.priority_value,
-            target_queue=decision.queue,
+            target_queue=decision.queue or "",  # "": the task's default queue
             attempts=event.attempt,
             created_at=now,
             updated_at=now,
+            workflow=event.workflow,
         )
         try:
             if event.dlq_id:

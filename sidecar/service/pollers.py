@@ -50,6 +50,7 @@ class Pollers:
         self.spool = spool
         self.release_lapsed = release_lapsed
         self._broker: Any = None
+        self._stalls = QueueStalls()
         if self.queues and (broker_url or "").startswith(("redis", "rediss")):
             import redis.asyncio as aioredis
 
@@ -93,8 +94,10 @@ class Pollers:
                 for name in kombu.redis_lists(queue):
                     pipe.llen(name)
             lengths = await pipe.execute()
+        now = time.time()
         for queue, depth in kombu.queue_depths(self.queues, lengths).items():
             self.metrics.set_queue_depth(queue, depth)
+            self.metrics.set_queue_stalled(queue, self._stalls.observe(queue, depth, now))
 
     async def flush_events(self) -> None:
         """The hook events answered since the last flush, in batches."""
@@ -112,6 +115,23 @@ class Pollers:
     async def close(self) -> None:
         if self._broker is not None:
             await self._broker.aclose()
+
+
+class QueueStalls:
+    """How long each queue has held tasks without shrinking. A queue some worker reads
+    empties or shrinks between polls now and then; one that only holds or grows for many
+    minutes has no consumer (retries routed to a queue no worker reads, a stopped fleet)
+    or one far too slow."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, tuple[int, float]] = {}  # queue -> (depth, stalled since)
+
+    def observe(self, queue: str, depth: int, now: float) -> float:
+        last_depth, since = self._last.get(queue, (0, now))
+        if last_depth == 0 or depth < last_depth:  # was empty, or a worker took some
+            since = now
+        self._last[queue] = (depth, since)
+        return 0.0 if depth == 0 else now - since
 
 
 class _logged(contextlib.AbstractContextManager):

@@ -69,9 +69,15 @@ def sql_text(dialect: str, filename: str) -> str:
 
 @cache
 def named_queries(dialect: str) -> dict[str, str]:
-    """The `-- name: x` sections of a dialect's queries.sql, as {name: SQL}."""
+    """The `-- name: x` sections of a dialect's queries.sql, as {name: SQL}. The section
+    `dlq_record_columns` stands where a query says `{dlq_record_columns}`: one column list
+    serves every SELECT of records."""
     parts = _QUERY_NAME.split(sql_text(dialect, "queries.sql"))
-    return {name: body.strip() for name, body in zip(parts[1::2], parts[2::2], strict=True)}
+    queries = {name: body.strip() for name, body in zip(parts[1::2], parts[2::2], strict=True)}
+    columns = "\n".join(
+        line for line in queries["dlq_record_columns"].splitlines() if not line.startswith("--")
+    )
+    return {name: text.replace("{dlq_record_columns}", columns) for name, text in queries.items()}
 
 
 def migration_files(dialect: str) -> list[tuple[int, str]]:

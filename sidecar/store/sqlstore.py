@@ -41,7 +41,7 @@ from .keyset import (
     filtered,
 )
 
-_JSON_FIELDS = ("args", "kwargs", "exception", "context")
+_JSON_FIELDS = ("args", "kwargs", "exception", "context", "workflow")
 PURGE_BATCH = 5000
 _encode = msgspec.json.Encoder().encode
 
@@ -51,7 +51,7 @@ def _json_text(value: Any) -> str:
 
 
 def _from_json(value: Any) -> Any:
-    """A JSON column as read: its text (json, TEXT) or already a value (text[])."""
+    """A JSON column as read: its text (json, TEXT), already a value (text[]), or NULL."""
     return msgspec.json.decode(value) if isinstance(value, str | bytes) else value
 
 
@@ -70,7 +70,8 @@ def _audit_row(row: Row) -> tuple[int, AuditEntry]:
 def _record_params(record: DlqRecord) -> dict[str, Any]:
     params = msgspec.structs.asdict(record)
     for field in _JSON_FIELDS:
-        params[field] = _json_text(params[field])
+        if params[field] is not None:  # workflow: NULL, not the JSON text "null"
+            params[field] = _json_text(params[field])
     return params
 
 

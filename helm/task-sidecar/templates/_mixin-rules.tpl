@@ -122,6 +122,21 @@
           "runbook_url": "{{ $c.links.runbook_base_url | trimSuffix "/" | include "task-sidecar.mixin.json" }}/TaskSidecarLostRuns.md"
           "dashboard_url": "{{ $c.links.grafana_url | trimSuffix "/" | include "task-sidecar.mixin.json" }}/d/task-sidecar-failures?var-cluster={{ "{{" }} $labels.{{ $c.cluster_label | include "task-sidecar.mixin.json" }} | urlquery }}&var-namespace={{ "{{" }} $labels.namespace | urlquery }}&var-job={{ "{{" }} $labels.job | urlquery }}&var-task={{ "{{" }} $labels.task | urlquery }}"
       {{- end }}
+      {{- if $c.alerts.TaskSidecarQueueStalled }}
+      - "alert": "TaskSidecarQueueStalled"
+        "expr": "max by ({{ $c.cluster_label | include "task-sidecar.mixin.json" }}, namespace, job, queue) (task_sidecar_queue_stalled_seconds{{ $c.selectors | include "task-sidecar.mixin.selector" | include "task-sidecar.mixin.json" }})\n> {{ $c.queue_stalled.seconds | float64 }}"
+        "for": "{{ $c.queue_stalled.for | include "task-sidecar.mixin.json" }}"
+        "labels":
+          "severity": "warning"
+          {{- range $k, $v := $c.rule_labels }}
+          {{ $k | toJson }}: {{ $v | toJson }}
+          {{- end }}
+        "annotations":
+          "summary": "Queue {{ "{{" }} $labels.queue }} holds tasks that no worker takes"
+          "description": "Queue {{ "{{" }} $labels.queue }} in {{ "{{" }} $labels.namespace }}/{{ "{{" }} $labels.job }} has held tasks without shrinking for {{ "{{" }} $value | humanizeDuration }}: no worker consumes it, or none keeps up. Retries routed there (priority.route_retries) wait until a worker reads it."
+          "runbook_url": "{{ $c.links.runbook_base_url | trimSuffix "/" | include "task-sidecar.mixin.json" }}/TaskSidecarQueueStalled.md"
+          "dashboard_url": "{{ $c.links.grafana_url | trimSuffix "/" | include "task-sidecar.mixin.json" }}/d/task-sidecar-overview?var-cluster={{ "{{" }} $labels.{{ $c.cluster_label | include "task-sidecar.mixin.json" }} | urlquery }}&var-namespace={{ "{{" }} $labels.namespace | urlquery }}&var-job={{ "{{" }} $labels.job | urlquery }}"
+      {{- end }}
       {{- if $c.alerts.TaskSidecarTaskSuccessRateLow }}
       - "alert": "TaskSidecarTaskSuccessRateLow"
         "expr": "task:task_sidecar_task_success:ratio_rate5m < {{ $c.success_rate.warning_below | float64 }}\nand on ({{ $c.cluster_label | include "task-sidecar.mixin.json" }}, namespace, job, task)\nsum by ({{ $c.cluster_label | include "task-sidecar.mixin.json" }}, namespace, job, task) (task:task_sidecar_task_events:rate5m{outcome=~\"success|failure\"}) * 300 >= {{ $c.success_rate.min_executions | float64 }}"

@@ -2,18 +2,29 @@
 -- runner, loaded once. sqlite/queries.sql has the same names.
 -- Parameters are always bound (%(name)s), never formatted into the text.
 
+-- name: dlq_record_columns
+-- A DlqRecord's fields as every query that reads records selects them (named_queries
+-- puts this text where a query says {dlq_record_columns}).
+id, task_id, task_name, queue, args, kwargs, exception, context,
+failure_type, category, remediation, confidence, rule, priority, priority_value,
+target_queue, attempts, status,
+extract(epoch FROM created_at)::float8 AS created_at,
+extract(epoch FROM updated_at)::float8 AS updated_at,
+dlq_retries, last_error, workflow
+
 -- name: dlq_put
 -- A replayed write (spool, client retry) finds its id taken and changes nothing.
 INSERT INTO dlq_records (
     id, task_id, task_name, queue, args, kwargs, exception, context,
     failure_type, category, remediation, confidence, rule, priority, priority_value,
-    target_queue, attempts, status, created_at, updated_at, dlq_retries, last_error
+    target_queue, attempts, status, created_at, updated_at, dlq_retries, last_error, workflow
 ) VALUES (
     %(id)s, %(task_id)s, %(task_name)s, %(queue)s,
     %(args)s, %(kwargs)s, %(exception)s, %(context)s,
     %(failure_type)s, %(category)s, %(remediation)s, %(confidence)s, %(rule)s,
     %(priority)s, %(priority_value)s, %(target_queue)s, %(attempts)s, %(status)s,
-    to_timestamp(%(created_at)s), to_timestamp(%(updated_at)s), %(dlq_retries)s, %(last_error)s
+    to_timestamp(%(created_at)s), to_timestamp(%(updated_at)s), %(dlq_retries)s, %(last_error)s,
+    %(workflow)s
 )
 ON CONFLICT (id) DO NOTHING;
 
@@ -45,12 +56,7 @@ SET status = 'resolved', updated_at = to_timestamp(%(now)s)
 WHERE id = %(id)s AND task_id = %(task_id)s AND status IN ('retrying', 'pending');
 
 -- name: dlq_get
-SELECT id, task_id, task_name, queue, args, kwargs, exception, context,
-       failure_type, category, remediation, confidence, rule, priority, priority_value,
-       target_queue, attempts, status,
-       extract(epoch FROM created_at)::float8 AS created_at,
-       extract(epoch FROM updated_at)::float8 AS updated_at,
-       dlq_retries, last_error
+SELECT {dlq_record_columns}
 FROM dlq_records
 WHERE id = %(id)s;
 
@@ -75,12 +81,7 @@ WITH page AS (
     ORDER BY created_at DESC, id DESC
     LIMIT %(limit)s
 )
-SELECT id, task_id, task_name, queue, args, kwargs, exception, context,
-       failure_type, category, remediation, confidence, rule, priority, priority_value,
-       target_queue, attempts, status,
-       extract(epoch FROM created_at)::float8 AS created_at,
-       extract(epoch FROM updated_at)::float8 AS updated_at,
-       dlq_retries, last_error
+SELECT {dlq_record_columns}
 FROM page JOIN dlq_records AS d USING (id)
 ORDER BY d.created_at DESC, d.id DESC;
 
@@ -94,12 +95,7 @@ WITH batch AS (
     ORDER BY created_at, id
     LIMIT %(limit)s
 )
-SELECT id, task_id, task_name, queue, args, kwargs, exception, context,
-       failure_type, category, remediation, confidence, rule, priority, priority_value,
-       target_queue, attempts, status,
-       extract(epoch FROM created_at)::float8 AS created_at,
-       extract(epoch FROM updated_at)::float8 AS updated_at,
-       dlq_retries, last_error
+SELECT {dlq_record_columns}
 FROM batch JOIN dlq_records AS d USING (id)
 ORDER BY d.created_at, d.id;
 
@@ -133,12 +129,7 @@ created_at < to_timestamp(%(until)s)
 -- concurrent caller wait for the row, then re-check the WHERE on its new version (READ
 -- COMMITTED), so it skips the rows that already moved. Locking in id order keeps two bulk
 -- actions over overlapping ids from deadlocking.
-SELECT id, task_id, task_name, queue, args, kwargs, exception, context,
-       failure_type, category, remediation, confidence, rule, priority, priority_value,
-       target_queue, attempts, status,
-       extract(epoch FROM created_at)::float8 AS created_at,
-       extract(epoch FROM updated_at)::float8 AS updated_at,
-       dlq_retries, last_error
+SELECT {dlq_record_columns}
 FROM dlq_records
 WHERE id = ANY(%(ids)s::text[]) AND status = ANY(%(from_statuses)s::text[])
 ORDER BY id

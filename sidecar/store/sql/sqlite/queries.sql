@@ -1,15 +1,22 @@
 -- Named queries of the SQL store (store/sql.py) on SQLite: the same names as
 -- postgres/queries.sql. Times are REAL epoch seconds, JSON is TEXT.
 
+-- name: dlq_record_columns
+-- A DlqRecord's fields as every query that reads records selects them.
+id, task_id, task_name, queue, args, kwargs, exception, context,
+failure_type, category, remediation, confidence, rule, priority, priority_value,
+target_queue, attempts, status, created_at, updated_at, dlq_retries, last_error, workflow
+
 -- name: dlq_put
 INSERT INTO dlq_records (
     id, task_id, task_name, queue, args, kwargs, exception, context,
     failure_type, category, remediation, confidence, rule, priority, priority_value,
-    target_queue, attempts, status, created_at, updated_at, dlq_retries, last_error
+    target_queue, attempts, status, created_at, updated_at, dlq_retries, last_error, workflow
 ) VALUES (
     :id, :task_id, :task_name, :queue, :args, :kwargs, :exception, :context,
     :failure_type, :category, :remediation, :confidence, :rule, :priority, :priority_value,
-    :target_queue, :attempts, :status, :created_at, :updated_at, :dlq_retries, :last_error
+    :target_queue, :attempts, :status, :created_at, :updated_at, :dlq_retries, :last_error,
+    :workflow
 )
 ON CONFLICT (id) DO NOTHING;
 
@@ -37,9 +44,7 @@ SET status = 'resolved', updated_at = :now
 WHERE id = :id AND task_id = :task_id AND status IN ('retrying', 'pending');
 
 -- name: dlq_get
-SELECT id, task_id, task_name, queue, args, kwargs, exception, context,
-       failure_type, category, remediation, confidence, rule, priority, priority_value,
-       target_queue, attempts, status, created_at, updated_at, dlq_retries, last_error
+SELECT {dlq_record_columns}
 FROM dlq_records
 WHERE id = :id;
 
@@ -51,18 +56,14 @@ SELECT id FROM dlq_records WHERE id >= :prefix AND id < :upper ORDER BY id LIMIT
 -- The WHERE slot: the dlq_where_* fragments and, after the first page, dlq_before.
 -- One step is enough here: without statistics (no ANALYZE), SQLite takes the index whose
 -- leading column a filter pins; PostgreSQL's cost guess needs the two steps of queries.sql.
-SELECT id, task_id, task_name, queue, args, kwargs, exception, context,
-       failure_type, category, remediation, confidence, rule, priority, priority_value,
-       target_queue, attempts, status, created_at, updated_at, dlq_retries, last_error
+SELECT {dlq_record_columns}
 FROM dlq_records
 WHERE {where}
 ORDER BY created_at DESC, id DESC
 LIMIT :limit;
 
 -- name: dlq_iterate
-SELECT id, task_id, task_name, queue, args, kwargs, exception, context,
-       failure_type, category, remediation, confidence, rule, priority, priority_value,
-       target_queue, attempts, status, created_at, updated_at, dlq_retries, last_error
+SELECT {dlq_record_columns}
 FROM dlq_records
 WHERE {where}
 ORDER BY created_at, id
@@ -95,9 +96,7 @@ created_at < :until
 -- name: dlq_transition_select
 -- With dlq_transition_update, inside one IMMEDIATE transaction: the rows as they were
 -- before, then the same rows moved. :ids and :from_statuses are JSON arrays.
-SELECT id, task_id, task_name, queue, args, kwargs, exception, context,
-       failure_type, category, remediation, confidence, rule, priority, priority_value,
-       target_queue, attempts, status, created_at, updated_at, dlq_retries, last_error
+SELECT {dlq_record_columns}
 FROM dlq_records
 WHERE id IN (SELECT value FROM json_each(:ids))
   AND status IN (SELECT value FROM json_each(:from_statuses));
