@@ -192,6 +192,6 @@ class TestQueueStalls:
             (50, 4, 10),
             (60, 0, 0),  # empty
         ]
-        assert [stalls.observe("q", depth, at) for at, depth, _ in polls] == [
+        assert [stalls.seconds("q", depth, at) for at, depth, _ in polls] == [
             expected for *_, expected in polls
         ]

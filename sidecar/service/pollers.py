@@ -97,7 +97,7 @@ class Pollers:
         now = time.time()
         for queue, depth in kombu.queue_depths(self.queues, lengths).items():
             self.metrics.set_queue_depth(queue, depth)
-            self.metrics.set_queue_stalled(queue, self._stalls.observe(queue, depth, now))
+            self.metrics.set_queue_stalled(queue, self._stalls.seconds(queue, depth, now))
 
     async def flush_events(self) -> None:
         """The hook events answered since the last flush, in batches."""
@@ -126,7 +126,7 @@ class QueueStalls:
     def __init__(self) -> None:
         self._last: dict[str, tuple[int, float]] = {}  # queue -> (depth, stalled since)
 
-    def observe(self, queue: str, depth: int, now: float) -> float:
+    def seconds(self, queue: str, depth: int, now: float) -> float:
         last_depth, since = self._last.get(queue, (0, now))
         if last_depth == 0 or depth < last_depth:  # was empty, or a worker took some
             since = now
