@@ -14,8 +14,7 @@ from .output import JSON, TABLE, WIDE, YAML, Exit
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    breakers = commands.add_parser("breakers", help="circuit breakers of a running sidecar")
-    actions = breakers.add_subparsers(dest="breakers_command", required=True, metavar="ACTION")
+    actions = args.actions(commands, "breakers", "circuit breakers of a running sidecar")
     p = actions.add_parser("list", help="every breaker and its state")
     output.add_output(p)
     p.set_defaults(run=api.command(breakers_list))
@@ -40,8 +39,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     api.add_arguments(trends)
     trends.set_defaults(run=api.command(failure_trends))
 
-    policies = commands.add_parser("policies", help="the policy a running sidecar applies")
-    actions = policies.add_subparsers(dest="policies_command", required=True, metavar="ACTION")
+    actions = args.actions(commands, "policies", "the policy a running sidecar applies")
     p = actions.add_parser(
         "show", help="the effective policy (table: the retry policies; json/yaml: all of it)"
     )
@@ -76,10 +74,7 @@ def breakers_list(client: Api, ns: argparse.Namespace) -> int:
         if ns.output == WIDE:
             row.append(output.when(b.get("opened_at")))
         rows.append(row)
-    if rows:
-        output.print_table(header, rows)
-    else:
-        output.hint("no breakers yet")
+    output.print_rows(header, rows, "no breakers yet")
     return Exit.OK
 
 
@@ -119,12 +114,7 @@ def audit_log(client: Api, ns: argparse.Namespace) -> int:
             details = entry.get("details") or {}
             row.append(" ".join(f"{k}={v}" for k, v in details.items()) or None)
         rows.append(row)
-    if rows:
-        output.print_table(header, rows)
-    else:
-        output.hint("the audit log is empty")
-    if page.get("next_cursor"):
-        output.hint(f"more: --cursor {page['next_cursor']}")
+    output.print_page(header, rows, page, "the audit log is empty")
     return Exit.OK
 
 

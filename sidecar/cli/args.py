@@ -1,4 +1,5 @@
-"""Argument types shared by the commands: the one parser of times, durations and counts.
+"""Argument types shared by the commands: the one parser of times, durations and counts;
+and `actions`, the shape of a command made of actions.
 
 A bad value is an argparse error (usage and exit 2) that says what was expected.
 """
@@ -16,6 +17,15 @@ TIME_FORMS = (
     "unix seconds, ISO 8601 (2025-01-06, 2025-01-06T14:00Z; UTC unless a zone is given) "
     "or an age like 24h"
 )
+
+
+def actions(
+    commands: argparse._SubParsersAction, name: str, help: str, description: str | None = None
+) -> argparse._SubParsersAction:
+    """The command `name`, made of actions (`task-sidecar NAME ACTION`): where its actions
+    are added."""
+    command = commands.add_parser(name, help=help, description=description)
+    return command.add_subparsers(dest=f"{name}_command", required=True, metavar="ACTION")
 
 
 def moment(text: str, now: Callable[[], float] = time.time) -> datetime:

@@ -11,6 +11,7 @@ time, so completing is instant); a small shell function walks the words typed so
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from . import output
@@ -87,45 +88,59 @@ def _quote(text: str) -> str:
 
 
 def bash(nodes: list[Node]) -> str:
-    lines = [
+    header = [
         "# bash completion for task-sidecar: source <(task-sidecar completion bash)",
         f"declare -gA {FUNCTION}_commands=() {FUNCTION}_options=() {FUNCTION}_valued=()",
         f"declare -gA {FUNCTION}_choices=() {FUNCTION}_fileopts=() {FUNCTION}_files=()",
     ]
-    for n in nodes:
-        key = _quote(n.path)
-        lines.append(f"{FUNCTION}_commands[{key}]={_quote(_words(n.commands))}")
-        lines.append(f"{FUNCTION}_options[{key}]={_quote(_words(n.options))}")
-        lines.append(f"{FUNCTION}_valued[{key}]={_quote(_words(n.valued))}")
-        lines.append(f"{FUNCTION}_fileopts[{key}]={_quote(_words(n.file_options))}")
-        lines.append(f"{FUNCTION}_files[{key}]={int(n.files)}")
-        for option, choices in n.choices.items():
-            key = _quote(f"{n.path} {option}")
-            lines.append(f"{FUNCTION}_choices[{key}]={_quote(_words(choices))}")
-    lines.append(BASH_FUNCTION.replace("%F%", FUNCTION))
-    return "\n".join(lines)
+
+    def entry(table: str, key: str, value: str) -> str:
+        return f"{FUNCTION}_{table}[{key}]={value}"
+
+    def commands(n: Node) -> str:
+        return _quote(_words(n.commands))
+
+    return _script(header, _tables(nodes, entry, commands), BASH_FUNCTION)
 
 
 def zsh(nodes: list[Node]) -> str:
-    lines = [
+    header = [
         "#compdef task-sidecar",
         "# zsh completion for task-sidecar: source <(task-sidecar completion zsh)",
         f"typeset -gA {FUNCTION}_commands {FUNCTION}_options {FUNCTION}_valued",
         f"typeset -gA {FUNCTION}_choices {FUNCTION}_fileopts {FUNCTION}_files",
     ]
+
+    def entry(table: str, key: str, value: str) -> str:
+        # zsh keeps quotes in a subscript: append (key value) pairs
+        return f"{FUNCTION}_{table}+=({key} {value})"
+
+    def commands(n: Node) -> str:
+        return _quote("\n".join(f"{_colon(w)}:{h}" for w, h in n.commands.items()))
+
+    return _script(header, _tables(nodes, entry, commands), ZSH_FUNCTION)
+
+
+def _tables(
+    nodes: list[Node], entry: Callable[[str, str, str], str], commands: Callable[[Node], str]
+) -> list[str]:
+    """The tables the completion function reads, per command path, in either shell's
+    syntax (`entry`); `commands` is how the shell lists a path's subcommands."""
+    lines = []
     for n in nodes:
-        key = _quote(n.path)  # zsh keeps quotes in a subscript: append (key value) pairs
-        described = "\n".join(f"{_colon(w)}:{h}" for w, h in n.commands.items())
-        lines.append(f"{FUNCTION}_commands+=({key} {_quote(described)})")
-        lines.append(f"{FUNCTION}_options+=({key} {_quote(_words(n.options))})")
-        lines.append(f"{FUNCTION}_valued+=({key} {_quote(_words(n.valued))})")
-        lines.append(f"{FUNCTION}_fileopts+=({key} {_quote(_words(n.file_options))})")
-        lines.append(f"{FUNCTION}_files+=({key} {int(n.files)})")
+        key = _quote(n.path)
+        lines.append(entry("commands", key, commands(n)))
+        lines.append(entry("options", key, _quote(_words(n.options))))
+        lines.append(entry("valued", key, _quote(_words(n.valued))))
+        lines.append(entry("fileopts", key, _quote(_words(n.file_options))))
+        lines.append(entry("files", key, str(int(n.files))))
         for option, choices in n.choices.items():
-            key = _quote(f"{n.path} {option}")
-            lines.append(f"{FUNCTION}_choices+=({key} {_quote(_words(choices))})")
-    lines.append(ZSH_FUNCTION.replace("%F%", FUNCTION))
-    return "\n".join(lines)
+            lines.append(entry("choices", _quote(f"{n.path} {option}"), _quote(_words(choices))))
+    return lines
+
+
+def _script(header: list[str], tables: list[str], function: str) -> str:
+    return "\n".join([*header, *tables, function.replace("%F%", FUNCTION)])
 
 
 # The walk over the words typed so far, the same in both shells: a word that names a

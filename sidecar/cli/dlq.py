@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from typing import Any
 
+from ..records import DlqRecord
 from . import api, args, output
 from .api import Api, quote
 from .output import JSON, WIDE, Exit
@@ -25,12 +25,12 @@ POLL_SECONDS = 0.5  # how often a bulk retry's progress is read
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    dlq = commands.add_parser(
+    actions = args.actions(
+        commands,
         "dlq",
-        help="the dead-letter queue of a running sidecar",
-        description="Act on dead-lettered tasks through a running sidecar's action API.",
+        "the dead-letter queue of a running sidecar",
+        "Act on dead-lettered tasks through a running sidecar's action API.",
     )
-    actions = dlq.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")
 
     p = actions.add_parser("list", help="records, newest first")
     _filters(p)
@@ -161,12 +161,7 @@ def list_records(client: Api, ns: argparse.Namespace) -> int:
             ]
             for r in records
         ]
-    if rows:
-        output.print_table(header, rows)
-    else:
-        output.hint("no DLQ records match")
-    if page.get("next_cursor"):
-        output.hint(f"more: --cursor {page['next_cursor']}")
+    output.print_page(header, rows, page, "no DLQ records match")
     return Exit.OK
 
 
@@ -179,30 +174,7 @@ def show(client: Api, ns: argparse.Namespace) -> int:
     return Exit.OK
 
 
-_SHOWN = {
-    "id",
-    "status",
-    "dlq_retries",
-    "task_name",
-    "task_id",
-    "queue",
-    "failure_type",
-    "category",
-    "remediation",
-    "confidence",
-    "rule",
-    "priority",
-    "priority_value",
-    "target_queue",
-    "attempts",
-    "created_at",
-    "updated_at",
-    "last_error",
-    "exception",
-    "args",
-    "kwargs",
-    "context",
-}
+_SHOWN = set(DlqRecord.__struct_fields__)  # the fields this version knows
 
 
 def describe(record: dict[str, Any]) -> str:
@@ -276,16 +248,20 @@ def abandon(client: Api, ns: argparse.Namespace) -> int:
     return Exit.OK
 
 
+def _chosen(ns: argparse.Namespace) -> dict[str, Any]:
+    """The records a bulk action takes: the ids given, or those the filter matches."""
+    if ns.ids:
+        return {"ids": ns.ids}
+    return {"filter": {k: v for k, v in filters(ns).items() if v is not None}}
+
+
 def bulk_retry(client: Api, ns: argparse.Namespace) -> int:
     body: dict[str, Any] = {
         "priority": ns.priority,
         "rate_per_second": ns.rate,
         "dry_run": ns.dry_run,
+        **_chosen(ns),
     }
-    if ns.ids:
-        body["ids"] = ns.ids
-    else:
-        body["filter"] = {k: v for k, v in filters(ns).items() if v is not None}
     job = client.post("/v1/dlq/bulk-retry", body)
     if ns.dry_run:
         output.write(f"{job['total']} pending records would be retried")
@@ -303,11 +279,7 @@ def bulk_retry(client: Api, ns: argparse.Namespace) -> int:
 
 
 def bulk_abandon(client: Api, ns: argparse.Namespace) -> int:
-    body: dict[str, Any] = {"reason": ns.reason, "dry_run": ns.dry_run}
-    if ns.ids:
-        body["ids"] = ns.ids
-    else:
-        body["filter"] = {k: v for k, v in filters(ns).items() if v is not None}
+    body = {"reason": ns.reason, "dry_run": ns.dry_run, **_chosen(ns)}
     answer = client.post("/v1/dlq/bulk-abandon", body)
     if ns.dry_run:
         output.write(f"{answer['total']} pending or retrying records would be abandoned")
@@ -318,16 +290,4 @@ def bulk_abandon(client: Api, ns: argparse.Namespace) -> int:
 
 def export(client: Api, ns: argparse.Namespace) -> int:
     data = client.request("GET", "/v1/dlq/export.csv", query=filters(ns), raw=True)
-    if ns.file == "-":
-        sys.stdout.flush()
-        sys.stdout.buffer.write(data)
-        sys.stdout.buffer.flush()
-    else:
-        try:
-            with open(ns.file, "wb") as out:
-                out.write(data)
-        except OSError as exc:
-            output.error(f"cannot write {ns.file}: {exc.strerror or exc}")
-            return Exit.USAGE
-        output.hint(f"wrote {ns.file}")
-    return Exit.OK
+    return output.save(data, ns.file, f"wrote {ns.file}")

@@ -5,17 +5,17 @@ from __future__ import annotations
 
 import argparse
 
-from . import output
+from . import args, output
 from .output import Exit
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    mixin = commands.add_parser(
+    actions = args.actions(
+        commands,
         "mixin",
-        help="rules and dashboards for your labels",
-        description="Write the alert rules and dashboards, configured for your setup.",
+        "rules and dashboards for your labels",
+        "Write the alert rules and dashboards, configured for your setup.",
     )
-    actions = mixin.add_subparsers(dest="mixin_command", required=True, metavar="ACTION")
     p = actions.add_parser("render", help="write the rules and dashboards for a config")
     p.add_argument("--config", help="YAML config merged over the defaults")
     p.add_argument("--out", required=True, help="directory to write into")

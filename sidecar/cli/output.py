@@ -80,6 +80,41 @@ def print_table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> None
     write(table(header, rows))
 
 
+def print_rows(header: Sequence[str], rows: Sequence[Sequence[object]], empty: str) -> None:
+    """The rows as a table, or `empty` on stderr when there are none."""
+    if rows:
+        print_table(header, rows)
+    else:
+        hint(empty)
+
+
+def print_page(
+    header: Sequence[str], rows: Sequence[Sequence[object]], page: Mapping[str, Any], empty: str
+) -> None:
+    """One page of a listing, then how to ask for the next one."""
+    print_rows(header, rows, empty)
+    if page.get("next_cursor"):
+        hint(f"more: --cursor {page['next_cursor']}")
+
+
+def save(data: bytes, file: str, saved: str) -> Exit:
+    """`data` to stdout (`-`) or to `file`, then the hint `saved` on stderr; USAGE (said
+    on stderr) when the file cannot be written."""
+    if file == "-":
+        sys.stdout.flush()  # text printed before goes first
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+        return Exit.OK
+    try:
+        with open(file, "wb") as out:
+            out.write(data)
+    except OSError as exc:
+        error(f"cannot write {file}: {exc.strerror or exc}")
+        return Exit.USAGE
+    hint(saved)
+    return Exit.OK
+
+
 def cell_text(value: object) -> str:
     if value is None:
         return "-"

@@ -40,10 +40,9 @@ class Unreadable(Exception):
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    schedules = commands.add_parser(
-        "schedules", help="analyse periodic-task schedules (hotspots, conflicts, advice)"
+    actions = types.actions(
+        commands, "schedules", "analyse periodic-task schedules (hotspots, conflicts, advice)"
     )
-    actions = schedules.add_subparsers(dest="schedules_command", required=True, metavar="ACTION")
     p = actions.add_parser(
         "analyse",
         aliases=["analyze"],

@@ -30,11 +30,12 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import logging
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,12 +43,8 @@ import msgspec
 
 from ..records import (
     AuditEntry,
-    AuditPage,
-    DlqFilter,
-    DlqPage,
     DlqRecord,
     HookEvent,
-    TrendBucket,
     successor_id,
 )
 from ..timeouts import within
@@ -60,6 +57,18 @@ WRITE_TIMEOUT = 0.5  # a write the store has not taken by then is spooled (a hoo
 REPLAY_BATCH = 500  # lines read from the file at a time
 SPOOL_FILE = "dlq.spool"
 QUARANTINE_FILE = "dlq.quarantine"
+
+
+def _forwarded(name: str) -> Any:
+    """The `DlqStore` method `name`, handed to `self.inner` as it is (what it returns, a
+    coroutine or an iterator, goes back unchanged): one forwarder, with the port's
+    signature and documentation, instead of a copy of each signature."""
+
+    @functools.wraps(getattr(DlqStore, name))
+    def forward(self: SpoolingDlq, *args: Any, **kwargs: Any) -> Any:
+        return getattr(self.inner, name)(*args, **kwargs)
+
+    return forward
 
 
 class SpoolWriteFailed(StoreUnavailable):
@@ -401,70 +410,23 @@ class SpoolingDlq:
     def __repr__(self) -> str:
         return f"<SpoolingDlq {self.path} pending={self._pending}>"
 
-    # --- reads and the rest go to the store ----------------------------------------------
+    # --- reads and the rest go to the store, as they are ------------------------------------
 
-    async def get(self, dlq_id: str) -> DlqRecord | None:
-        return await self.inner.get(dlq_id)
-
-    async def ids_with_prefix(self, prefix: str, limit: int) -> list[str]:
-        return await self.inner.ids_with_prefix(prefix, limit)
-
-    async def list(self, where: DlqFilter, limit: int, cursor: str | None = None) -> DlqPage:
-        return await self.inner.list(where, limit, cursor)
-
-    async def count(self, where: DlqFilter) -> int:
-        return await self.inner.count(where)
-
-    def iterate(self, where: DlqFilter, batch: int = 500) -> AsyncIterator[DlqRecord]:
-        return self.inner.iterate(where, batch)
-
-    async def transition(
-        self,
-        ids: Sequence[str],
-        to: str,
-        from_statuses: Sequence[str],
-        now: float,
-        *,
-        error: str | None = None,
-        count_retry: bool = False,
-        lease_until: float | None = None,
-    ) -> list[DlqRecord]:
-        return await self.inner.transition(
-            ids,
-            to,
-            from_statuses,
-            now,
-            error=error,
-            count_retry=count_retry,
-            lease_until=lease_until,
-        )
-
-    async def end_lease(self, ids: Sequence[str]) -> None:
-        await self.inner.end_lease(ids)
-
-    async def lapsed_leases(self, now: float, limit: int = 500) -> list[str]:
-        return await self.inner.lapsed_leases(now, limit)
-
-    async def counts(self) -> dict[str, int]:
-        return await self.inner.counts()
-
-    async def oldest_pending(self) -> float | None:
-        return await self.inner.oldest_pending()
-
-    async def audit_log(self, limit: int, cursor: str | None = None) -> AuditPage:
-        return await self.inner.audit_log(limit, cursor)
-
-    async def trends(self, since: float, bucket: float = 3600) -> list[TrendBucket]:
-        return await self.inner.trends(since, bucket)
-
-    async def purge(self, now: float, keep_events: float) -> int:
-        return await self.inner.purge(now, keep_events)
-
-    def events(self, since: float, until: float, batch: int = 1000) -> AsyncIterator[list]:
-        return self.inner.events(since, until, batch)
-
-    async def ping(self) -> None:
-        await self.inner.ping()
+    get = _forwarded("get")
+    ids_with_prefix = _forwarded("ids_with_prefix")
+    list = _forwarded("list")
+    count = _forwarded("count")
+    iterate = _forwarded("iterate")
+    transition = _forwarded("transition")
+    end_lease = _forwarded("end_lease")
+    lapsed_leases = _forwarded("lapsed_leases")
+    counts = _forwarded("counts")
+    oldest_pending = _forwarded("oldest_pending")
+    audit_log = _forwarded("audit_log")
+    trends = _forwarded("trends")
+    purge = _forwarded("purge")
+    events = _forwarded("events")
+    ping = _forwarded("ping")
 
     async def close(self) -> None:
         fd, self._fd = self._fd, None
