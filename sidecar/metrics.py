@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from .policy.decide import Effects
 
 NAMESPACE = "task_sidecar"
-OTHER_TASK = "__other__"
+OTHER = "__other__"  # the label of every name past a bound
 OWN_QUEUE = "__own__"  # a retry kept on the task's own queue, which the worker did not name
 BREAKER_STATES = ("closed", "open", "half_open")
 
@@ -45,9 +45,9 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
 
 
-class TaskLabels:
-    """Bounds the `task` label: the first `limit` names are kept, the rest become
-    `__other__`, so a bad client cannot explode the series count."""
+class BoundedLabels:
+    """Bounds a label a client chooses (`task`, `queue`): the first `limit` names are kept,
+    the rest become `__other__`, so a bad client cannot explode the series count."""
 
     def __init__(self, limit: int, on_new: Callable[[str], None] | None = None) -> None:
         self.limit = limit
@@ -55,24 +55,30 @@ class TaskLabels:
         self._seen: set[str] = set()
         self._lock = threading.Lock()
 
-    def __call__(self, task_name: str) -> str:
-        if task_name in self._seen:
-            return task_name
+    def __call__(self, name: str) -> str:
+        if name in self._seen:
+            return name
         with self._lock:
-            if task_name in self._seen:
-                return task_name
-            label = task_name if len(self._seen) < self.limit else OTHER_TASK
-            if label == task_name:
-                self._seen.add(task_name)
-        if label == task_name and self.on_new is not None:
-            self.on_new(task_name)
+            if name in self._seen:
+                return name
+            label = name if len(self._seen) < self.limit else OTHER
+            if label == name:
+                self._seen.add(name)
+        if label == name and self.on_new is not None:
+            self.on_new(name)
         return label
 
 
 class Metrics:
-    def __init__(self, registry: CollectorRegistry | None = None, task_limit: int = 500) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = None,
+        task_limit: int = 500,
+        queue_limit: int | None = None,  # None: the same as task_limit
+    ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
-        self.task = TaskLabels(task_limit, on_new=self._new_task)
+        self.task = BoundedLabels(task_limit, on_new=self._new_task)
+        self.queue = BoundedLabels(task_limit if queue_limit is None else queue_limit)
         r, ns = self.registry, NAMESPACE
         # What the sidecar says of itself: process_* (memory, CPU, fds), python_info and
         # python_gc_*, as the default registry has them already.
@@ -302,7 +308,7 @@ class Metrics:
     def breaker(self, key: str) -> str:
         """A breaker's label, bounded like `task` (its key starts with the task name)."""
         owner, failure_type = split_breaker_key(key)
-        return key if self.task(owner) == owner else f"{OTHER_TASK}:{failure_type}"
+        return key if self.task(owner) == owner else f"{OTHER}:{failure_type}"
 
     def _precreate(self) -> None:
         """Series that alerts use from the first failure must exist at zero (an increase()
@@ -361,7 +367,8 @@ class Metrics:
         self._at(self.task_events, task, decision.action).inc()
         self._at(self.failures, task, c.failure_type, c.remediation).inc()
         self._at(self.classification_confidence, c.failure_type).observe(c.confidence)
-        self._at(self.priority_assignments, decision.priority, decision.queue or OWN_QUEUE).inc()
+        queue = self.queue(decision.queue) if decision.queue else OWN_QUEUE
+        self._at(self.priority_assignments, decision.priority, queue).inc()
         if decision.action == "retry":
             self._at(self.retry_delay, c.failure_type).observe(decision.delay_seconds)
         if attempt > 0:
@@ -426,10 +433,11 @@ class Metrics:
         self._at(self.backend_up, backend).set(up)
 
     def set_queue_depth(self, queue: str, depth: int) -> None:
-        self._at(self.queue_depth, queue).set(depth)
+        """Past the queue bound, `__other__` holds the depth reported last for any of them."""
+        self._at(self.queue_depth, self.queue(queue)).set(depth)
 
     def set_queue_stalled(self, queue: str, seconds: float) -> None:
-        self._at(self.queue_stalled, queue).set(seconds)
+        self._at(self.queue_stalled, self.queue(queue)).set(seconds)
 
     def set_spool_pending(self, count: int) -> None:
         self.spool_pending.set(count)

@@ -299,7 +299,8 @@ class Settings:
     )
     task_label_limit: int = setting(
         500,
-        "distinct task names kept as metric labels; the rest are `__other__`",
+        "distinct task names (and, apart, queue names) kept as metric labels; the rest "
+        "are `__other__`",
         parse=parse_count,
     )
     log_level: str = setting("INFO", "log level", parse=one_of(*LOG_LEVELS, upper=True))

@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar.http import create_app
 from sidecar.http.keys import SERVICES
-from sidecar.metrics import Metrics, TaskLabels
+from sidecar.metrics import BoundedLabels, Metrics
 from sidecar.settings import Settings
 
 from .conftest import DEFAULT_POLICIES
@@ -209,10 +209,44 @@ class TestTaskLabel:
     """The task label is bounded: names past the limit become __other__."""
 
     def test_bounded(self):
-        labels = TaskLabels(limit=2)
+        labels = BoundedLabels(limit=2)
         assert [labels(n) for n in ("a", "b", "c", "a")] == ["a", "b", "__other__", "a"]
 
     def test_breaker_label_follows_the_task_bound(self):
         metrics = Metrics(CollectorRegistry(), task_limit=1)
         assert metrics.breaker("a:X") == "a:X"
         assert metrics.breaker("b:X") == "__other__:X"
+
+
+async def test_queue_label_is_bounded_like_the_task_label(tmp_path):
+    """2,000 queue names (each failure reporting its queue's depth): at most 500 names plus
+    `__other__`, one bound for every metric with a queue label."""
+    settings = Settings(
+        policies=str(DEFAULT_POLICIES), data_dir=tmp_path, reload_interval=0, poll_interval=3600
+    )
+    app = create_app(settings, registry=CollectorRegistry())
+    async with TestClient(TestServer(app)) as client:
+        for first in range(0, 2000, 1000):
+            batch = [
+                {
+                    "type": "failure",
+                    "task_id": f"q{i}",
+                    "task_name": "billing.charge",
+                    "queue": f"queue-{i}",
+                    "exception": DEADLOCK,
+                    "context": {"queue_depth": i},
+                }
+                for i in range(first, first + 1000)
+            ]
+            response = await client.post("/v1/hooks/batch", json=batch)
+            assert response.status == 200, await response.text()
+            assert all("action" in r for r in (await response.json())["results"])
+        text = await (await client.get("/metrics")).text()
+    found = [(name, dict(labels)) for name, labels in samples(text)]
+    depths = {labels["queue"] for name, labels in found if name == "task_sidecar_queue_depth"}
+    queues = {labels["queue"] for _, labels in found if "queue" in labels}
+    assert len(queues) <= 501
+    assert len(depths) >= 490
+    assert "__other__" in depths
+    assert "queue-0" in depths
+    assert "queue-1999" not in depths

@@ -4,13 +4,20 @@ remediation and the rule that matched.
 Rules are tried best first (highest confidence, then file order). Everything but the
 message depends on a handful of values that repeat endlessly in practice (the MRO, errno,
 status, error code, language, task name), so the rules passing those conditions are found once per
-distinct combination and memoised; each event then only runs the message regexes of those
-few candidates. That keeps classification fast with hundreds of rules.
+distinct combination and memoised; each event then only checks the message patterns of those
+few candidates, found by one pass of the policy's single RE2 set over the message.
+
+Clients choose those values, so the memo is bounded twice: at most `MEMO_ENTRIES`
+combinations and `MEMO_KEY_BYTES` of their text (least recently used go first). An entry
+costs its key and a reference to a candidate list shared by every entry with the same
+candidates; nothing is compiled per entry (docs/reliability.md).
 """
 
 from __future__ import annotations
 
 import re
+import sys
+from collections import OrderedDict
 from dataclasses import dataclass
 from fnmatch import translate
 from typing import TYPE_CHECKING
@@ -24,6 +31,10 @@ if TYPE_CHECKING:
 # Messages can be huge; the words that identify a failure come first.
 MESSAGE_SCAN_CHARS = 4096
 _NEVER = re.compile(r"(?!)")
+# The memo's bounds. A real key (class, module, a 5-deep MRO, task) holds ~0.7 KB of
+# strings; 2 KiB per entry on average leaves room for deep ones.
+MEMO_ENTRIES = 4096
+MEMO_KEY_BYTES = 8 * 1024 * 1024
 
 
 def glob_regex(patterns: tuple[str, ...] | list[str]) -> re.Pattern[str]:
@@ -68,9 +79,15 @@ class _CompiledRule:
 class Classifier:
     """Compiled taxonomy of one policy. Immutable apart from its memo of candidates."""
 
-    def __init__(self, policy: Policy, memo_size: int = 4096) -> None:
+    def __init__(
+        self, policy: Policy, memo_entries: int = MEMO_ENTRIES, memo_bytes: int = MEMO_KEY_BYTES
+    ) -> None:
         ordered = sorted(policy.rules, key=lambda r: (-r.confidence, r.order))
         self._rules = tuple(self._compile(rule, policy) for rule in ordered)
+        # One RE2 set of every message pattern, compiled once per policy.
+        patterns = [r.match.message for r in ordered if r.match.message is not None]
+        self._messages = PatternSet(patterns) if patterns else None
+        self._steps = tuple(_steps(self._rules))
         fallback = policy.fallback
         self._fallback = Classification(
             failure_type=fallback.failure_type,
@@ -79,8 +96,11 @@ class Classifier:
             remediation=fallback.remediation,
             rule="fallback",
         )
-        self._memo: dict[tuple, _Candidates] = {}
-        self._memo_size = memo_size
+        self._memo = _Memo(memo_entries, memo_bytes)
+        # Candidate lists by rule positions: how many differ depends on the policy, not on
+        # the clients; bounded all the same (clearing it only ends the sharing).
+        self._shared: dict[tuple[int, ...], _Candidates] = {}
+        self._shared_limit = memo_entries
 
     @staticmethod
     def _compile(rule: Rule, policy: Policy) -> _CompiledRule:
@@ -114,45 +134,98 @@ class Classifier:
         )
         candidates = self._memo.get(key)
         if candidates is None:
-            if len(self._memo) >= self._memo_size:
-                self._memo.clear()  # crude, but bounded and rare: real keys repeat
-            candidates = self._memo[key] = _Candidates(self._scan(exc, task_name))
-        return candidates.best(exc.message[:MESSAGE_SCAN_CHARS]) or self._fallback
+            candidates = self._candidates(self._scan(exc, task_name))
+            self._memo.put(key, candidates, _key_bytes(exc, task_name))
+        return candidates.best(self._messages, exc.message[:MESSAGE_SCAN_CHARS]) or self._fallback
 
-    def _scan(self, exc: ExceptionInfo, task_name: str) -> tuple[_CompiledRule, ...]:
-        """Rules whose non-message conditions hold, best first, up to the first rule
-        without a message condition (nothing after it can win)."""
+    def memo_stats(self) -> tuple[int, int, int]:
+        """(entries, bytes of key text, distinct candidate lists) held now."""
+        return len(self._memo), self._memo.bytes, len(self._shared)
+
+    def _scan(self, exc: ExceptionInfo, task_name: str) -> tuple[int, ...]:
+        """Positions of the rules whose non-message conditions hold, best first, up to the
+        first rule without a message condition (nothing after it can win)."""
         bare, qualified = _names(exc)
         out = []
-        for compiled in self._rules:
+        for position, compiled in enumerate(self._rules):
             if compiled.matches_static(bare, qualified, exc, task_name):
-                out.append(compiled)
+                out.append(position)
                 if compiled.rule.match.message is None:
                     break
         return tuple(out)
 
+    def _candidates(self, positions: tuple[int, ...]) -> _Candidates:
+        shared = self._shared.get(positions)
+        if shared is None:
+            if len(self._shared) >= self._shared_limit:
+                self._shared.clear()
+            shared = self._shared[positions] = _Candidates(tuple(self._steps[p] for p in positions))
+        return shared
+
 
 class _Candidates:
-    """Rules that pass every condition but the message, best first, and one RE2 set of
-    their message patterns: one pass over the message tells which of them match."""
+    """Rules that pass every condition but the message, best first: (classification,
+    index of its message pattern in the policy's set, or None: no message condition)."""
 
-    def __init__(self, rules: tuple[_CompiledRule, ...]) -> None:
-        patterns: list[str] = []
-        # (classification, index of its pattern in the set, or None: no message condition)
-        self.steps: list[tuple[Classification, int | None]] = []
-        for compiled in rules:
-            pattern = compiled.rule.match.message
-            self.steps.append((compiled.result, None if pattern is None else len(patterns)))
-            if pattern is not None:
-                patterns.append(pattern)
-        self.set = PatternSet(patterns) if patterns else None
+    __slots__ = ("steps",)
 
-    def best(self, message: str) -> Classification | None:
-        found = self.set.matching(message) if self.set is not None else set()
+    def __init__(self, steps: tuple[tuple[Classification, int | None], ...]) -> None:
+        self.steps = steps
+
+    def best(self, messages: PatternSet | None, message: str) -> Classification | None:
+        found: set[int] | None = None  # the set runs only if a message decides
         for result, index in self.steps:
-            if index is None or index in found:
+            if index is None:
+                return result
+            if found is None:
+                found = messages.matching(message) if messages is not None else set()
+            if index in found:
                 return result
         return None
+
+
+class _Memo:
+    """A least-recently-used map bounded by entries and by the bytes of its keys' text."""
+
+    def __init__(self, entries: int, max_bytes: int) -> None:
+        self.entries, self.max_bytes, self.bytes = entries, max_bytes, 0
+        self._items: OrderedDict[tuple, tuple[_Candidates, int]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, key: tuple) -> _Candidates | None:
+        item = self._items.get(key)
+        if item is None:
+            return None
+        self._items.move_to_end(key)
+        return item[0]
+
+    def put(self, key: tuple, value: _Candidates, size: int) -> None:
+        if size > self.max_bytes:
+            return  # larger than the whole memo: classified, not kept
+        self._items[key] = (value, size)
+        self.bytes += size
+        while len(self._items) > self.entries or self.bytes > self.max_bytes:
+            _, (_, evicted) = self._items.popitem(last=False)
+            self.bytes -= evicted
+
+
+def _steps(rules: tuple[_CompiledRule, ...]):
+    """(classification, index of the message pattern in the policy's set) per rule."""
+    index = 0
+    for compiled in rules:
+        if compiled.rule.match.message is None:
+            yield compiled.result, None
+        else:
+            yield compiled.result, index
+            index += 1
+
+
+def _key_bytes(exc: ExceptionInfo, task_name: str) -> int:
+    """Memory the memo keeps for one key: its strings and the MRO tuple."""
+    texts = (exc.type, exc.module, exc.error_code, exc.language, task_name, *exc.mro)
+    return sys.getsizeof(exc.mro) + sum(sys.getsizeof(t) for t in texts if t is not None)
 
 
 def _names(exc: ExceptionInfo) -> tuple[tuple[str, ...], tuple[str, ...]]:
