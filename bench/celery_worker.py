@@ -5,8 +5,10 @@
 A real worker process (prefork pool off: `-P solo`, one process, as the baseline) on a
 throw-away Redis broker, next to a sidecar on the embedded default. N tasks are queued
 up front; the time from the worker taking the first to finishing the last is measured,
-with the integration on (start hook, success batched) and off (`sidecar=False`), two
-rounds each, alternating. Prints tasks/s and the ratio. Target ≥ 0.97×.
+with the integration on (start hook, success batched) and off (`sidecar=False`), three
+rounds each, alternating. Prints tasks/s and the ratio (target ≥ 0.97×), and the worker
+process's CPU time per task over the same interval: the machine is shared, and CPU per
+task moves much less with its load than wall time does.
 """
 
 from __future__ import annotations
@@ -30,7 +32,16 @@ sys.path.insert(0, str(ROOT.parent))
 from _servers import TOKEN, sidecar  # noqa: E402
 
 
-def run_round(client: redis.Redis, env: dict[str, str], task: str, count: int) -> float:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (/proc/PID/stat fields 14 and 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_round(
+    client: redis.Redis, env: dict[str, str], task: str, count: int
+) -> tuple[float, float]:
+    """(tasks/s, worker CPU seconds per task) from the first task's end to the last's."""
     from celery import Celery
 
     client.flushdb()
@@ -63,13 +74,14 @@ def run_round(client: redis.Redis, env: dict[str, str], task: str, count: int) -
     try:
         while client.get("bench:done") is None:  # the clock starts with the first task
             time.sleep(0.001)
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), cpu_seconds(worker.pid)
         deadline = time.monotonic() + 300
         while int(client.get("bench:done") or 0) < count:
             if time.monotonic() > deadline or worker.poll() is not None:
                 raise RuntimeError("the worker stalled or died")
             time.sleep(0.005)
-        return (count - 1) / (time.perf_counter() - started)
+        elapsed, cpu = time.perf_counter() - started, cpu_seconds(worker.pid) - cpu
+        return (count - 1) / elapsed, cpu / (count - 1)
     finally:
         worker.terminate()
         worker.wait(timeout=30)
@@ -78,6 +90,7 @@ def run_round(client: redis.Redis, env: dict[str, str], task: str, count: int) -
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, default=3000)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     from tests.services import start_redis
 
@@ -93,14 +106,22 @@ def main() -> None:
         }
         client = redis.Redis.from_url(broker)
         rates: dict[str, list[float]] = {"bench.off": [], "bench.on": []}
-        for _ in range(2):
+        cpus: dict[str, list[float]] = {"bench.off": [], "bench.on": []}
+        for _ in range(args.rounds):
             for task in rates:
-                rates[task].append(run_round(client, env, task, args.tasks))
+                rate, cpu = run_round(client, env, task, args.tasks)
+                rates[task].append(rate)
+                cpus[task].append(cpu)
     off, on = statistics.median(rates["bench.off"]), statistics.median(rates["bench.on"])
-    print(f"{args.tasks} trivial tasks, one solo worker, Redis broker")
-    print(f"integration off: {off:7.0f} tasks/s  (runs {[round(r) for r in rates['bench.off']]})")
-    print(f"integration on:  {on:7.0f} tasks/s  (runs {[round(r) for r in rates['bench.on']]})")
+    cpu_off, cpu_on = statistics.median(cpus["bench.off"]), statistics.median(cpus["bench.on"])
+    print(f"{args.tasks} trivial tasks, one solo worker, Redis broker, {args.rounds} rounds")
+    rows = (("off:", "bench.off", off, cpu_off), ("on: ", "bench.on", on, cpu_on))
+    for label, task, rate, cpu in rows:
+        runs = [round(r) for r in rates[task]]
+        print(f"integration {label} {rate:7.0f} tasks/s  (runs {runs})  "
+              f"worker CPU {cpu * 1e6:5.0f} us/task")  # fmt: skip
     print(f"ratio: {on / off:.2f}x (target >= 0.97x)")
+    print(f"worker CPU ratio (off/on per task): {cpu_off / cpu_on:.2f}x")
 
 
 if __name__ == "__main__":
