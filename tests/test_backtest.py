@@ -115,6 +115,49 @@ class TestHistory:
         assert len(h.tasks[0].runs) == 1
         assert h.ignored == 2
 
+    def test_a_start_that_arrives_after_its_report_belongs_to_that_run(self):
+        """Workers batch the start hooks they need no answer to; the batch can reach the
+        sidecar after the run's own failure report (a real Celery worker does this,
+        tests/test_backtest_e2e.py). The start carries the run's attempt."""
+        h = history(
+            failure(1, "t1", delay=30),
+            start(1.05, "t1"),  # attempt 0: the run that already failed
+            success(32, "t1", attempt=1),
+            start(32.05, "t1", attempt=1),  # after the chain's end: still its run's
+        )
+        (task,) = h.tasks
+        assert [len(run.starts) for run in task.runs] == [1, 1]
+        for run in task.runs:  # placed just before the report, which the replay meets last
+            assert run.at - 1e-6 < run.starts[0][0] < run.at
+        assert task.uses_start
+        assert task.pickup == [0.0, pytest.approx(1.0)]  # 32 - (1 + 30)
+        assert task.work == [pytest.approx(0.0, abs=1e-6)] * 2
+        assert h.ignored == 0
+
+    def test_a_redelivery_of_the_same_attempt_is_a_new_run(self):
+        lost = failure(1, "t1", delay=5)
+        lost["event"]["exception"] = {"type": "WorkerLostError", "module": "billiard.exceptions"}
+        redelivery = start(7, "t1")
+        redelivery["event"]["redelivered"] = True
+        h = history(lost, redelivery, success(8, "t1"))
+        (task,) = h.tasks
+        assert [len(run.starts) for run in task.runs] == [0, 1]
+
+    def test_late_starts_replay_on_script(self, default_policy):
+        docs = []
+        for n in range(5):  # fewer failures than open the database breaker
+            t = 10.0 * n
+            docs += [
+                failure(t, f"t{n}", delay=30, task="billing.y"),
+                start(t + 0.05, f"t{n}", task="billing.y"),  # batched, late
+                start(t + 30.5, f"t{n}", attempt=1, task="billing.y"),  # asked, on time
+                success(t + 31, f"t{n}", attempt=1, task="billing.y"),
+            ]
+        h = history(*sorted(docs, key=lambda d: d["at"]))
+        doc = report(simulate(h, default_policy, default_policy))
+        assert doc["baseline"]["succeeded"] == doc["recorded"]["succeeded"] == 5
+        assert doc["uncertainty"]["attempts_inferred"]["baseline"] == 0
+
     def test_cut_history_in_flight_and_started_before(self):
         h = history(failure(0, "t1", attempt=2, delay=600))
         (task,) = h.tasks

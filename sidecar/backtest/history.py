@@ -21,6 +21,7 @@ they are not consequences of the retry policy and are not part of any chain.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
@@ -247,7 +248,12 @@ def _chain(
     ended = uses_start = False
     ignored = 0
     due = None  # when the run in progress was due (None: the first run, or unknown)
+    last_due = None  # ... and when the last reported run was
     for at, number, kind, event, decision in events:
+        if kind == "start" and runs and _late_start(event, runs[-1]):  # type: ignore[arg-type]
+            _attach_late_start(runs[-1], number, last_due, pickup, work)
+            uses_start = True
+            continue
         if ended:
             ignored += 1
             continue
@@ -268,6 +274,7 @@ def _chain(
         else:
             pickup.append(0.0)
             work.append(max(0.0, at - due) if due is not None else 0.0)
+        last_due = due
         due = at + decision.delay_seconds if decision is not None else None
         runs.append(run)
     ignored += len(pending)  # a run that started and never reported (or is still running)
@@ -285,3 +292,27 @@ def _chain(
         work,  # type: ignore[union-attr]
     )
     return task, ignored
+
+
+def _late_start(start: StartEvent, run: Run) -> bool:
+    """A start hook of a run that has already reported. Workers send the starts they need
+    no answer to in their batch, which can reach the sidecar after the run's own (direct)
+    failure report: the start carries the run's attempt. A redelivery or a run from the DLQ
+    is a new run of the same attempt, never a late start."""
+    if start.redelivery or start.dlq_id:
+        return False
+    report = run.failure or run.success
+    return report is not None and start.attempt == report.attempt
+
+
+def _attach_late_start(
+    run: Run, line: int, due: float | None, pickup: list[float], work: list[float]
+) -> None:
+    """Give `run` the start it reported late, placed just before its report (the run
+    started between its due time and its report; when exactly, the history does not say)
+    so that the replay meets the start first."""
+    at = math.nextafter(run.at, -math.inf)
+    run.starts = (*run.starts, (at, line))
+    first = run.starts[0][0]
+    pickup[-1] = max(0.0, first - due) if due is not None else 0.0
+    work[-1] = max(0.0, run.at - run.starts[-1][0])
