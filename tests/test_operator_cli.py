@@ -243,7 +243,7 @@ class TestIdPrefixes:
     def test_an_ambiguous_prefix_lists_the_candidates(self, sidecar):
         ids = [dead_letter(sidecar, f"many-{i}") for i in range(17)]  # > 16 hex digits
         first = {}
-        for dlq_id in [r["id"] for r in records(sidecar)] + ids:
+        for dlq_id in dict.fromkeys([r["id"] for r in records(sidecar)] + ids):  # listed once
             first.setdefault(dlq_id[0], []).append(dlq_id)
         prefix, shared = next((k, v) for k, v in first.items() if len(v) > 1)
         shown = cli(sidecar, "dlq", "retry", prefix)
