@@ -10,6 +10,7 @@ from pathlib import Path
 import psycopg
 import pytest
 import redis
+import yaml
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 
@@ -362,13 +363,43 @@ class TestReload:
                 .read_text()
                 .replace("      max_retries: 5\n", "      max_retries: 1\n", 1)
             )
-            assert policies.reload() is None
+            assert await policies.reload() is None
             answer = await post(client, "/v1/decide", failure_event(attempt=1), token=None)
             assert answer["action"] == "dead_letter"
             path.write_text("retry: [broken")
-            assert policies.reload() is not None
+            assert await policies.reload() is not None
             answer = await post(client, "/v1/decide", failure_event(attempt=0), token=None)
             assert answer["action"] == "retry"
+
+    async def test_hooks_are_answered_while_a_big_policy_compiles(self, tmp_path):
+        path = tmp_path / "policies.yaml"
+        path.write_text(DEFAULT_POLICIES.read_text())
+        settings = Settings(policies=str(path), data_dir=tmp_path, reload_interval=0)
+        app = create_app(settings, registry=CollectorRegistry())
+        async with TestClient(TestServer(app)) as client:
+            policies = app[SERVICES].policies
+            big = yaml.safe_load(path.read_text())
+            big["taxonomy"]["rules"] += [
+                {
+                    "name": f"bulk-{i}",
+                    "failure_type": "TRANSIENT_NETWORK",
+                    "confidence": 0.5,
+                    "match": {"message": f"(?i)upstream {i} refused [a-z]+ after \\d+ tries"},
+                }
+                for i in range(6000)
+            ]
+            path.write_text(yaml.safe_dump(big, sort_keys=False))
+            assert 900_000 < path.stat().st_size < 1 << 20  # near the loader's 1 MiB limit
+            reload = asyncio.create_task(policies.reload())
+            answered = 0
+            while not reload.done():
+                answer = await post(client, "/v1/decide", failure_event(attempt=0), token=None)
+                assert answer["action"] == "retry"
+                answered += 1
+            assert await reload is None
+            assert len(policies.current.rules) == len(big["taxonomy"]["rules"])
+            # Compiled on the loop, the reload would hold every request until it ended.
+            assert answered > 1
 
 
 class TestPoison:

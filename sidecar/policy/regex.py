@@ -8,7 +8,7 @@ The price: no lookarounds and no backreferences.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import re2
 
@@ -28,13 +28,35 @@ def check(pattern: str) -> None:
 
 
 class PatternSet:
-    """Which of several patterns are found in a text, in one pass."""
+    """Which of several patterns are found in a text: one pass per RE2 set.
+
+    One set holds every pattern while RE2's memory budget allows (the default policy's
+    do); past it, Compile() fails, so the patterns are halved into more sets until each
+    compiles (a policy of thousands of rules then costs a few passes, not a failed load).
+    """
 
     def __init__(self, patterns: Sequence[str]) -> None:
-        self._set = re2.Set.SearchSet(_OPTIONS)
-        for pattern in patterns:
-            self._set.Add(pattern)
-        self._set.Compile()
+        self._sets = list(_compiled(list(enumerate(patterns))))
 
     def matching(self, text: str) -> set[int]:
-        return set(self._set.Match(text) or ())  # None when nothing matches
+        found: set[int] = set()
+        for positions, compiled in self._sets:
+            # Match() gives positions within its own set; None when nothing matches.
+            found.update(positions[i] for i in compiled.Match(text) or ())
+        return found
+
+
+def _compiled(indexed: list[tuple[int, str]]) -> Iterator[tuple[list[int], re2.Set]]:
+    compiled = re2.Set.SearchSet(_OPTIONS)
+    for _, pattern in indexed:
+        compiled.Add(pattern)
+    try:
+        compiled.Compile()
+    except re2.error:
+        if len(indexed) == 1:
+            raise
+        half = len(indexed) // 2
+        yield from _compiled(indexed[:half])
+        yield from _compiled(indexed[half:])
+        return
+    yield [position for position, _ in indexed], compiled
