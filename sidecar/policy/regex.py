@@ -12,6 +12,7 @@ from collections.abc import Iterator, Sequence
 
 import re2
 
+SET_SIZE = 500
 _OPTIONS = re2.Options()
 _OPTIONS.log_errors = False  # errors are reported with the policy's path and line instead
 
@@ -30,13 +31,19 @@ def check(pattern: str) -> None:
 class PatternSet:
     """Which of several patterns are found in a text: one pass per RE2 set.
 
-    One set holds every pattern while RE2's memory budget allows (the default policy's
-    do); past it, Compile() fails, so the patterns are halved into more sets until each
-    compiles (a policy of thousands of rules then costs a few passes, not a failed load).
+    A set holds up to SET_SIZE patterns (the default policy's fit in one): compiling one
+    takes a few milliseconds, held under the GIL, so a reload in a thread beside the event
+    loop never holds it long. A set past RE2's memory budget fails to compile and is
+    halved until each part compiles: thousands of rules cost a few passes, not a failed load.
     """
 
     def __init__(self, patterns: Sequence[str]) -> None:
-        self._sets = list(_compiled(list(enumerate(patterns))))
+        indexed = list(enumerate(patterns))
+        self._sets = [
+            compiled
+            for start in range(0, len(indexed), SET_SIZE)
+            for compiled in _compiled(indexed[start : start + SET_SIZE])
+        ]
 
     def matching(self, text: str) -> set[int]:
         found: set[int] = set()
