@@ -280,7 +280,6 @@ class TestEveryAnsweredDeadLetterIsStoredOnce:
                 answered[event["report_id"]] = {"dlq_id": answer["dlq_id"], "event": event}
 
         send()
-        print("DEBUG answered", len(answered), "refused", len(refused))
         stored = rows(
             dsn,
             "SELECT id, task_id, task_name, exception::text FROM dlq_records"
