@@ -24,12 +24,13 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-import yaml
-
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT.parent))
 
 from _servers import TOKEN, sidecar  # noqa: E402
+
+from tests.conftest import big_policies_file  # noqa: E402
 
 OPERATOR = "bench-operator-token-0123456789"
 
@@ -83,20 +84,6 @@ def novel_failures(url: str, count: int) -> None:
         post(f"{url}/v1/hooks/batch", events, TOKEN)
 
 
-def big_policy(path: Path) -> None:
-    policy = yaml.safe_load(path.read_text())
-    policy["taxonomy"]["rules"] += [
-        {
-            "name": f"bulk-{i}",
-            "failure_type": "TRANSIENT_NETWORK",
-            "confidence": 0.5,
-            "match": {"message": f"(?i)upstream {i} refused [a-z]+ after \\d+ tries"},
-        }
-        for i in range(6000)
-    ]
-    path.write_text(yaml.safe_dump(policy, sort_keys=False))
-
-
 def figures(samples: list[float]) -> tuple[float, float, float]:
     ordered = sorted(samples)
     return statistics.median(ordered), ordered[int(len(ordered) * 0.99)], ordered[-1]
@@ -117,7 +104,7 @@ def main() -> None:
         with sidecar(Path(tmp) / "data", **env) as url:
             phases = {"idle": probed(url, lambda: time.sleep(5))}
             phases["novel names"] = probed(url, lambda: novel_failures(url, args.novel))
-            big_policy(policies)
+            big_policies_file(policies)
             phases["1 MiB reload"] = probed(
                 url, lambda: post(f"{url}/v1/policies/reload", {}, OPERATOR)
             )
