@@ -133,6 +133,7 @@ class Protocol:
         workflow: Mapping[str, Any] | None = None,
         report_id: str | None = None,
         host: str | None = None,
+        process: str | None = None,
     ) -> dict[str, Any]:
         """The failure hook body. `report_id` is made here unless given; every re-send of
         this report carries it unchanged. `workflow` (chain, callbacks, …) is sent only
@@ -159,6 +160,8 @@ class Protocol:
         }
         if host:
             event["host"] = str(host)
+        if process:
+            event["process"] = str(process)
         steps = {k: v for k, v in (workflow or {}).items() if v not in (None, "", [], (), {})}
         if steps:
             event["workflow"] = jsonable(steps)
