@@ -417,6 +417,24 @@ class TestTheRealSidecar:
         assert "source" not in refused
         assert len(proxy.bodies(START)) == 2  # the cached start never reached it
 
+    def test_a_healthy_run_sends_only_its_end_and_a_redelivery_asks(
+        self, make_client: Make, proxy: FaultProxy
+    ) -> None:
+        """A first delivery answered from the cache sends nothing (not even a batched
+        start): its success is the run's one event. A redelivery asks before it runs."""
+        client = make_client(proxy.url, start_cache=60, flush_interval=0.02)
+        task = f"healthy.{client.kind}"
+        run = {"host": "w1", "process": "b0-1", "delivery_count": 1}
+        assert "source" not in client.start("h1", task, **run)  # the first fills the cache
+        assert client.start("h2", task, **run)["source"] == "cache"
+        client.success("h2", task)
+        assert client.flush(10)
+        assert [e["type"] for batch in proxy.bodies(BATCH) for e in batch] == ["success"]
+        again = client.start("h2", task, ask=True, redelivered=True, **run)
+        assert "source" not in again
+        assert [b["task_id"] for b in proxy.bodies(START)] == ["h1", "h2"]
+        assert proxy.bodies(START)[1]["redelivered"] is True
+
 
 class TestReportIds:
     """A report is made once: every re-send of it carries the same report_id."""

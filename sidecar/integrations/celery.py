@@ -181,12 +181,15 @@ class SidecarTask(_CeleryTask):  # type: ignore[misc,valid-type]
         dlq_id = dlq_id_of(request)
 
         redelivered = _redelivery(request, task_id, attempt)
+        # The healthy path (a first delivery, no run of this id open in the process) sends
+        # no start: the breaker gate answers from the cached allowance. A redelivery may be
+        # a poison task, and a DLQ retry starts its count over: both ask before running.
         answer = client.start(
             task_id,
             self.name,
             attempt=attempt,
             queue=queue,
-            ask=redelivered,  # a redelivery may be a poison task: ask before running it
+            ask=redelivered or dlq_id is not None,
             redelivered=redelivered,
             delivery_count=_delivery_count(request),
             host=getattr(request, "hostname", None),
