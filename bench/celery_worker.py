@@ -5,10 +5,11 @@
 A real worker process (prefork pool off: `-P solo`, one process, as the baseline) on a
 throw-away Redis broker, next to a sidecar on the embedded default. N tasks are queued
 up front; the time from the worker taking the first to finishing the last is measured,
-with the integration on (start hook, success batched) and off (`sidecar=False`), three
-rounds each, alternating. Prints tasks/s and the ratio (target ≥ 0.97×), and the worker
-process's CPU time per task over the same interval: the machine is shared, and CPU per
-task moves much less with its load than wall time does.
+with the integration on (the start answered from the cached allowance, the success
+batched) and off (`sidecar=False`), three rounds each, alternating. Prints tasks/s and
+the ratio (target ≥ 0.97×), and the worker process's CPU time per task over the same
+interval: the machine is shared, and CPU per task moves much less with its load than wall
+time does.
 """
 
 from __future__ import annotations

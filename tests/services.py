@@ -11,6 +11,9 @@ Stdlib only, and nothing pytest-specific: the fixtures live in conftest.py.
     pg = start_postgres(tmp_dir)        # pg.dsn == "postgresql://postgres@127.0.0.1:P/sidecar_test"
     pg.close()                          # stop and delete its directory
 
+RabbitMQ is the machine's own (`system_rabbitmq()`: 127.0.0.1:5672, guest/guest), started
+when it is stopped: a broker is not a per-test throw-away here.
+
 Every started service is also closed by an atexit hook, and (on Linux) the servers get a
 parent-death signal, so they do not outlive the test run even if it is killed.
 """
@@ -47,6 +50,7 @@ __all__ = [
     "free_port",
     "start_postgres",
     "start_redis",
+    "system_rabbitmq",
 ]
 
 HOST = "127.0.0.1"
@@ -556,3 +560,50 @@ def start_postgres(tmpdir: str | os.PathLike[str] | None = None) -> PostgresServ
         service.close()
         raise
     return service
+
+
+RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672//"
+_AMQP_HEADER = b"AMQP\x00\x00\x09\x01"
+
+
+def _amqp_answers(host: str = HOST, port: int = 5672, timeout: float = 2.0) -> str | None:
+    """None when an AMQP 0-9-1 server answers the protocol header with a method frame
+    (Connection.Start), else why not."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.sendall(_AMQP_HEADER)
+            first = sock.recv(1)
+    except OSError as exc:
+        return f"{host}:{port}: {exc}"
+    return None if first == b"\x01" else f"{host}:{port}: not an AMQP 0-9-1 answer ({first!r})"
+
+
+def system_rabbitmq(timeout: float = 60.0) -> str:
+    """The URL of the machine's RabbitMQ, started (`rabbitmq-server -detached`, else
+    `service rabbitmq-server start`) if it does not answer. Raises ServiceError saying why
+    when it cannot run."""
+    why = _amqp_answers()
+    if why is None:
+        return RABBITMQ_URL
+    commands = [["rabbitmq-server", "-detached"], ["service", "rabbitmq-server", "start"]]
+    tried = []
+    for command in commands:
+        if shutil.which(command[0]) is None:
+            tried.append(f"{command[0]}: not installed")
+            continue
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            tried.append(f"{' '.join(command)}: {exc}")
+            continue
+        if done.returncode != 0:
+            output = (done.stderr or done.stdout).strip().splitlines()[-1:] or [""]
+            tried.append(f"{' '.join(command)}: exit {done.returncode} {output[0]}")
+            continue
+        deadline = time.monotonic() + timeout
+        while (why := _amqp_answers()) is not None and time.monotonic() < deadline:
+            time.sleep(0.5)  # polling with a deadline: the server boots in seconds
+        if why is None:
+            return RABBITMQ_URL
+        tried.append(f"{' '.join(command)}: started, but after {timeout:.0f}s {why}")
+    raise ServiceError(f"RabbitMQ does not answer ({why}); " + "; ".join(tried))

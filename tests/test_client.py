@@ -10,6 +10,7 @@ import asyncio
 import errno
 import inspect
 import logging
+import os
 import ssl
 import urllib.error
 import uuid
@@ -416,6 +417,62 @@ class TestTheRealSidecar:
         assert refused["allow"] is False
         assert "source" not in refused
         assert len(proxy.bodies(START)) == 2  # the cached start never reached it
+
+    def test_a_healthy_run_sends_only_its_end_and_a_redelivery_asks(
+        self, make_client: Make, proxy: FaultProxy
+    ) -> None:
+        """A first delivery answered from the cache sends nothing (not even a batched
+        start): its success is the run's one event. A redelivery asks before it runs."""
+        client = make_client(proxy.url, start_cache=60, flush_interval=0.02)
+        task = f"healthy.{client.kind}"
+        run = {"host": "w1", "process": "b0-1", "delivery_count": 1}
+        assert "source" not in client.start("h1", task, **run)  # the first fills the cache
+        assert client.start("h2", task, **run)["source"] == "cache"
+        client.success("h2", task)
+        assert client.flush(10)
+        assert [e["type"] for batch in proxy.bodies(BATCH) for e in batch] == ["success"]
+        again = client.start("h2", task, ask=True, redelivered=True, **run)
+        assert "source" not in again
+        assert [b["task_id"] for b in proxy.bodies(START)] == ["h1", "h2"]
+        assert proxy.bodies(START)[1]["redelivered"] is True
+
+
+def test_a_forked_child_does_not_share_the_parents_connection(proxy: FaultProxy) -> None:
+    """A prefork pool child forked after its parent used the client (a WorkerLostError
+    report) opens its own connection: on the parent's socket it would read answers meant
+    for the parent or its other children (seen: an ok task refused with the poison
+    task's dead letter)."""
+    client = SidecarClient(proxy.url, TOKEN, start_cache=0, flush_interval=0.02)
+    try:
+        assert "source" not in client.start("fork-1", "fork.parent")  # keep-alive open
+        client.success("fork-1", "fork.parent")  # the batcher's thread and connection too
+        pid = os.fork()
+        if pid == 0:  # the child: a start and a success of its own, then out, whatever happens
+            code = 1
+            try:
+                ok = "source" not in client.start("fork-2", "fork.child")
+                client.success("fork-2", "fork.child")
+                code = 0 if ok and client.flush(5) else 2
+            finally:
+                os._exit(code)
+        try:  # (status,) once the child is reaped
+            (status,) = wait_for(
+                lambda: (r := os.waitpid(pid, os.WNOHANG))[0] and (r[1],), 20, "the child"
+            )
+        except AssertionError:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            raise
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert "source" not in client.start("fork-3", "fork.parent")  # the parent's still works
+        assert client.flush(10)
+        peers = {s.body["task_id"]: s.peer for s in proxy.seen if s.path == START}
+        assert peers["fork-1"] == peers["fork-3"]
+        assert peers["fork-2"] != peers["fork-1"]
+        sent = [e["task_id"] for batch in proxy.bodies(BATCH) for e in batch]
+        assert sorted(sent) == ["fork-1", "fork-2"]  # the parent's buffer is not sent twice
+    finally:
+        client.close(0.2)
 
 
 class TestReportIds:

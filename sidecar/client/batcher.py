@@ -12,6 +12,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from .transport import after_fork_in_child
+
 log = logging.getLogger("sidecar.client")
 MAX_BATCH = 1000  # the sidecar's limit per batch
 
@@ -36,14 +38,20 @@ class Batcher:
         self.capacity = capacity
         self.batch_size = min(batch_size, MAX_BATCH)
         self.interval = interval
-        self._buffer: collections.deque[dict[str, Any]] = collections.deque()
-        self._cond = threading.Condition()
-        self._thread: threading.Thread | None = None
         self._closed = False
-        self._inflight = 0
+        self._forked()
+        after_fork_in_child(self, Batcher._forked)
         self.sent = 0
         self.dropped = 0
         self._dropped_reported = 0
+
+    def _forked(self) -> None:
+        """Empty, with no thread (in a forked child: the parent sends what it buffered,
+        and its lock may have been held by its thread when it forked)."""
+        self._buffer: collections.deque[dict[str, Any]] = collections.deque()
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._inflight = 0
 
     def add(self, event: dict[str, Any]) -> None:
         with self._cond:

@@ -151,7 +151,7 @@ class SidecarClient(ClientBase):
         **run: Any,
     ) -> dict[str, Any]:
         """May the task run now? Falls back to allowing it. `run`: delivery_count,
-        redelivered, host, dlq_id, args, kwargs; `ask`: do not answer from the cache."""
+        redelivered, host, process, dlq_id, args, kwargs; `ask`: do not answer from the cache."""
         return self._run(
             self.protocol.start(task_id, task_name, attempt=attempt, queue=queue, ask=ask, **run)
         )

@@ -133,6 +133,7 @@ class Protocol:
         workflow: Mapping[str, Any] | None = None,
         report_id: str | None = None,
         host: str | None = None,
+        process: str | None = None,
     ) -> dict[str, Any]:
         """The failure hook body. `report_id` is made here unless given; every re-send of
         this report carries it unchanged. `workflow` (chain, callbacks, …) is sent only
@@ -159,6 +160,8 @@ class Protocol:
         }
         if host:
             event["host"] = str(host)
+        if process:
+            event["process"] = str(process)
         steps = {k: v for k, v in (workflow or {}).items() if v not in (None, "", [], (), {})}
         if steps:
             event["workflow"] = jsonable(steps)
@@ -227,23 +230,21 @@ class Protocol:
         **run: Any,
     ) -> Exchange[dict[str, Any]]:
         """May the task run now? Falls back to allowing it. `run` (delivery_count,
-        redelivered, host, dlq_id, args, kwargs) tells the sidecar about the run, for
-        poison detection. While the task name's allowance is cached, the start is only
-        queued for the batch sender (no round trip); `ask` (a redelivery) always asks."""
+        redelivered, host, process, dlq_id, args, kwargs) tells the sidecar about the run,
+        for poison detection. While the task name's allowance is cached the answer comes
+        from the cache and nothing is sent: a healthy run costs no request beyond the
+        event that ends it (the sidecar sees a lost one through the redelivery, which
+        sets `ask`, and the WorkerLostError report). `ask` always asks."""
         name = str(task_name)
+        if not ask:
+            cached = self.allowances.get(name)
+            if cached is not None:
+                return Exchange.answered(cached)
         body = {"task_id": str(task_id), "task_name": name, "attempt": int(attempt), "queue": queue}
         for key, value in run.items():
             if value is not None and value is not False:
                 body[key] = value
-        if not ask:
-            cached = self.allowances.get(name)
-            if cached is not None:
-                if run:
-                    body.pop("args", None)
-                    body.pop("kwargs", None)
-                    self.outbox({"type": "start", **body})
-                return Exchange.answered(cached)
-        elif "args" in body or "kwargs" in body:
+        if "args" in body or "kwargs" in body:
             body["args"] = jsonable(list(body.get("args") or ()))
             body["kwargs"] = jsonable(dict(body.get("kwargs") or {}))
 

@@ -5,13 +5,20 @@ Both keep connections alive (the sync one per thread, the async one in one poole
 session), and both re-send once when the server drops the connection before answering
 (a keep-alive connection it closed while idle): a report keeps its report id, so a
 re-send is safe. A timeout is not re-sent.
+
+The sync transport is fork-safe: a forked child (a Celery prefork pool child, forked after
+the parent reported a lost run) starts with no connection, rather than sharing the
+parent's socket and reading the answers meant for the parent or its other children.
 """
 
 from __future__ import annotations
 
 import http.client
+import os
 import threading
 import urllib.parse
+import weakref
+from collections.abc import Callable
 from typing import Any
 
 from .protocol import Exchange, Reply, reason
@@ -27,6 +34,19 @@ def _headers(token: str | None) -> dict[str, str]:
     return headers
 
 
+def after_fork_in_child(obj: Any, reset: Callable[[Any], None]) -> None:
+    """Call `reset(obj)` in a forked child while `obj` lives (the registration holds only
+    a weak reference)."""
+    ref = weakref.ref(obj)
+
+    def child() -> None:
+        alive = ref()
+        if alive is not None:
+            reset(alive)
+
+    os.register_at_fork(after_in_child=child)
+
+
 class HTTPTransport:
     """http.client with one keep-alive connection per thread."""
 
@@ -40,6 +60,11 @@ class HTTPTransport:
         self.prefix = parts.path.rstrip("/")
         self.timeout = timeout
         self.headers = {**_headers(token), "Connection": "keep-alive"}
+        self._forked()
+        after_fork_in_child(self, HTTPTransport._forked)
+
+    def _forked(self) -> None:
+        """No connections (in a forked child: the parent's sockets stay the parent's)."""
         self._local = threading.local()
         self._lock = threading.Lock()
         self._open: set[http.client.HTTPConnection] = set()  # every thread's, for close_all

@@ -116,6 +116,7 @@ class SidecarRequest(_CeleryRequest):  # type: ignore[misc,valid-type]
                     attempt=int(self._request_dict.get("retries") or 0),
                     queue=_queue_of(self),
                     host=self.hostname,
+                    process=_process(self.worker_pid),
                     args=list(self.args or ()),
                     kwargs=dict(self.kwargs or {}),
                 )
@@ -180,15 +181,19 @@ class SidecarTask(_CeleryTask):  # type: ignore[misc,valid-type]
         dlq_id = dlq_id_of(request)
 
         redelivered = _redelivery(request, task_id, attempt)
+        # The healthy path (a first delivery, no run of this id open in the process) sends
+        # no start: the breaker gate answers from the cached allowance. A redelivery may be
+        # a poison task, and a DLQ retry starts its count over: both ask before running.
         answer = client.start(
             task_id,
             self.name,
             attempt=attempt,
             queue=queue,
-            ask=redelivered,  # a redelivery may be a poison task: ask before running it
+            ask=redelivered or dlq_id is not None,
             redelivered=redelivered,
             delivery_count=_delivery_count(request),
             host=getattr(request, "hostname", None),
+            process=_process(os.getpid()),
             dlq_id=dlq_id,
             args=list(args) if redelivered else None,
             kwargs=dict(kwargs) if redelivered else None,
@@ -402,6 +407,18 @@ def workflow_of(request: Any) -> dict[str, Any]:
             value = [dict(v) if isinstance(v, Mapping) else v for v in value]  # Signature: a dict
         workflow[name] = value if isinstance(value, list) else str(value)
     return workflow
+
+
+# Made once per worker (at import, in the parent, so prefork children inherit it): with the
+# pid it names a process across restarts, where pids repeat (a container starts its
+# worker with the same pid each time).
+_BOOT = os.urandom(4).hex()
+
+
+def _process(pid: int | None) -> str | None:
+    """The process running a run, as its start and its WorkerLostError report name it (the
+    parent reports its child's pid)."""
+    return f"{_BOOT}-{pid}" if pid else None
 
 
 _SEEN_LIMIT = 10_000

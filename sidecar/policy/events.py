@@ -99,6 +99,9 @@ class FailureEvent(msgspec.Struct, frozen=True):
     report_id: ShortText | None = None  # made once per failure by the client: stored once
     workflow: dict[str, Any] | None = None  # what the worker needs to go on (chain, links)
     host: ShortText | None = None  # the worker's host (a lost run's, for the DLQ record)
+    # A lost run's process (WorkerLostError): the same `process` its start named, so the
+    # report and the redelivered start of the next run count that run once.
+    process: ShortText | None = None
 
 
 class SuccessEvent(msgspec.Struct, frozen=True):
@@ -117,11 +120,13 @@ class StartEvent(msgspec.Struct, frozen=True):
     queue: ShortText | None = None
     # Poison detection (docs/celery.md): how often the broker delivered this message
     # (1 = first), whether it says it is a redelivery, the worker's host, and the DLQ
-    # record when the run is a retry from the DLQ.
+    # record when the run is a retry from the DLQ; `process` names the process running it
+    # (a WorkerLostError report names the same one).
     delivery_count: Annotated[int, Meta(ge=0, le=1_000_000)] | None = None
     redelivered: bool = False
     host: ShortText | None = None
     dlq_id: ShortText | None = None
+    process: ShortText | None = None
     args: tuple[Any, ...] = ()  # kept for the DLQ record of a poison task
     kwargs: dict[str, Any] = msgspec.field(default_factory=dict)
 

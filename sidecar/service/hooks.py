@@ -97,7 +97,10 @@ class Hooks:
         if poison.is_worker_lost(event.exception.type) and policy.poison.max_lost_runs > 0:
             return await self._worker_lost(event, now, actor)
         if policy.poison.max_lost_runs > 0:
-            await self.state.update_runs(event.task_id, poison.on_end, policy.poison.window)
+            attempt = event.attempt
+            await self.state.update_runs(
+                event.task_id, lambda r: poison.on_end(r, attempt), policy.poison.window
+            )
         keys = keys_for(event, policy)
         route = keys.route
         breaker, outcomes = await self.state.snapshot(route.breaker_key, route.outcomes_key)
@@ -200,7 +203,13 @@ class Hooks:
 
         def update(runs: poison.Runs | None) -> poison.Runs:
             verdict = poison.on_start(
-                runs, event.host, event.redelivery, settings.max_lost_runs, event.dlq_id
+                runs,
+                event.host,
+                event.redelivery,
+                settings.max_lost_runs,
+                event.dlq_id,
+                attempt=event.attempt,
+                process=event.process,
             )
             verdicts.append(verdict)  # the last one applied (a CAS may re-apply it)
             return verdict.runs
@@ -245,14 +254,22 @@ class Hooks:
         hands the message out again (reject_on_worker_lost); past max_lost_runs it is
         dead-lettered here and its next start refused."""
         settings = self.policies.current.poison
-        host = event.host
-        runs = await self.state.update_runs(
-            event.task_id,
-            lambda r: poison.on_lost(r, host, event.exception.message or None),
-            settings.window,
-        )
-        assert runs is not None
-        self.metrics.record_lost_runs(event.task_name)
+        verdicts: list[poison.LostVerdict] = []
+
+        def update(runs: poison.Runs | None) -> poison.Runs:
+            verdict = poison.on_lost(
+                runs,
+                event.host,
+                event.exception.message or None,
+                attempt=event.attempt,
+                process=event.process,
+            )
+            verdicts.append(verdict)  # the last one applied (a CAS may re-apply it)
+            return verdict.runs
+
+        await self.state.update_runs(event.task_id, update, settings.window)
+        runs = verdicts[-1].runs
+        self.metrics.record_lost_runs(event.task_name, verdicts[-1].lost_now)
         decision = self._poison_decision(event, runs, now)
         if runs.dlq_id is None and runs.lost >= settings.max_lost_runs:
             dlq_id = await self._dead_letter(event, decision, now, actor, runs=runs)
