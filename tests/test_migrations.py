@@ -44,6 +44,7 @@ column dlq_explorer.remediation text null
 column dlq_explorer.exception_type text null
 column dlq_explorer.message text null
 column dlq_explorer.traceback text null
+column dlq_explorer.search_text text null
 column dlq_explorer.dlq_retries integer null
 column dlq_explorer.attempts integer null
 column dlq_explorer.last_error text null

@@ -41,6 +41,9 @@ SELECT r.id,
        dlq_searchable(r.exception) ->> 'type' AS exception_type,
        dlq_searchable(r.exception) ->> 'message' AS message,
        dlq_searchable(r.exception) ->> 'traceback' AS traceback,
+       -- What `q` searches, as the action API does: `search_text ILIKE '%…%'` is answered
+       -- by the trigram index of 0008 (the view is inlined into the query).
+       dlq_search_text(r.task_id, r.exception) AS search_text,
        r.dlq_retries,
        r.attempts,
        r.last_error,
