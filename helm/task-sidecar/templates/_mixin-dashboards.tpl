@@ -206,6 +206,60 @@
         "type": "grafana-postgresql-datasource",
         "uid": "${postgres}"
       },
+      "description": "As the worker reported it.",
+      "fieldConfig": {
+        "defaults": {
+          "custom": {
+            "align": "auto",
+            "cellOptions": {
+              "type": "auto",
+              "wrapText": true
+            },
+            "inspect": false
+          },
+          "thresholds": {
+            "mode": "absolute",
+            "steps": [
+              {
+                "color": "green",
+                "value": null
+              }
+            ]
+          },
+          "unit": "none"
+        },
+        "overrides": []
+      },
+      "gridPos": {
+        "h": 12,
+        "w": 16,
+        "x": 8,
+        "y": 14
+      },
+      "id": 6,
+      "repeatDirection": "h",
+      "targets": [
+        {
+          "datasource": {
+            "type": "grafana-postgresql-datasource",
+            "uid": "${postgres}"
+          },
+          "editorMode": "code",
+          "format": "table",
+          "rawQuery": true,
+          "rawSql": "SELECT traceback FROM dlq_explorer WHERE id = ${record:sqlstring}",
+          "refId": "A"
+        }
+      ],
+      "title": "Traceback",
+      "transparent": false,
+      "type": "table"
+    },
+    {
+      "datasource": {
+        "type": "grafana-postgresql-datasource",
+        "uid": "${postgres}"
+      },
       "description": "args and kwargs, masked as the policy's dlq.explorer says.",
       "fieldConfig": {
         "defaults": {
@@ -232,11 +286,11 @@
       },
       "gridPos": {
         "h": 6,
-        "w": 16,
-        "x": 8,
-        "y": 14
+        "w": 12,
+        "x": 0,
+        "y": 26
       },
-      "id": 6,
+      "id": 7,
       "repeatDirection": "h",
       "targets": [
         {
@@ -286,11 +340,11 @@
       },
       "gridPos": {
         "h": 6,
-        "w": 16,
-        "x": 0,
+        "w": 12,
+        "x": 12,
         "y": 26
       },
-      "id": 7,
+      "id": 8,
       "repeatDirection": "h",
       "targets": [
         {
@@ -306,60 +360,6 @@
         }
       ],
       "title": "Act on this record",
-      "transparent": false,
-      "type": "table"
-    },
-    {
-      "datasource": {
-        "type": "grafana-postgresql-datasource",
-        "uid": "${postgres}"
-      },
-      "description": "As the worker reported it.",
-      "fieldConfig": {
-        "defaults": {
-          "custom": {
-            "align": "auto",
-            "cellOptions": {
-              "type": "auto",
-              "wrapText": true
-            },
-            "inspect": false
-          },
-          "thresholds": {
-            "mode": "absolute",
-            "steps": [
-              {
-                "color": "green",
-                "value": null
-              }
-            ]
-          },
-          "unit": "none"
-        },
-        "overrides": []
-      },
-      "gridPos": {
-        "h": 12,
-        "w": 24,
-        "x": 16,
-        "y": 26
-      },
-      "id": 8,
-      "repeatDirection": "h",
-      "targets": [
-        {
-          "datasource": {
-            "type": "grafana-postgresql-datasource",
-            "uid": "${postgres}"
-          },
-          "editorMode": "code",
-          "format": "table",
-          "rawQuery": true,
-          "rawSql": "SELECT traceback FROM dlq_explorer WHERE id = ${record:sqlstring}",
-          "refId": "A"
-        }
-      ],
-      "title": "Traceback",
       "transparent": false,
       "type": "table"
     },
@@ -396,7 +396,7 @@
         "h": 8,
         "w": 24,
         "x": 0,
-        "y": 38
+        "y": 32
       },
       "id": 9,
       "repeatDirection": "h",
@@ -423,7 +423,7 @@
         "h": 1,
         "w": 24,
         "x": 0,
-        "y": 46
+        "y": 40
       },
       "id": 10,
       "panels": [],
@@ -464,7 +464,7 @@
         "h": 8,
         "w": 14,
         "x": 0,
-        "y": 47
+        "y": 41
       },
       "id": 11,
       "options": {
@@ -533,7 +533,7 @@
         "h": 8,
         "w": 10,
         "x": 14,
-        "y": 47
+        "y": 41
       },
       "id": 12,
       "links": [
