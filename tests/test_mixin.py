@@ -142,4 +142,4 @@ class TestWheel:
         exprs = [r["expr"] for g in rules["groups"] for r in g["rules"]]
         assert "job:task_sidecar_dlq_backlog:sum > 7" in exprs
         assert all("by (cluster" not in e for e in exprs)
-        assert len(list((tmp_path / "out" / "dashboards").glob("*.json"))) == 4
+        assert len(list((tmp_path / "out" / "dashboards").glob("*.json"))) == 5
