@@ -5,6 +5,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from sidecar.policy import Policy, load_policy
 from tests.services import PostgresService, RedisService, start_postgres, start_redis
@@ -25,6 +26,22 @@ def routing_policies_file(directory: Path) -> Path:
     text = DEFAULT_POLICIES.read_text()
     assert "route_retries: false" in text
     path.write_text(text.replace("route_retries: false", "route_retries: true", 1))
+    return path
+
+
+def big_policies_file(path: Path, rules: int = 6000) -> Path:
+    """The default policy plus `rules` message rules: near the loader's 1 MiB limit."""
+    policy = yaml.safe_load(DEFAULT_POLICIES.read_text())
+    policy["taxonomy"]["rules"] += [
+        {
+            "name": f"bulk-{i}",
+            "failure_type": "TRANSIENT_NETWORK",
+            "confidence": 0.5,
+            "match": {"message": f"(?i)upstream {i} refused [a-z]+ after \\d+ tries"},
+        }
+        for i in range(rules)
+    ]
+    path.write_text(yaml.safe_dump(policy, sort_keys=False))
     return path
 
 

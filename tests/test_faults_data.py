@@ -19,8 +19,10 @@ import uuid
 import msgspec
 import psycopg
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from sidecar.records import DlqRecord
+from sidecar.records import MAX_ID_BYTES, MAX_NAME_BYTES, DlqRecord
 from sidecar.store.postgres import migrate
 from sidecar.store.spool import QUARANTINE_FILE, SPOOL_FILE, SpoolingDlq, _Put
 from sidecar.store.sqlstore import postgres_store
@@ -177,6 +179,122 @@ class TestReportsAreAppliedOnce:
             assert [r.get("action") for r in answer["results"][:5]] == ["dead_letter"] * 5
             assert answer["results"][5]["error"]["status"] == 400
         assert rows(dsn, "SELECT count(*) FROM dlq_records WHERE task_name = %s", task) == [(5,)]
+
+
+# Characters of every UTF-8 width and ones stores treat specially (quotes, backslashes).
+CHARS = st.sampled_from(["a", "é", "€", WIDE, "'", '"', "\\", "\n"])
+# Now and then one field gets a NUL (refused in names, kept in messages) or a lone
+# surrogate (not UTF-8: the whole body is refused).
+SPOILERS = st.sampled_from([None, None, None, "\x00", "\ud800"])
+
+
+def at_most(chars: int, utf8_bytes: int | None = None) -> st.SearchStrategy[str]:
+    """Strings at the limits (a drawn piece repeated up to `chars` characters and
+    `utf8_bytes` bytes, the most the sidecar takes), or short ones."""
+
+    def fill(piece: str) -> str:
+        text = (piece * chars)[:chars]
+        while utf8_bytes and len(text.encode("utf-8", "surrogatepass")) > utf8_bytes:
+            text = text[:-1]
+        return text
+
+    return st.one_of(
+        st.text(CHARS, min_size=1, max_size=8).map(fill),
+        st.text(CHARS, max_size=min(chars, 64)),
+    )
+
+
+JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.floats(allow_nan=False)
+    | at_most(64),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(at_most(16), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@st.composite
+def failures(draw: st.DrawFn) -> dict:
+    """A failure the wire accepts (by schema), at or near its maximum sizes."""
+    event = {
+        "task_id": draw(at_most(256, MAX_ID_BYTES).filter(bool)),
+        "task_name": draw(at_most(512, MAX_NAME_BYTES).filter(bool)),
+        "queue": draw(st.none() | at_most(512, MAX_NAME_BYTES)),
+        "attempt": draw(st.integers(0, 100_000)),
+        "exception": {
+            "type": draw(at_most(512, MAX_NAME_BYTES).filter(bool)),
+            "module": draw(st.none() | at_most(512, MAX_NAME_BYTES)),
+            # Up to the message's 65,536 characters, within the 256 KiB body as a rule.
+            "message": draw(at_most(65536, 150_000)),
+            "traceback": draw(st.none() | at_most(65536, 60_000)),
+        },
+        "args": draw(st.lists(JSON_VALUES, max_size=5)),
+        "kwargs": draw(st.dictionaries(at_most(64), JSON_VALUES, max_size=5)),
+        "report_id": uuid.uuid4().hex,
+    }
+    if spoiler := draw(SPOILERS):
+        where = draw(st.sampled_from(["task_id", "task_name", "message"]))
+        holder = event["exception"] if where == "message" else event
+        holder[where] = spoiler + holder[where]
+    return event
+
+
+class TestEveryAnsweredDeadLetterIsStoredOnce:
+    """Random valid-by-schema failures at the maximum sizes, direct or in a batch, some sent
+    twice: each answered dead letter is one row with what was sent; a refused one none."""
+
+    @pytest.mark.filterwarnings("ignore::hypothesis.errors.HypothesisWarning")  # big reprs
+    def test_random_payloads_at_the_limits(self, sidecar):
+        process, dsn = sidecar
+        marker = f"max-{uuid.uuid4().hex[:8]}"  # in every args list: finds this run's rows
+        answered: dict[str, dict] = {}
+        refused: list[str] = []
+
+        @settings(
+            max_examples=60,
+            deadline=None,
+            derandomize=True,
+            suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+        )
+        @given(event=failures(), batched=st.booleans(), twice=st.booleans())
+        def send(event: dict, batched: bool, twice: bool) -> None:
+            event["args"] = [marker, *event["args"]]
+            for _ in range(2 if twice else 1):
+                if batched:
+                    status, answer = call(
+                        process.port, "POST", "/v1/hooks/batch", [{"type": "failure", **event}]
+                    )
+                    assert status in (200, 400, 413), answer  # 400: a lone surrogate
+                    answer = answer["results"][0] if status == 200 else {"error": answer}
+                else:
+                    status, answer = call(process.port, "POST", "/v1/hooks/failure", event)
+                    assert status in (200, 400, 413), answer
+                if "error" in answer or status != 200:
+                    refused.append(event["report_id"])
+                    continue
+                assert answer["action"] == "dead_letter", answer
+                if event["report_id"] in answered:  # sent again: the same record
+                    assert answered[event["report_id"]]["dlq_id"] == answer["dlq_id"]
+                answered[event["report_id"]] = {"dlq_id": answer["dlq_id"], "event": event}
+
+        send()
+        stored = rows(
+            dsn,
+            "SELECT id, task_id, task_name, exception::text FROM dlq_records"
+            " WHERE args::jsonb -> 0 = to_jsonb(%s::text)",
+            marker,
+        )
+        by_id = {row[0]: row for row in stored}
+        assert len(stored) == len(by_id) == len(answered)  # exactly once each
+        for report in answered.values():
+            _, task_id, task_name, exception = by_id[report["dlq_id"]]
+            event = report["event"]
+            assert (task_id, task_name) == (event["task_id"], event["task_name"])
+            assert json.loads(exception)["message"] == event["exception"]["message"]
+        assert answered, "no example was answered: the strategy only makes refusals"
+        assert not set(refused) & set(answered), "a report both refused and answered"
 
 
 class TestHooksTouchOnlyTheirOwnRecord:

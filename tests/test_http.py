@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from pathlib import Path
 
 import psycopg
 import pytest
@@ -17,7 +16,7 @@ from sidecar.http import create_app
 from sidecar.http.keys import SERVICES
 from sidecar.settings import Settings, Token
 
-from .conftest import DEFAULT_POLICIES
+from .conftest import DEFAULT_POLICIES, big_policies_file
 
 HOOKS = "hooks-secret-0123456789"
 VIEWER = "viewer-secret-0123456789"
@@ -350,25 +349,42 @@ class TestHealth:
 class TestReload:
     """A reload swaps the policy; an invalid file is refused and the old policy stays."""
 
-    async def test_reload(self, tmp_path):
+    @pytest.fixture
+    async def reloadable(self, tmp_path):
         path = tmp_path / "policies.yaml"
         path.write_text(DEFAULT_POLICIES.read_text())
         settings = Settings(policies=str(path), data_dir=tmp_path, reload_interval=0)
         app = create_app(settings, registry=CollectorRegistry())
         async with TestClient(TestServer(app)) as client:
-            policies = app[SERVICES].policies
-            path.write_text(
-                Path(path)
-                .read_text()
-                .replace("      max_retries: 5\n", "      max_retries: 1\n", 1)
-            )
-            assert policies.reload() is None
-            answer = await post(client, "/v1/decide", failure_event(attempt=1), token=None)
-            assert answer["action"] == "dead_letter"
-            path.write_text("retry: [broken")
-            assert policies.reload() is not None
+            yield path, app[SERVICES].policies, client
+
+    async def test_reload(self, reloadable):
+        path, policies, client = reloadable
+        path.write_text(
+            path.read_text().replace("      max_retries: 5\n", "      max_retries: 1\n", 1)
+        )
+        assert await policies.reload() is None
+        answer = await post(client, "/v1/decide", failure_event(attempt=1), token=None)
+        assert answer["action"] == "dead_letter"
+        path.write_text("retry: [broken")
+        assert await policies.reload() is not None
+        answer = await post(client, "/v1/decide", failure_event(attempt=0), token=None)
+        assert answer["action"] == "retry"
+
+    async def test_hooks_are_answered_while_a_big_policy_compiles(self, reloadable):
+        path, policies, client = reloadable
+        big_policies_file(path)
+        assert 900_000 < path.stat().st_size < 1 << 20  # near the loader's 1 MiB limit
+        reload = asyncio.create_task(policies.reload())
+        answered = 0
+        while not reload.done():
             answer = await post(client, "/v1/decide", failure_event(attempt=0), token=None)
             assert answer["action"] == "retry"
+            answered += 1
+        assert await reload is None
+        assert len(policies.current.rules) > 6000
+        # Compiled on the loop, the reload would hold every request until it ended.
+        assert answered > 1
 
 
 class TestPoison:

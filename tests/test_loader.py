@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import gc
 import textwrap
 
 import pytest
+import yaml
 
-from sidecar.policy import PolicyError, parse_policy
+from sidecar.policy import PolicyError, load_policy, parse_policy
 from sidecar.policy.durations import format_duration, parse_duration
 from sidecar.policy.events import ExceptionInfo
 from sidecar.policy.model import Backoff, Jitter
@@ -294,3 +296,18 @@ class TestDlqExplorer:
             for m in messages
         ), messages
         assert any("unknown key 'show_arg'; did you mean 'show_args'?" in m for m in messages)
+
+
+class TestNothingKeptFromTheFile:
+    """A loaded policy keeps no YAML node alive: reloads must not accumulate them."""
+
+    def test_loads_leave_no_nodes_behind(self):
+        def nodes() -> int:
+            gc.collect()
+            return sum(isinstance(o, yaml.Node) for o in gc.get_objects())
+
+        load_policy(DEFAULT_POLICIES)
+        before = nodes()
+        policies = [load_policy(DEFAULT_POLICIES) for _ in range(3)]
+        assert len(policies) == 3
+        assert nodes() == before

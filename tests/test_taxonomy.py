@@ -333,3 +333,17 @@ class TestOtherLibraries:
     def test_classification(self, exception, expected):
         got = classify(exception)
         assert got.failure_type == expected, f"got {got.failure_type} by rule {got.rule}"
+
+
+class TestManyMessagePatterns:
+    """Past RE2's memory budget for one set, the patterns spread over several sets."""
+
+    def test_every_pattern_is_still_found(self):
+        from sidecar.policy.regex import PatternSet
+
+        patterns = [f"(?i)upstream {i} refused [a-z]+ after \\d+ tries" for i in range(6000)]
+        found = PatternSet(patterns)
+        assert len(found._sets) > 1  # one set of 6,000 fails to compile
+        text = "UPSTREAM 17 refused x after 1 tries; upstream 5999 refused y after 2 tries"
+        assert found.matching(text) == {17, 5999}
+        assert found.matching("upstream 17 refused") == set()

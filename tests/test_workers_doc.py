@@ -4,47 +4,28 @@ the answer the page shows.
 A ```sh block is run with bash (SIDECAR and TOKEN set); the ```json block right after it,
 if any, is the answer expected from its last command: strings, booleans, integers and
 nulls must be equal, "…" stands for any value, and floats only need to be numbers. A
-block under a paragraph containing "(not run)" is skipped.
+block marked ``<!-- not run: why -->`` is skipped (tests/docblocks.py).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import subprocess
 import uuid
-from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.docblocks import ROOT, blocks
 from tests.processes import SidecarProcess
 
-ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "workers.md"
 TOKEN = "doc-" + uuid.uuid4().hex
-BLOCK = re.compile(r"```(\w+)\n(.*?)```", re.S)
 
 
-def examples() -> list[tuple[str, str | None]]:
-    text = DOC.read_text(encoding="utf-8")
-    found, blocks = [], list(BLOCK.finditer(text))
-    for i, block in enumerate(blocks):
-        if block.group(1) != "sh":
-            continue
-        before = text[: block.start()].rsplit("\n\n", 2)[-2:]
-        if any("(not run)" in part for part in before):
-            continue
-        nxt = blocks[i + 1] if i + 1 < len(blocks) else None
-        between = text[block.end() : nxt.start()] if nxt else ""
-        expected = nxt.group(2) if nxt and nxt.group(1) == "json" and not between.strip() else None
-        found.append((block.group(2), expected))
-    return found
-
-
-EXAMPLES = examples()
+EXAMPLES = [(block.text, block.answer) for block in blocks(DOC)[0] if block.not_run is None]
 
 
 def matches(expected: Any, got: Any, path: str = "") -> list[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import errno
+import gc
 import json
 import logging
 from datetime import UTC, datetime
@@ -87,6 +88,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         state,
         config.policies,
     )
+    app.on_startup.append(_freeze_startup_objects)
     try:
         web.run_app(
             app,
@@ -103,6 +105,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
             output.error(f"cannot listen on {config.host}:{config.port}: {_why(exc)}")
         return Exit.FAILED
     return Exit.OK
+
+
+async def _freeze_startup_objects(app: object) -> None:
+    """Modules, the policy and the stores live as long as the process: keep them out of
+    the cycle collector's full passes, which otherwise scan them all, holding the loop."""
+    gc.collect()
+    gc.freeze()
 
 
 def _why(exc: OSError) -> str:

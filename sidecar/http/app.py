@@ -88,7 +88,7 @@ async def watch_policies(app: web.Application) -> AsyncIterator[None]:
     background: set[asyncio.Task[None]] = set()
 
     async def reload() -> None:
-        if policies.reload() is None:
+        if await policies.reload() is None:
             await services.schedules.refresh_gauges(policies.current)
 
     def on_sighup() -> None:

@@ -10,9 +10,8 @@ from typing import Any
 
 import yaml
 
+from . import yamlpaths
 from .durations import parse_duration
-
-_scalars = yaml.constructor.SafeConstructor()
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +64,7 @@ class Node:
             raise self.fail(f"expected a mapping, got {self._kind()}")
         out: dict[str, Node] = {}
         for key_node, value_node in self.node.value:
-            key = _scalars.construct_object(key_node) if key_node.id == "scalar" else None
+            key = yamlpaths.construct(key_node) if key_node.id == "scalar" else None
             if not isinstance(key, str):
                 self.child(key_node, "?").fail(f"keys must be strings, got {key!r}")
                 continue
@@ -101,14 +100,14 @@ class Node:
     def scalar(self) -> Any:
         if not isinstance(self.node, yaml.ScalarNode):
             raise self.fail(f"expected a single value, got {self._kind()}")
-        return _scalars.construct_object(self.node)
+        return yamlpaths.construct(self.node)
 
     def _kind(self) -> str:
         if isinstance(self.node, yaml.MappingNode):
             return "a mapping"
         if isinstance(self.node, yaml.SequenceNode):
             return "a list"
-        return repr(_scalars.construct_object(self.node))
+        return repr(yamlpaths.construct(self.node))
 
     # --- typed values -------------------------------------------------------------------
 

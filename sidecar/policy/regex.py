@@ -8,10 +8,11 @@ The price: no lookarounds and no backreferences.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import re2
 
+SET_SIZE = 500
 _OPTIONS = re2.Options()
 _OPTIONS.log_errors = False  # errors are reported with the policy's path and line instead
 
@@ -28,13 +29,41 @@ def check(pattern: str) -> None:
 
 
 class PatternSet:
-    """Which of several patterns are found in a text, in one pass."""
+    """Which of several patterns are found in a text: one pass per RE2 set.
+
+    A set holds up to SET_SIZE patterns (the default policy's fit in one): compiling one
+    takes a few milliseconds, held under the GIL, so a reload in a thread beside the event
+    loop never holds it long. A set past RE2's memory budget fails to compile and is
+    halved until each part compiles: thousands of rules cost a few passes, not a failed load.
+    """
 
     def __init__(self, patterns: Sequence[str]) -> None:
-        self._set = re2.Set.SearchSet(_OPTIONS)
-        for pattern in patterns:
-            self._set.Add(pattern)
-        self._set.Compile()
+        indexed = list(enumerate(patterns))
+        self._sets = [
+            compiled
+            for start in range(0, len(indexed), SET_SIZE)
+            for compiled in _compiled(indexed[start : start + SET_SIZE])
+        ]
 
     def matching(self, text: str) -> set[int]:
-        return set(self._set.Match(text) or ())  # None when nothing matches
+        found: set[int] = set()
+        for positions, compiled in self._sets:
+            # Match() gives positions within its own set; None when nothing matches.
+            found.update(positions[i] for i in compiled.Match(text) or ())
+        return found
+
+
+def _compiled(indexed: list[tuple[int, str]]) -> Iterator[tuple[list[int], re2.Set]]:
+    compiled = re2.Set.SearchSet(_OPTIONS)
+    for _, pattern in indexed:
+        compiled.Add(pattern)
+    try:
+        compiled.Compile()
+    except re2.error:
+        if len(indexed) == 1:
+            raise
+        half = len(indexed) // 2
+        yield from _compiled(indexed[:half])
+        yield from _compiled(indexed[half:])
+        return
+    yield [position for position, _ in indexed], compiled

@@ -12,26 +12,7 @@ from datetime import UTC, datetime, timedelta, tzinfo
 from functools import lru_cache
 from zoneinfo import ZoneInfo
 
-from ..policy.model import Schedule
-
-__all__ = [
-    "DAY",
-    "DEFAULT_HOTSPOT_THRESHOLD",
-    "DEFAULT_QUEUE",
-    "MAX_HORIZON",
-    "MAX_RUNS",
-    "QUEUE_OVERLAP",
-    "SELF_OVERLAP",
-    "WEEK",
-    "Conflict",
-    "Hotspot",
-    "Recommendation",
-    "Report",
-    "Schedule",
-    "ScheduleError",
-    "ScheduleProblem",
-    "zone",
-]
+from ..policy.model import Schedule  # noqa: F401  (re-exported: the input of the analysis)
 
 DAY = timedelta(hours=24)
 WEEK = timedelta(days=7)
