@@ -170,10 +170,15 @@ class TestGrafana:
         assert files, kind
         return [yaml.safe_load(f.read_text()) for f in files]
 
+    def datasources(self) -> dict[str, dict[str, Any]]:
+        configs = self.provisioning("datasources")
+        assert all(config["apiVersion"] == 1 for config in configs)
+        return {s["type"]: s for config in configs for s in config["datasources"]}
+
     def test_the_datasource_is_the_stacks_prometheus(self) -> None:
-        (config,) = self.provisioning("datasources")
-        assert config["apiVersion"] == 1
-        (source,) = config["datasources"]
+        sources = self.datasources()
+        assert set(sources) == {"prometheus", "grafana-postgresql-datasource"}
+        source = sources["prometheus"]
         assert source["type"] == "prometheus"
         assert source["isDefault"] is True
         assert source["url"] == "http://prometheus:9090"
@@ -192,4 +197,20 @@ class TestGrafana:
             "task-sidecar-failures",
             "task-sidecar-retries",
             "task-sidecar-idempotency",
+            "task-sidecar-dlq-explorer",
         }
+
+    def test_the_explorer_reads_the_stacks_postgres_as_a_reader_login(self) -> None:
+        """The login the init script makes, in task_sidecar_reader, on the sidecar's DB."""
+        source = self.datasources()["grafana-postgresql-datasource"]
+        assert source["url"] == "postgres:5432"
+        assert (
+            source["jsonData"]["database"]
+            in service("sidecar")["environment"]["TASK_SIDECAR_POSTGRES_DSN"].rsplit("/", 1)[1]
+        )
+        folder = host_path("postgres", "/docker-entrypoint-initdb.d")
+        script = " ".join(p.read_text() for p in sorted(folder.glob("*.sql")))
+        user, password = source["user"], source["secureJsonData"]["password"]
+        assert f"CREATE ROLE {user} LOGIN PASSWORD '{password}' IN ROLE task_sidecar_reader" in (
+            script
+        )

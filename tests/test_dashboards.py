@@ -12,8 +12,9 @@ import pytest
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models.dashboard import Dashboard
 
-from grafana.dashboards import DASHBOARDS, OUTPUT_DIR, render, render_all
+from grafana.dashboards import DASHBOARDS, OUTPUT_DIR, SQL_DASHBOARDS, render, render_all
 from grafana.dashboards.__main__ import main as generate
+from grafana.dashboards.common import PG_TYPE
 from sidecar.mixin import dashboards, load_config, render_rules
 from sidecar.mixin.skeleton import HOLE
 
@@ -34,7 +35,10 @@ TITLES = {
     "Failures & DLQ": "task-sidecar-failures",
     "Retries & breakers": "task-sidecar-retries",
     "Idempotency & schedules": "task-sidecar-idempotency",
+    "DLQ explorer": "task-sidecar-dlq-explorer",
 }
+# The dashboards on Prometheus; the others read PostgreSQL (TestSqlDashboards).
+PROMETHEUS = [uid for uid in DASHBOARDS if uid not in SQL_DASHBOARDS]
 
 
 def dashboard(uid: str) -> dict[str, Any]:
@@ -47,7 +51,7 @@ def panels(uid: str) -> list[dict[str, Any]]:
 
 def all_queries(boards: dict[str, dict[str, Any]] | None = None) -> list[tuple[str, str]]:
     """(where, PromQL) for every panel target and every query variable."""
-    boards = boards or {uid: dashboard(uid) for uid in DASHBOARDS}
+    boards = boards or {uid: dashboard(uid) for uid in PROMETHEUS}
     out = []
     for uid, board in boards.items():
         for panel in board["panels"]:
@@ -61,7 +65,8 @@ def all_queries(boards: dict[str, dict[str, Any]] | None = None) -> list[tuple[s
 
 def custom_boards() -> dict[str, dict[str, Any]]:
     found = dashboards(load_config(CUSTOM_CONFIG))
-    return {name.removesuffix(".json"): json.loads(text) for name, text in found.items()}
+    boards = {name.removesuffix(".json"): json.loads(text) for name, text in found.items()}
+    return {uid: board for uid, board in boards.items() if uid not in SQL_DASHBOARDS}
 
 
 class TestGeneratedFiles:
@@ -112,7 +117,7 @@ class TestGeneratedFiles:
 class TestStructure:
     """Invariants that `build()` does not check."""
 
-    def test_the_four_dashboards(self) -> None:
+    def test_the_dashboards(self) -> None:
         titles = {dashboard(uid)["title"]: uid for uid in DASHBOARDS}
         assert titles == {f"task-sidecar / {title}": uid for title, uid in TITLES.items()}
 
@@ -124,7 +129,7 @@ class TestStructure:
         titles = [p["title"] for p in every if p["type"] != "row"]
         assert len(titles) == len(set(titles)), titles
 
-    @pytest.mark.parametrize("uid", DASHBOARDS)
+    @pytest.mark.parametrize("uid", PROMETHEUS)
     def test_template_variables(self, uid: str) -> None:
         variables = {v["name"]: v for v in dashboard(uid)["templating"]["list"]}
         assert list(variables) == [
@@ -143,7 +148,7 @@ class TestStructure:
             assert variables[name]["allValue"] == ".*"
             assert variables[name]["datasource"]["uid"] == "${datasource}"
 
-    @pytest.mark.parametrize("uid", DASHBOARDS)
+    @pytest.mark.parametrize("uid", PROMETHEUS)
     def test_every_query_uses_the_datasource_variable(self, uid: str) -> None:
         for panel in panels(uid):
             targets = panel.get("targets", [])
@@ -194,6 +199,98 @@ class TestStructure:
         }
         for path in ("/v1/dlq?status=pending", "/v1/breakers", "/v1/schedules/health"):
             assert "${sidecar_url}" + path in urls
+
+
+class TestSqlDashboards:
+    """The DLQ explorer reads PostgreSQL through its datasource variable, and only the
+    reader's views (tests/test_dlq_explorer.py runs every query)."""
+
+    UID = "task-sidecar-dlq-explorer"
+    VIEWS: ClassVar[set[str]] = {"dlq_explorer", "dlq_explorer_audit"}
+    PG: ClassVar[dict[str, str]] = {"type": PG_TYPE, "uid": "${postgres}"}
+
+    def board(self) -> dict[str, Any]:
+        return dashboard(self.UID)
+
+    def test_it_is_the_only_sql_dashboard(self) -> None:
+        assert {self.UID} == SQL_DASHBOARDS
+
+    def test_template_variables(self) -> None:
+        variables = {v["name"]: v for v in self.board()["templating"]["list"]}
+        assert list(variables) == ["postgres", "status", "task", "failure_type", "q", "record"]
+        assert variables["postgres"]["type"] == "datasource"
+        assert variables["postgres"]["query"] == PG_TYPE
+        for name in ("status", "task", "failure_type"):
+            assert variables[name]["multi"], name
+            assert variables[name]["includeAll"], name
+            assert variables[name]["allValue"] == "'*'", name
+        for name in ("task", "failure_type"):
+            assert variables[name]["type"] == "query"
+            assert variables[name]["datasource"] == self.PG
+        assert variables["q"]["type"] == variables["record"]["type"] == "textbox"
+
+    def test_every_panel_query_is_raw_sql_on_the_postgres_variable(self) -> None:
+        for panel in panels(self.UID):
+            targets = panel.get("targets", [])
+            if panel["type"] == "text":
+                assert not targets
+                continue
+            assert panel["datasource"] == self.PG, panel["title"]
+            assert len(targets) == 1, panel["title"]
+            (target,) = targets
+            assert target["datasource"] == self.PG, panel["title"]
+            assert target["rawQuery"], panel["title"]
+            assert target["editorMode"] == "code", panel["title"]
+            assert target["format"] == ("time_series" if panel["type"] == "timeseries" else "table")
+            assert "expr" not in target, panel["title"]
+
+    def sql_texts(self) -> list[tuple[str, str]]:
+        board = self.board()
+        out = [(p["title"], t["rawSql"]) for p in panels(self.UID) for t in p.get("targets", [])]
+        out += [
+            (f"${v['name']}", v["query"])
+            for v in board["templating"]["list"]
+            if v["type"] == "query"
+        ]
+        return out
+
+    def test_queries_read_only_the_readers_views(self) -> None:
+        for where, text in self.sql_texts():
+            read = set(re.findall(r"\b(?:FROM|JOIN)\s+(\w+)", text))
+            read -= {"LATERAL"}
+            assert read, where
+            assert read <= self.VIEWS, (where, read)
+
+    def test_every_variable_a_query_uses_is_defined(self) -> None:
+        defined = {v["name"] for v in self.board()["templating"]["list"]}
+        for where, text in self.sql_texts():
+            used = set(re.findall(r"\$\{?(\w+)", text)) - {
+                "__timeFilter",
+                "__timeGroupAlias",
+                "__interval",
+            }
+            assert used <= defined, (where, used - defined)
+
+    def test_text_typed_by_an_operator_is_quoted_by_grafana(self) -> None:
+        """`q` and `record` go in as ${x:sqlstring} (quoted, quotes doubled), never bare."""
+        for where, text in self.sql_texts():
+            for name in ("q", "record"):
+                bare = re.findall(rf"\$\{{?{name}\b(?!:sqlstring)", text)
+                assert not bare, (where, name)
+
+    def test_a_record_row_opens_the_record(self) -> None:
+        records = next(p for p in panels(self.UID) if p["title"] == "Records")
+        (link,) = records["fieldConfig"]["defaults"]["links"]
+        assert link["url"].startswith(f"/d/{self.UID}/")
+        assert link["url"].endswith("&var-record=${__data.fields.id}")
+        assert "${status:queryparam}" in link["url"]
+        detail = {p["title"] for p in panels(self.UID)}
+        wanted = {"Record", "Traceback", "Arguments", "Audit trail", "Act on this record"}
+        assert wanted | {"Arrivals by failure type", "Oldest pending by task"} <= detail
+
+    def test_prometheus_dashboards_do_not_read_postgres(self) -> None:
+        for uid in PROMETHEUS:
+            assert "${postgres}" not in json.dumps(dashboard(uid)), uid
 
 
 class TestQueries:

@@ -790,3 +790,65 @@ def test_values_yaml_and_schema_describe_the_same_keys() -> None:
         assert path in values, f"values.schema.json describes {path}, values.yaml lacks it"
         if "properties" not in node:  # a leaf: a comment above it, or above an ancestor
             assert values[path], f"values.yaml does not document {path}"
+
+
+# --- the DLQ explorer's PostgreSQL datasource -----------------------------------------------
+
+EXPLORER_DATASOURCE = {
+    "enabled": True,
+    "namespace": "monitoring",
+    "host": "pg.db.svc",
+    "database": "sidecar",
+    "user": "grafana_dlq",
+    "passwordSecret": {"name": "grafana-dlq-reader"},
+}
+
+
+def test_the_explorer_datasource_is_off_by_default_and_the_dashboard_ships() -> None:
+    docs = manifests(render({"monitoring": {"dashboards": {"enabled": True}}}))
+    config_maps = of_kind(docs, "ConfigMap")
+    assert not [d for d in config_maps if "grafana_datasource" in d["metadata"]["labels"]]
+    shipped = {key for d in config_maps for key in d.get("data", {})}
+    assert "task-sidecar-dlq-explorer.json" in shipped
+
+
+def test_the_explorer_datasource_reads_the_password_from_the_mounted_secret() -> None:
+    rendered = render({"monitoring": {"dlqExplorer": EXPLORER_DATASOURCE}})
+    (doc,) = [
+        d
+        for d in of_kind(manifests(rendered), "ConfigMap")
+        if d["metadata"]["labels"].get("grafana_datasource") == "1"
+    ]
+    validate(doc)
+    assert doc["metadata"]["namespace"] == "monitoring"
+    (text,) = doc["data"].values()
+    provisioning = yaml.safe_load(text)
+    assert provisioning["apiVersion"] == 1
+    (datasource,) = provisioning["datasources"]
+    assert datasource["type"] == "grafana-postgresql-datasource"
+    assert datasource["url"] == "pg.db.svc:5432"
+    assert datasource["user"] == "grafana_dlq"
+    assert datasource["jsonData"]["database"] == "sidecar"
+    assert datasource["jsonData"]["sslmode"] == "require"
+    assert datasource["secureJsonData"] == {
+        "password": "$__file{/etc/secrets/task-sidecar-dlq/password}"
+    }
+    assert "password" not in datasource
+    assert "password" not in datasource["jsonData"]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"passwordSecret": {"name": ""}}, r"dlqExplorer/passwordSecret/name'"),
+        ({"host": ""}, r"dlqExplorer/host'"),
+        ({"sslMode": "prefer-ish"}, r"dlqExplorer/sslMode'"),
+        ({"password": "inline"}, r"additional properties 'password' not allowed"),
+    ],
+)
+def test_the_explorer_datasource_refuses_what_it_cannot_connect_with(
+    change: dict[str, Any], message: str
+) -> None:
+    values = {"monitoring": {"dlqExplorer": {**EXPLORER_DATASOURCE, **change}}}
+    with pytest.raises(helm_python.HelmValuesError, match=message):
+        chart().validate_schema(values)

@@ -262,6 +262,42 @@ class TestPatterns:
         assert policy.classify(exc, "t").failure_type == "SYSTEM_OUT_OF_MEMORY"
 
 
+class TestDlqExplorer:
+    """`dlq.explorer`: the kwargs keys the explorer's views mask, and whether args show."""
+
+    def test_the_default_file_masks_credentials_and_hides_args(self, policy):
+        assert {"password", "token", "card_number", "email"} <= set(
+            policy.dlq_explorer.redact_kwargs
+        )
+        assert policy.dlq_explorer.show_args is False
+
+    def test_keys_are_lower_cased(self):
+        text = default_with("[password, secret,", "[Password, SECRET,")
+        assert parse_policy(text).dlq_explorer.redact_kwargs[:2] == ("password", "secret")
+
+    def test_a_key_listed_twice_is_refused_where_it_is(self):
+        text = default_with("[password, secret,", "[password, PASSWORD, secret,")
+        with pytest.raises(PolicyError) as caught:
+            parse_policy(text)
+        line = line_of(text, "redact_kwargs: [")
+        assert [str(p) for p in caught.value.problems] == [
+            f"dlq.explorer.redact_kwargs[1]: line {line}: "
+            "'password' is listed twice (keys match regardless of case)"
+        ]
+
+    def test_unknown_keys_and_wrong_types_are_named(self):
+        text = default_with("    show_args: false", "    show_arg: false")
+        text = text.replace("redact_kwargs: [password,", "redact_kwargs: [[password],", 1)
+        with pytest.raises(PolicyError) as caught:
+            parse_policy(text)
+        messages = [str(p) for p in caught.value.problems]
+        assert any(
+            m.startswith("dlq.explorer.redact_kwargs[0]: ") and "expected a single value" in m
+            for m in messages
+        ), messages
+        assert any("unknown key 'show_arg'; did you mean 'show_args'?" in m for m in messages)
+
+
 class TestNothingKeptFromTheFile:
     """A loaded policy keeps no YAML node alive: reloads must not accumulate them."""
 

@@ -31,6 +31,37 @@ column audit_log.from_status text null
 column audit_log.reason text null
 column audit_log.details jsonb not null default '{}'::jsonb
 column audit_log.entry_key text null
+column dlq_explorer.id text null
+column dlq_explorer.created_at timestamp with time zone null
+column dlq_explorer.updated_at timestamp with time zone null
+column dlq_explorer.status text null
+column dlq_explorer.task_name text null
+column dlq_explorer.task_id text null
+column dlq_explorer.queue text null
+column dlq_explorer.failure_type text null
+column dlq_explorer.category text null
+column dlq_explorer.remediation text null
+column dlq_explorer.exception_type text null
+column dlq_explorer.message text null
+column dlq_explorer.traceback text null
+column dlq_explorer.search_text text null
+column dlq_explorer.dlq_retries integer null
+column dlq_explorer.attempts integer null
+column dlq_explorer.last_error text null
+column dlq_explorer.args text null
+column dlq_explorer.kwargs text null
+column dlq_explorer_audit.id bigint null
+column dlq_explorer_audit.at timestamp with time zone null
+column dlq_explorer_audit.record_id text null
+column dlq_explorer_audit.actor text null
+column dlq_explorer_audit.action text null
+column dlq_explorer_audit.from_status text null
+column dlq_explorer_audit.reason text null
+column dlq_explorer_audit.details jsonb null
+column dlq_explorer_redactions.key text not null
+column dlq_explorer_settings.singleton boolean not null default true
+column dlq_explorer_settings.show_args boolean not null default false
+column dlq_explorer_settings.synced_at timestamp with time zone null
 column dlq_records.id text not null
 column dlq_records.task_id text not null
 column dlq_records.task_name text not null
@@ -72,6 +103,8 @@ column schema_migrations.applied_at timestamp with time zone not null default no
 index audit_log_at_id_idx ON audit_log USING btree (at, id)
 index audit_log_entry_key_key UNIQUE ON audit_log USING btree (entry_key)
 index audit_log_pkey UNIQUE ON audit_log USING btree (id)
+index dlq_explorer_redactions_pkey UNIQUE ON dlq_explorer_redactions USING btree (key)
+index dlq_explorer_settings_pkey UNIQUE ON dlq_explorer_settings USING btree (singleton)
 index dlq_records_created_at_id_idx ON dlq_records USING btree (created_at, id)
 index dlq_records_failure_type_created_at_id_idx ON dlq_records USING btree (failure_type, created_at, id)
 index dlq_records_id_pattern_idx ON dlq_records USING btree (id text_pattern_ops)
@@ -88,6 +121,9 @@ index idempotency_keys_expires_at_idx ON idempotency_keys USING btree (expires_a
 index idempotency_keys_pkey UNIQUE ON idempotency_keys USING btree (key)
 index schema_migrations_pkey UNIQUE ON schema_migrations USING btree (version)
 constraint audit_log.audit_log_pkey PRIMARY KEY (id)
+constraint dlq_explorer_redactions.dlq_explorer_redactions_pkey PRIMARY KEY (key)
+constraint dlq_explorer_settings.dlq_explorer_settings_pkey PRIMARY KEY (singleton)
+constraint dlq_explorer_settings.dlq_explorer_settings_singleton CHECK (singleton)
 constraint dlq_records.dlq_records_pkey PRIMARY KEY (id)
 constraint dlq_records.dlq_records_status_check CHECK ((status = ANY (ARRAY['pending'::text, 'retrying'::text, 'resolved'::text, 'abandoned'::text])))
 constraint hook_events.hook_events_kind_check CHECK ((kind = ANY (ARRAY['failure'::text, 'success'::text, 'start'::text])))
@@ -193,6 +229,28 @@ class TestMigrate:
             assert conn.execute("SELECT count(*) FROM schema_migrations").fetchone() == (0,)
         assert sorted(tables) == [("failure_events",), ("schema_migrations",)]
 
+    def test_the_reader_role_may_exist_already(self, empty_dsn, postgres_dsn):
+        """Roles are cluster-wide: a second database migrates with the role made by the
+        first, and its reader may read that database's views too."""
+        other = f"migrate_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(postgres_dsn, autocommit=True) as admin:
+            admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(other)))
+        try:
+            other_dsn = make_conninfo(postgres_dsn, dbname=other)
+            assert asyncio.run(migrate(other_dsn)) == ALL_VERSIONS
+            assert asyncio.run(migrate(empty_dsn)) == ALL_VERSIONS
+            with psycopg.connect(empty_dsn) as conn:
+                granted = conn.execute(
+                    "SELECT table_name, privilege_type FROM information_schema.table_privileges"
+                    " WHERE grantee = 'task_sidecar_reader' ORDER BY 1"
+                ).fetchall()
+            assert granted == [("dlq_explorer", "SELECT"), ("dlq_explorer_audit", "SELECT")]
+        finally:
+            with psycopg.connect(postgres_dsn, autocommit=True) as admin:
+                admin.execute(
+                    sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(other))
+                )
+
     def test_an_unreachable_server_is_unavailable_without_quoting_the_password(self):
         dsn = f"postgresql://sidecar:pa55-secret@127.0.0.1:{free_port()}/sidecar"
 
@@ -201,6 +259,12 @@ class TestMigrate:
 
         assert raised.value.backend == "postgres"
         assert "pa55-secret" not in str(raised.value)
+
+
+def _explorer_only(line: str) -> bool:
+    """The DLQ explorer's views and tables (0010) exist in PostgreSQL only: Grafana reads
+    them with its PostgreSQL datasource, and the embedded store has no such reader."""
+    return line.split()[1].startswith("dlq_explorer")
 
 
 def sqlite_schema(path) -> sqlite3.Connection:
@@ -234,7 +298,11 @@ class TestEmbeddedTwin:
         finally:
             conn.close()
 
-        postgres = [line.split()[1] for line in EXPECTED_SCHEMA if line.startswith("column ")]
+        postgres = [
+            line.split()[1]
+            for line in EXPECTED_SCHEMA
+            if line.startswith("column ") and not _explorer_only(line)
+        ]
         assert sorted(columns) == sorted(postgres)
 
     def test_same_secondary_indexes_as_postgres(self, tmp_path):
@@ -266,6 +334,7 @@ class TestEmbeddedTwin:
             line
             for line in postgres
             if "_pkey " not in line
+            and not _explorer_only(line)
             and "text_pattern_ops" not in line
             and "gin_trgm_ops" not in line
         ]

@@ -106,7 +106,7 @@ class TestWheel:
     def test_it_holds_the_defaults_and_the_skeletons(self, wheel: Path) -> None:
         names = set(zipfile.ZipFile(wheel).namelist())
         assert "sidecar/mixin/defaults.yaml" in names
-        for uid in ("overview", "failures", "retries", "idempotency"):
+        for uid in ("overview", "failures", "retries", "idempotency", "dlq-explorer"):
             assert f"sidecar/mixin/skeletons/task-sidecar-{uid}.json" in names
         assert not any(n.startswith(("grafana/", "alerting/")) for n in names)
 
@@ -142,4 +142,4 @@ class TestWheel:
         exprs = [r["expr"] for g in rules["groups"] for r in g["rules"]]
         assert "job:task_sidecar_dlq_backlog:sum > 7" in exprs
         assert all("by (cluster" not in e for e in exprs)
-        assert len(list((tmp_path / "out" / "dashboards").glob("*.json"))) == 4
+        assert len(list((tmp_path / "out" / "dashboards").glob("*.json"))) == 5

@@ -23,7 +23,7 @@ from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from sidecar.mixin import SKELETONS, dashboard_json, load_config
 from sidecar.mixin.skeleton import fill
 
-from . import failures, idempotency, overview, retries
+from . import explorer, failures, idempotency, overview, retries
 
 OUTPUT_DIR = Path(__file__).with_name("json")
 
@@ -33,7 +33,10 @@ DASHBOARDS: dict[str, Callable[[], Dashboard]] = {
     "task-sidecar-failures": failures.build,
     "task-sidecar-retries": retries.build,
     "task-sidecar-idempotency": idempotency.build,
+    "task-sidecar-dlq-explorer": explorer.build,
 }
+# Those that read PostgreSQL (its datasource variable `postgres`), not Prometheus.
+SQL_DASHBOARDS = frozenset({"task-sidecar-dlq-explorer"})
 
 
 def skeleton(build: Callable[[], Dashboard]) -> str:

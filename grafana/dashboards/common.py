@@ -23,6 +23,8 @@ from grafana_foundation_sdk.builders import (
 )
 from grafana_foundation_sdk.builders import dashboard as dash
 from grafana_foundation_sdk.cog import builder as cogbuilder
+from grafana_foundation_sdk.cog import variants as cogvariants
+from grafana_foundation_sdk.cog.runtime import UnknownDataquery
 from grafana_foundation_sdk.models import common as common_models
 from grafana_foundation_sdk.models import dashboard as models
 from grafana_foundation_sdk.models import piechart as piechart_models
@@ -71,9 +73,16 @@ def above(path: str) -> Any:
 
 
 def dashboard(
-    key: str, title: str, description: str, rows: Sequence[Row], *, time_from: str = "now-6h"
+    key: str,
+    title: str,
+    description: str,
+    rows: Sequence[Row],
+    *,
+    time_from: str = "now-6h",
+    template: Sequence[cogbuilder.Builder[models.VariableModel]] | None = None,
 ) -> dash.Dashboard:
-    """A finished dashboard: uid from alerting.rules.DASHBOARDS, variables, links, rows.
+    """A finished dashboard: uid from alerting.rules.DASHBOARDS, variables (`template`, or
+    the Prometheus ones of `variables()`), links, rows.
 
     Panels get ids in order (1, 2, ...), so the generated JSON does not change between runs.
     """
@@ -87,7 +96,7 @@ def dashboard(
         .time(time_from, "now")
         .refresh("1m")
         .tooltip(models.DashboardCursorSync.CROSSHAIR)
-        .variables(variables())
+        .variables(list(template) if template is not None else variables())
         .links(
             [
                 dash.DashboardLink("task-sidecar")
@@ -405,6 +414,91 @@ def state_panel(
     panel.show_value(common_models.VisibilityMode.NEVER)
     panel.merge_values(True)
     return panel
+
+
+# --- PostgreSQL (the DLQ explorer) ---------------------------------------------------------
+
+# Grafana's built-in PostgreSQL datasource (Grafana 11), chosen by the variable `postgres`.
+PG_TYPE = "grafana-postgresql-datasource"
+PG_DATASOURCE = models.DataSourceRef(type_val=PG_TYPE, uid="${postgres}")
+
+
+@dataclass(frozen=True)
+class Sql:
+    """One SQL query of a panel, with Grafana's macros and variables; `time_series` for
+    the (time, metric, value) shape, else a table."""
+
+    sql: str
+    time_series: bool = False
+
+
+class SqlTarget(cogbuilder.Builder[cogvariants.Dataquery]):
+    """A raw-SQL target of the PostgreSQL datasource (the SDK has no builder for it)."""
+
+    def __init__(self, query: Sql, ref_id: str) -> None:
+        self._query = UnknownDataquery(
+            {
+                "datasource": {"type": PG_TYPE, "uid": "${postgres}"},
+                "editorMode": "code",
+                "format": "time_series" if query.time_series else "table",
+                "rawQuery": True,
+                "rawSql": query.sql,
+                "refId": ref_id,
+            }
+        )
+
+    def build(self) -> cogvariants.Dataquery:
+        return self._query
+
+
+def sql_panel(panel: Any, query: Sql) -> Any:
+    """A panel made by one of the shapes above, reading PostgreSQL instead."""
+    return panel.datasource(PG_DATASOURCE).targets([SqlTarget(query, "A")])
+
+
+def sql_table_panel(
+    title: str,
+    description: str,
+    query: Sql,
+    *,
+    data_links: Sequence[dash.DashboardLink] = (),
+    wrap: bool = False,
+    width: int = 12,
+    height: int = 8,
+) -> table.Panel:
+    """A table of a query's rows, its columns as the query names them."""
+    panel = table.Panel().title(title).description(description).unit("none")
+    panel.thresholds(neutral()).span(width).height(height)
+    panel.cell_options(common_models.TableAutoCellOptions(wrap_text=wrap))
+    if data_links:
+        panel.data_links(list(data_links))
+    return sql_panel(panel, query)
+
+
+def sql_variable(name: str, label: str, query: str) -> dash.QueryVariable:
+    """Multi-value, with "All" standing for `'*'` (see `sql_in`): a list of every value
+    would be `IN ()`, a syntax error, while the DLQ is empty."""
+    return (
+        dash.QueryVariable(name)
+        .label(label)
+        .datasource(PG_DATASOURCE)
+        .query(query)
+        .refresh(models.VariableRefresh.ON_TIME_RANGE_CHANGED)
+        .sort(models.VariableSort.ALPHABETICAL_ASC)
+        .multi(True)
+        .include_all(True)
+        .all_value(SQL_ALL)
+        .current(models.VariableOption(selected=True, text="All", value="$__all"))
+    )
+
+
+# Grafana inserts a custom "All" value as it is, unquoted: this is SQL.
+SQL_ALL = "'*'"
+
+
+def sql_in(column: str, variable: str) -> str:
+    """The condition of a multi-value variable made by `sql_variable` (or with its All)."""
+    return f"({SQL_ALL} IN (${variable}) OR {column} IN (${variable}))"
 
 
 def text_panel(title: str, markdown: str, *, width: int = 8, height: int = 8) -> text.Panel:

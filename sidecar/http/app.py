@@ -133,6 +133,9 @@ async def run_pollers(app: web.Application) -> AsyncIterator[None]:
     ]
     if services.stores.spool is not None:
         work.append((0.5, services.stores.spool.replay, "spool"))
+    if services.explorer is not None:
+        explorer = services.explorer
+        work.append((settings.poll_interval, explorer.sync, "dlq explorer policy"))
     tasks = [asyncio.create_task(every(seconds, fn, name, stop)) for seconds, fn, name in work]
     yield
     stop.set()

@@ -33,6 +33,7 @@ DASHBOARDS = {
     "failures": "task-sidecar-failures",
     "retries": "task-sidecar-retries",
     "idempotency": "task-sidecar-idempotency",
+    "dlq_explorer": "task-sidecar-dlq-explorer",  # PostgreSQL, not Prometheus (grafana/)
 }
 
 # Recording rule names (level:metric:operations). Dashboards import these.

@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import errno as errno_names
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -21,166 +21,9 @@ import yaml
 from . import model as m
 from . import regex, yamlpaths
 from .cron import CronError, check_cron
-from .durations import parse_duration
+from .nodes import Invalid, Node, PolicyError, Problem, each, optional
 
 MAX_POLICY_BYTES = 1024 * 1024
-
-
-@dataclass(frozen=True, slots=True)
-class Problem:
-    path: str
-    line: int | None
-    message: str
-
-    def __str__(self) -> str:
-        where = f"{self.path}: " if self.path else ""
-        line = f"line {self.line}: " if self.line else ""
-        return f"{where}{line}{self.message}"
-
-
-class PolicyError(Exception):
-    """The policy file is invalid; `problems` lists every problem found."""
-
-    def __init__(self, problems: list[Problem], source: str = "policies") -> None:
-        self.problems = problems
-        self.source = source
-        super().__init__(f"{source}: {len(problems)} problem(s)\n" + "\n".join(map(str, problems)))
-
-
-class _Invalid(Exception):
-    """A value is unusable; the problem is already recorded."""
-
-
-class Node:
-    """A YAML node with its dotted path; reports problems to a shared list."""
-
-    def __init__(self, node: yaml.Node, path: str, problems: list[Problem]) -> None:
-        self.node, self.path, self.problems = node, path, problems
-
-    @property
-    def line(self) -> int:
-        return self.node.start_mark.line + 1
-
-    def fail(self, message: str) -> _Invalid:
-        self.problems.append(Problem(self.path, self.line, message))
-        return _Invalid()
-
-    def child(self, node: yaml.Node, key: str | int) -> Node:
-        path = f"{self.path}[{key}]" if isinstance(key, int) else f"{self.path}.{key}"
-        return Node(node, path.lstrip("."), self.problems)
-
-    # --- shapes -----------------------------------------------------------------------
-
-    def mapping(self) -> dict[str, Node]:
-        if not isinstance(self.node, yaml.MappingNode):
-            raise self.fail(f"expected a mapping, got {self._kind()}")
-        out: dict[str, Node] = {}
-        for key_node, value_node in self.node.value:
-            key = yamlpaths.construct(key_node) if key_node.id == "scalar" else None
-            if not isinstance(key, str):
-                self.child(key_node, "?").fail(f"keys must be strings, got {key!r}")
-                continue
-            if key in out:
-                self.child(key_node, key).fail("duplicate key")
-            out[key] = self.child(value_node, key)
-        return out
-
-    def fields(self, required: set[str], optional: set[str]) -> dict[str, Node]:
-        """The mapping, checked for missing and unknown keys."""
-        found = self.mapping()
-        for key in sorted(required - found.keys()):
-            self.fail(f"missing required key '{key}'")
-        for key, node in found.items():
-            if key not in required and key not in optional:
-                known = sorted(required | optional)
-                close = difflib.get_close_matches(key, known, n=1)
-                hint = f"; did you mean '{close[0]}'?" if close else f"; expected one of {known}"
-                node.fail(f"unknown key '{key}'{hint}")
-        return found
-
-    def sequence(self) -> list[Node]:
-        if not isinstance(self.node, yaml.SequenceNode):
-            raise self.fail(f"expected a list, got {self._kind()}")
-        return [self.child(item, i) for i, item in enumerate(self.node.value)]
-
-    def items(self) -> list[Node]:
-        """A list, or a single value standing for a list of one."""
-        if isinstance(self.node, yaml.SequenceNode):
-            return self.sequence()
-        return [self]
-
-    def scalar(self) -> Any:
-        if not isinstance(self.node, yaml.ScalarNode):
-            raise self.fail(f"expected a single value, got {self._kind()}")
-        return yamlpaths.construct(self.node)
-
-    def _kind(self) -> str:
-        if isinstance(self.node, yaml.MappingNode):
-            return "a mapping"
-        if isinstance(self.node, yaml.SequenceNode):
-            return "a list"
-        return repr(yamlpaths.construct(self.node))
-
-    # --- typed values -------------------------------------------------------------------
-
-    def str(self) -> str:
-        value = self.scalar()
-        if not isinstance(value, str) or not value:
-            raise self.fail(f"expected a non-empty string, got {value!r}")
-        return value
-
-    def bool(self) -> bool:
-        value = self.scalar()
-        if not isinstance(value, bool):
-            raise self.fail(f"expected true or false, got {value!r}")
-        return value
-
-    def int(self, low: int | None = None, high: int | None = None) -> int:
-        value = self.scalar()
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise self.fail(f"expected a whole number, got {value!r}")
-        return self._bounded(value, low, high)
-
-    def number(self, low: float | None = None, high: float | None = None) -> float:
-        value = self.scalar()
-        if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
-            raise self.fail(f"expected a number, got {value!r}")
-        return self._bounded(float(value), low, high)
-
-    def duration(self) -> float:
-        try:
-            return parse_duration(self.scalar())
-        except ValueError as exc:
-            raise self.fail(str(exc)) from None
-
-    def choice(self, options: list[str] | dict[str, Any], what: str = "one of") -> str:
-        value = self.scalar()
-        if value not in options:
-            close = difflib.get_close_matches(str(value), list(options), n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
-            raise self.fail(f"expected {what} {sorted(options)}, got {value!r}{hint}")
-        return value
-
-    def _bounded(self, value: Any, low: Any, high: Any) -> Any:
-        if low is not None and value < low:
-            raise self.fail(f"expected at least {low}, got {value}")
-        if high is not None and value > high:
-            raise self.fail(f"expected at most {high}, got {value}")
-        return value
-
-
-def _optional(fields: dict[str, Node], key: str, read: Callable[[Node], Any], default: Any) -> Any:
-    node = fields.get(key)
-    if node is None:
-        return default
-    try:
-        return read(node)
-    except _Invalid:
-        return default
-
-
-def _each(nodes: dict[str, Node] | list[Node]) -> Iterator[tuple[Any, Node]]:
-    yield from nodes.items() if isinstance(nodes, dict) else enumerate(nodes)
 
 
 # --- the sections ------------------------------------------------------------------------
@@ -202,10 +45,11 @@ class _PolicyReader:
                 "idempotency",
                 "schedules",
                 "poison",
+                "dlq",
             },
         )
         if "version" in top:
-            _optional(top, "version", lambda n: n.choice([1], "version"), 1)
+            optional(top, "version", lambda n: n.choice([1], "version"), 1)
         remediations = self.remediations(top["remediations"]) if "remediations" in top else {}
         failure_types = (
             self.failure_types(top["failure_types"], remediations) if "failure_types" in top else {}
@@ -221,8 +65,9 @@ class _PolicyReader:
         idempotency = self.idempotency(top.get("idempotency"))
         schedules = self.schedules(top.get("schedules"))
         poison = self.poison(top.get("poison"))
+        dlq_explorer = self.dlq(top.get("dlq"))
         if self.problems:
-            raise _Invalid
+            raise Invalid
         return m.Policy(
             failure_types=failure_types,
             remediations=remediations,
@@ -240,35 +85,36 @@ class _PolicyReader:
             idempotency=idempotency,
             schedules=schedules,
             poison=poison,
+            dlq_explorer=dlq_explorer,
         )
 
     def remediations(self, node: Node) -> dict[str, str]:
         out = {}
-        for name, item in _each(node.mapping()):
+        for name, item in each(node.mapping()):
             _check_name(item, name)
-            out[name] = _optional({"d": item}, "d", Node.str, "")
+            out[name] = optional({"d": item}, "d", Node.str, "")
         return out
 
     def failure_types(self, node: Node, remediations: dict[str, str]) -> dict[str, m.FailureType]:
         out = {}
-        for name, item in _each(node.mapping()):
+        for name, item in each(node.mapping()):
             _check_name(item, name)
             try:
                 f = item.fields({"category", "remediation"}, {"urgency", "description"})
-            except _Invalid:
+            except Invalid:
                 continue
-            category = _optional(
+            category = optional(
                 f, "category", lambda n: n.choice([c.value for c in m.Category]), None
             )
-            remediation = _optional(f, "remediation", refs_remediation(remediations), None)
+            remediation = optional(f, "remediation", refs_remediation(remediations), None)
             if category is None or remediation is None:
                 continue
             out[name] = m.FailureType(
                 name=name,
                 category=m.Category(category),
                 remediation=remediation,
-                urgency=_optional(f, "urgency", lambda n: n.number(-10, 10), 0.0),
-                description=_optional(f, "description", Node.str, ""),
+                urgency=optional(f, "urgency", lambda n: n.number(-10, 10), 0.0),
+                description=optional(f, "description", Node.str, ""),
             )
         return out
 
@@ -278,24 +124,24 @@ class _PolicyReader:
             return (), fallback
         try:
             f = node.fields({"rules"}, {"fallback"})
-        except _Invalid:
+        except Invalid:
             return (), fallback
         if "fallback" in f:
             try:
                 fb = f["fallback"].fields({"failure_type"}, {"confidence", "remediation"})
                 fallback = m.Fallback(
                     failure_type=refs.failure_type(fb["failure_type"]),
-                    confidence=_optional(fb, "confidence", lambda n: n.number(0, 1), 0.3),
-                    remediation=_optional(fb, "remediation", refs.remediation, "INVESTIGATE"),
+                    confidence=optional(fb, "confidence", lambda n: n.number(0, 1), 0.3),
+                    remediation=optional(fb, "remediation", refs.remediation, "INVESTIGATE"),
                 )
-            except (_Invalid, KeyError):
+            except (Invalid, KeyError):
                 pass
         rules: list[m.Rule] = []
         names: set[str] = set()
-        for order, item in _each(_optional(f, "rules", Node.sequence, [])):
+        for order, item in each(optional(f, "rules", Node.sequence, [])):
             try:
                 rule = self.rule(item, refs, order)
-            except (_Invalid, KeyError):
+            except (Invalid, KeyError):
                 continue
             if rule.name in names:
                 item.fail(f"duplicate rule name '{rule.name}'")
@@ -324,18 +170,18 @@ class _PolicyReader:
         return m.Rule(
             name=f["name"].str(),
             failure_type=refs.failure_type(f["failure_type"]),
-            confidence=_optional(f, "confidence", lambda n: n.number(0, 1), 0.5),
-            remediation=_optional(f, "remediation", refs.remediation, None),
+            confidence=optional(f, "confidence", lambda n: n.number(0, 1), 0.5),
+            remediation=optional(f, "remediation", refs.remediation, None),
             order=order,
             match=m.Match(
-                exception=tuple(_optional(c, "exception", _globs, ())),
-                message=_optional(c, "message", _regex, None),
-                errno=frozenset(_optional(c, "errno", _errnos, ())),
-                http_status=tuple(_optional(c, "http_status", _statuses, ())),
+                exception=tuple(optional(c, "exception", _globs, ())),
+                message=optional(c, "message", _regex, None),
+                errno=frozenset(optional(c, "errno", _errnos, ())),
+                http_status=tuple(optional(c, "http_status", _statuses, ())),
                 # `sqlstate` is the older name of `code`: both lists are globs on the code.
-                code=(*_optional(c, "code", _globs, ()), *_optional(c, "sqlstate", _globs, ())),
-                language=frozenset(s.lower() for s in _optional(c, "language", _globs, ())),
-                task=tuple(_optional(c, "task", _globs, ())),
+                code=(*optional(c, "code", _globs, ()), *optional(c, "sqlstate", _globs, ())),
+                language=frozenset(s.lower() for s in optional(c, "language", _globs, ())),
+                task=tuple(optional(c, "task", _globs, ())),
             ),
         )
 
@@ -345,19 +191,19 @@ class _PolicyReader:
             return defaults, ()
         try:
             f = node.fields(set(), {"window", "min_calls", "half_open_probes", "dependencies"})
-        except _Invalid:
+        except Invalid:
             return defaults, ()
         defaults = {
-            "window": _optional(f, "window", _positive_duration, 300.0),
-            "min_calls": _optional(f, "min_calls", lambda n: n.int(1), 20),
-            "half_open_probes": _optional(f, "half_open_probes", lambda n: n.int(1, 1000), 1),
+            "window": optional(f, "window", _positive_duration, 300.0),
+            "min_calls": optional(f, "min_calls", lambda n: n.int(1), 20),
+            "half_open_probes": optional(f, "half_open_probes", lambda n: n.int(1, 1000), 1),
         }
         dependencies = []
-        for _, item in _each(_optional(f, "dependencies", Node.sequence, [])):
+        for _, item in each(optional(f, "dependencies", Node.sequence, [])):
             try:
                 d = item.fields({"task", "name"}, set())
                 dependencies.append(m.Dependency(task=d["task"].str(), name=d["name"].str()))
-            except (_Invalid, KeyError):
+            except (Invalid, KeyError):
                 continue
         return defaults, tuple(dependencies)
 
@@ -369,20 +215,20 @@ class _PolicyReader:
             return base, {}, (), 21600.0
         try:
             f = node.fields({"default"}, {"policies", "overrides", "retry_after_cap"})
-        except _Invalid:
+        except Invalid:
             return base, {}, (), 21600.0
-        cap = _optional(f, "retry_after_cap", Node.duration, 21600.0)
+        cap = optional(f, "retry_after_cap", Node.duration, 21600.0)
         if "default" in f:
             base = self.retry_policy(f["default"], base, breaker_defaults)
         policies = {}
-        for name, item in _each(_optional(f, "policies", Node.mapping, {})):
+        for name, item in each(optional(f, "policies", Node.mapping, {})):
             try:
                 refs.failure_type(item, name)
                 policies[name] = self.retry_policy(item, base, breaker_defaults)
-            except _Invalid:
+            except Invalid:
                 continue
         overrides = []
-        for _, item in _each(_optional(f, "overrides", Node.sequence, [])):
+        for _, item in each(optional(f, "overrides", Node.sequence, [])):
             try:
                 o = item.mapping()
                 task = o.pop("task", None)
@@ -394,7 +240,7 @@ class _PolicyReader:
                     pattern.fail(f"'{failure_type}' matches no failure type")
                 changes = self.retry_changes(item, o, breaker_defaults)
                 overrides.append(m.RetryOverride(task.str(), failure_type, changes))
-            except _Invalid:
+            except Invalid:
                 continue
         return base, policies, tuple(overrides), cap
 
@@ -431,7 +277,7 @@ class _PolicyReader:
                 continue
             try:
                 changes[key] = readers[key](value)
-            except _Invalid:
+            except Invalid:
                 continue
         return changes
 
@@ -453,14 +299,14 @@ class _PolicyReader:
             {"window", "failure_rate", "min_calls", "half_open_probes"},
         )
         if "failures" not in f or "open_for" not in f:
-            raise _Invalid
+            raise Invalid
         return m.BreakerSettings(
             failures=f["failures"].int(1, 1_000_000),
             open_for=_positive_duration(f["open_for"]),
-            window=_optional(f, "window", _positive_duration, defaults.get("window", 300.0)),
-            failure_rate=_optional(f, "failure_rate", lambda n: n.number(0.01, 1), None),
-            min_calls=_optional(f, "min_calls", lambda n: n.int(1), defaults.get("min_calls", 20)),
-            half_open_probes=_optional(
+            window=optional(f, "window", _positive_duration, defaults.get("window", 300.0)),
+            failure_rate=optional(f, "failure_rate", lambda n: n.number(0.01, 1), None),
+            min_calls=optional(f, "min_calls", lambda n: n.int(1), defaults.get("min_calls", 20)),
+            half_open_probes=optional(
                 f, "half_open_probes", lambda n: n.int(1, 1000), defaults.get("half_open_probes", 1)
             ),
         )
@@ -471,21 +317,21 @@ class _PolicyReader:
             return default
         try:
             f = node.fields(set(), {"enabled", "window", "min_samples", "faster", "slower"})
-            fast = _optional(f, "faster", lambda n: n.fields({"above", "delay_factor"}, set()), {})
-            slow = _optional(
+            fast = optional(f, "faster", lambda n: n.fields({"above", "delay_factor"}, set()), {})
+            slow = optional(
                 f, "slower", lambda n: n.fields({"below", "delay_factor"}, {"retries"}), {}
             )
-        except _Invalid:
+        except Invalid:
             return default
         return m.Adaptive(
-            enabled=_optional(f, "enabled", Node.bool, True),
-            window=_optional(f, "window", _positive_duration, 3600.0),
-            min_samples=_optional(f, "min_samples", lambda n: n.int(1), 10),
-            fast_above=_optional(fast, "above", lambda n: n.number(0, 1), 0.8),
-            fast_delay_factor=_optional(fast, "delay_factor", lambda n: n.number(0.01, 1), 0.7),
-            slow_below=_optional(slow, "below", lambda n: n.number(0, 1), 0.3),
-            slow_delay_factor=_optional(slow, "delay_factor", lambda n: n.number(1, 100), 1.5),
-            slow_retry_delta=_optional(slow, "retries", lambda n: n.int(-100, 0), -1),
+            enabled=optional(f, "enabled", Node.bool, True),
+            window=optional(f, "window", _positive_duration, 3600.0),
+            min_samples=optional(f, "min_samples", lambda n: n.int(1), 10),
+            fast_above=optional(fast, "above", lambda n: n.number(0, 1), 0.8),
+            fast_delay_factor=optional(fast, "delay_factor", lambda n: n.number(0.01, 1), 0.7),
+            slow_below=optional(slow, "below", lambda n: n.number(0, 1), 0.3),
+            slow_delay_factor=optional(slow, "delay_factor", lambda n: n.number(1, 100), 1.5),
+            slow_retry_delta=optional(slow, "retries", lambda n: n.int(-100, 0), -1),
         )
 
     def load(self, node: Node | None) -> m.Load:
@@ -493,11 +339,11 @@ class _PolicyReader:
             return m.Load(100, 1.3)
         try:
             f = node.fields(set(), {"queue_depth_threshold", "delay_factor"})
-        except _Invalid:
+        except Invalid:
             return m.Load(100, 1.3)
         return m.Load(
-            queue_depth_threshold=_optional(f, "queue_depth_threshold", lambda n: n.int(0), 100),
-            delay_factor=_optional(f, "delay_factor", lambda n: n.number(1, 100), 1.3),
+            queue_depth_threshold=optional(f, "queue_depth_threshold", lambda n: n.int(0), 100),
+            delay_factor=optional(f, "delay_factor", lambda n: n.number(1, 100), 1.3),
         )
 
     def off_peak(self, node: Node | None, priority: m.Priority) -> m.OffPeak:
@@ -506,16 +352,16 @@ class _PolicyReader:
             return default
         try:
             f = node.fields(set(), {"enabled", "start", "end", "timezone", "priorities"})
-        except _Invalid:
+        except Invalid:
             return default
         levels = [level.name for level in priority.levels]
         return m.OffPeak(
-            enabled=_optional(f, "enabled", Node.bool, True),
-            start_minute=_optional(f, "start", _clock, 22 * 60),
-            end_minute=_optional(f, "end", _clock, 6 * 60),
-            timezone=_optional(f, "timezone", _timezone, "UTC"),
+            enabled=optional(f, "enabled", Node.bool, True),
+            start_minute=optional(f, "start", _clock, 22 * 60),
+            end_minute=optional(f, "end", _clock, 6 * 60),
+            timezone=optional(f, "timezone", _timezone, "UTC"),
             priorities=frozenset(
-                _optional(
+                optional(
                     f,
                     "priorities",
                     lambda n: [i.choice(levels, "a priority level from") for i in n.items()],
@@ -539,11 +385,11 @@ class _PolicyReader:
             },
         )
         levels = []
-        for name, item in _each(_optional(f, "levels", Node.mapping, {})):
+        for name, item in each(optional(f, "levels", Node.mapping, {})):
             try:
                 level = item.fields({"value", "queue"}, set())
                 levels.append(m.Level(name, level["value"].int(0, 1000), level["queue"].str()))
-            except (_Invalid, KeyError):
+            except (Invalid, KeyError):
                 continue
         if not levels:
             raise node.fail("priority.levels needs at least one level")
@@ -556,37 +402,37 @@ class _PolicyReader:
             return n.choice(names, "a priority level from")
 
         tasks = []
-        for _, item in _each(_optional(f, "tasks", Node.sequence, [])):
+        for _, item in each(optional(f, "tasks", Node.sequence, [])):
             try:
                 t = item.fields({"task", "level"}, set())
                 tasks.append(m.TaskPriority(t["task"].str(), level_name(t["level"])))
-            except (_Invalid, KeyError):
+            except (Invalid, KeyError):
                 continue
         aging = []
-        for _, item in _each(_optional(f, "aging", Node.sequence, [])):
+        for _, item in each(optional(f, "aging", Node.sequence, [])):
             try:
                 a = item.fields({"after", "boost"}, set())
                 aging.append(m.Aging(a["after"].duration(), a["boost"].number(0, 100)))
-            except (_Invalid, KeyError):
+            except (Invalid, KeyError):
                 continue
-        escalation = _optional(
+        escalation = optional(
             f, "retry_escalation", lambda n: n.fields({"after", "boost"}, set()), {}
         )
         return m.Priority(
             levels=tuple(levels),
-            default_level=_optional(f, "default_level", level_name, names[len(names) // 2]),
+            default_level=optional(f, "default_level", level_name, names[len(names) // 2]),
             tasks=tuple(tasks),
             tier_sla={
                 tier: sla
-                for tier, item in _each(_optional(f, "tier_sla", Node.mapping, {}))
-                if (sla := _optional({"t": item}, "t", _positive_duration, None)) is not None
+                for tier, item in each(optional(f, "tier_sla", Node.mapping, {}))
+                if (sla := optional({"t": item}, "t", _positive_duration, None)) is not None
             },
-            sla_breach_boost=_optional(f, "sla_breach_boost", lambda n: n.number(0, 100), 1.0),
+            sla_breach_boost=optional(f, "sla_breach_boost", lambda n: n.number(0, 100), 1.0),
             aging=tuple(sorted(aging, key=lambda a: a.after)),
-            retry_escalation_after=_optional(escalation, "after", lambda n: n.int(1), 5),
-            retry_escalation_boost=_optional(escalation, "boost", lambda n: n.number(0, 100), 1.0),
-            safety_critical_level=_optional(f, "safety_critical_level", level_name, names[0]),
-            route_retries=_optional(f, "route_retries", Node.bool, False),
+            retry_escalation_after=optional(escalation, "after", lambda n: n.int(1), 5),
+            retry_escalation_boost=optional(escalation, "boost", lambda n: n.number(0, 100), 1.0),
+            safety_critical_level=optional(f, "safety_critical_level", level_name, names[0]),
+            route_retries=optional(f, "route_retries", Node.bool, False),
         )
 
     def idempotency(self, node: Node | None) -> m.Idempotency:
@@ -596,48 +442,64 @@ class _PolicyReader:
             return default
         try:
             f = node.fields(set(), {"default_scope", "ttl"})
-            ttl = _optional(f, "ttl", lambda n: n.fields(set(), set(scopes)), {})
-        except _Invalid:
+            ttl = optional(f, "ttl", lambda n: n.fields(set(), set(scopes)), {})
+        except Invalid:
             return default
         return m.Idempotency(
-            default_scope=_optional(f, "default_scope", lambda n: n.choice(scopes), "global"),
-            ttl={scope: _optional(ttl, scope, _positive_duration, 86400.0) for scope in scopes},
+            default_scope=optional(f, "default_scope", lambda n: n.choice(scopes), "global"),
+            ttl={scope: optional(ttl, scope, _positive_duration, 86400.0) for scope in scopes},
         )
 
     def poison(self, node: Node | None) -> m.Poison:
         try:
             f = node.fields(set(), {"max_lost_runs", "window"}) if node is not None else {}
-        except _Invalid:
+        except Invalid:
             return m.Poison()
         return m.Poison(
-            max_lost_runs=_optional(f, "max_lost_runs", lambda n: n.int(0, 1000), 2),
-            window=_optional(f, "window", _positive_duration, 86400.0),
+            max_lost_runs=optional(f, "max_lost_runs", lambda n: n.int(0, 1000), 2),
+            window=optional(f, "window", _positive_duration, 86400.0),
+        )
+
+    def dlq(self, node: Node | None) -> m.DlqExplorer:
+        default = m.DlqExplorer()
+        try:
+            f = node.fields(set(), {"explorer"}) if node is not None else {}
+            e = (
+                f["explorer"].fields(set(), {"redact_kwargs", "show_args"})
+                if "explorer" in f
+                else {}
+            )
+        except Invalid:
+            return default
+        return m.DlqExplorer(
+            redact_kwargs=optional(e, "redact_kwargs", _kwargs_keys, default.redact_kwargs),
+            show_args=optional(e, "show_args", Node.bool, default.show_args),
         )
 
     def schedules(self, node: Node | None) -> tuple[m.Schedule, ...]:
         if node is None:
             return ()
         out = []
-        for _, item in _each(_optional({"s": node}, "s", Node.sequence, [])):
+        for _, item in each(optional({"s": node}, "s", Node.sequence, [])):
             try:
                 s = item.fields({"name", "cron"}, {"queue", "expected_duration", "timezone"})
                 cron = s["cron"].str()
                 try:
                     check_cron(cron)  # evaluated by cronsim; the error names the field
                 except CronError as exc:
-                    name = _optional(s, "name", Node.str, None)
+                    name = optional(s, "name", Node.str, None)
                     message = f"schedule {name!r}: {exc}" if name else str(exc)
                     raise s["cron"].fail(message) from None
                 out.append(
                     m.Schedule(
                         name=s["name"].str(),
                         cron=cron,
-                        queue=_optional(s, "queue", Node.str, None),
-                        expected_duration=_optional(s, "expected_duration", Node.duration, None),
-                        timezone=_optional(s, "timezone", _timezone, None),
+                        queue=optional(s, "queue", Node.str, None),
+                        expected_duration=optional(s, "expected_duration", Node.duration, None),
+                        timezone=optional(s, "timezone", _timezone, None),
                     )
                 )
-            except (_Invalid, KeyError):
+            except (Invalid, KeyError):
                 continue
         return tuple(out)
 
@@ -672,6 +534,20 @@ def refs_remediation(remediations: dict[str, str]) -> Callable[[Node], str]:
 def _check_name(node: Node, name: str) -> None:
     if not _NAME.fullmatch(name):
         node.fail(f"names are UPPER_SNAKE_CASE, got '{name}'")
+
+
+def _kwargs_keys(node: Node) -> tuple[str, ...]:
+    """Keys to redact: lower-cased (the views match them regardless of case), each once."""
+    keys: dict[str, Node] = {}
+    for item in node.sequence():
+        try:
+            key = item.str().lower()
+        except Invalid:
+            continue
+        if key in keys:
+            item.fail(f"'{key}' is listed twice (keys match regardless of case)")
+        keys[key] = item
+    return tuple(keys)
 
 
 def _globs(node: Node) -> list[str]:
@@ -777,7 +653,7 @@ def parse_policy(text: str, source: str = "policies") -> m.Policy:
     root = Node(_compose(text, source), "", problems)
     try:
         policy = _PolicyReader(problems).read(root)
-    except _Invalid:
+    except Invalid:
         raise PolicyError(problems, source) from None
     if problems:
         raise PolicyError(problems, source)

@@ -219,6 +219,26 @@ class Poison:
 
 
 @dataclass(frozen=True, slots=True)
+class DlqExplorer:
+    """What the DLQ explorer's PostgreSQL views show (sidecar/store/sql/postgres/0010):
+    kwargs keys in `redact_kwargs` (top level, lower-cased, matched regardless of case) read
+    "[redacted]"; args, positional and so not maskable by name, read "[hidden]" unless
+    `show_args`."""
+
+    redact_kwargs: tuple[str, ...] = (
+        "password",
+        "secret",
+        "token",
+        "api_key",
+        "authorization",
+        "card_number",
+        "email",
+        "phone",
+    )
+    show_args: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Schedule:
     name: str
     cron: str
@@ -245,6 +265,7 @@ class Policy:
     idempotency: Idempotency
     schedules: tuple[Schedule, ...] = ()
     poison: Poison = Poison()
+    dlq_explorer: DlqExplorer = DlqExplorer()
     # Compiled once from the fields above; memoised lookups keep the hot path short.
     _classifier: Classifier = field(init=False, repr=False, compare=False)
     _memo: dict[tuple[str, ...], object] = field(init=False, repr=False, compare=False)

@@ -19,6 +19,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..errors import StoreUnavailable
 from ..metrics import Metrics
@@ -29,12 +30,16 @@ from ..store.ports import DlqStore, IdempotencyStore, StateStore
 from ..store.spool import SpoolingDlq
 from .breakers import Breakers
 from .dlq import DeadLetters
+from .explorer import ExplorerSync
 from .export import Exports
 from .hooks import Hooks
 from .idempotency import Idempotency
 from .policies import Policies
 from .pollers import Pollers
 from .schedules import Schedules
+
+if TYPE_CHECKING:
+    from ..store.sqlstore import SqlStore
 
 log = logging.getLogger("task_sidecar")
 
@@ -45,6 +50,7 @@ class Stores:
     dlq: DlqStore
     idempotency: IdempotencyStore
     spool: SpoolingDlq | None = None  # in front of the DLQ store, when it has one
+    explorer: SqlStore | None = None  # PostgreSQL's store, where the DLQ explorer's views are
 
     def distinct(self) -> list[StateStore | DlqStore | IdempotencyStore]:
         """Each backend once (one SQLite store can serve the DLQ and claims)."""
@@ -73,6 +79,7 @@ class Services:
     exports: Exports
     schedules: Schedules
     pollers: Pollers
+    explorer: ExplorerSync | None = None  # with PostgreSQL only
 
 
 @asynccontextmanager
@@ -129,6 +136,7 @@ async def open_services(
                 spool=stores.spool,
                 release_lapsed=dlq.release_lapsed,
             ),
+            explorer=ExplorerSync(policies, stores.explorer) if stores.explorer else None,
         )
         yield services
         await services.dlq.stop_jobs(timeout=max(1.0, settings.shutdown_grace / 2))
@@ -171,6 +179,7 @@ async def open_stores(settings: Settings, metrics: Metrics) -> Stores:
         durable = SqlStore(SqliteConnector(settings.data_dir / "sidecar.sqlite3"))
         await durable.open()
         dlq = durable
+    explorer = durable if settings.postgres_dsn else None
     if settings.redis_url:
         from ..store.fallback import FallbackIdempotency, FallbackState, Outage
         from ..store.redis import RedisStore
@@ -184,8 +193,9 @@ async def open_stores(settings: Settings, metrics: Metrics) -> Stores:
                 fast, durable, outage, on_fallback=metrics.record_claim_fallback
             ),
             spool=spool,
+            explorer=explorer,
         )
-    return Stores(state=MemoryState(), dlq=dlq, idempotency=durable, spool=spool)
+    return Stores(state=MemoryState(), dlq=dlq, idempotency=durable, spool=spool, explorer=explorer)
 
 
 def open_target(settings: Settings) -> RequeueTarget:

@@ -278,6 +278,16 @@ class SqlStore:
         params = {"key": key, "owner": owner}
         return await self.db.execute(self.q["idempotency_release"], params) > 0
 
+    # --- the DLQ explorer (PostgreSQL only: 0010_dlq_explorer.sql) -----------------------
+
+    async def sync_explorer(self, redact_kwargs: Sequence[str], show_args: bool) -> None:
+        """Write what the explorer's views may show; they hide kwargs and args until then."""
+        keys = {"keys": list(redact_kwargs)}
+        async with self.db.transaction() as tx:
+            await tx.execute(self.q["explorer_redactions_delete"], keys)
+            await tx.execute(self.q["explorer_redactions_insert"], keys)
+            await tx.execute(self.q["explorer_settings_update"], {"show_args": show_args})
+
 
 def sqlite_store(path: str | os.PathLike[str] = ":memory:") -> SqlStore:
     """The embedded store on a SQLite file (":memory:" for a private one)."""

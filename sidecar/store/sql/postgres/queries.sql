@@ -290,3 +290,15 @@ dlq_retries >= %(min_dlq_retries)s
 
 -- name: dlq_where_q
 dlq_search_text(task_id, exception) ILIKE %(q)s
+
+-- name: explorer_redactions_delete
+-- The DLQ explorer's views (0010) read what the policy allows them to show from these.
+DELETE FROM dlq_explorer_redactions WHERE NOT (key = ANY(%(keys)s::text[]));
+
+-- name: explorer_redactions_insert
+INSERT INTO dlq_explorer_redactions (key)
+SELECT unnest(%(keys)s::text[])
+ON CONFLICT DO NOTHING;
+
+-- name: explorer_settings_update
+UPDATE dlq_explorer_settings SET show_args = %(show_args)s, synced_at = now();
