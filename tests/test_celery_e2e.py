@@ -8,11 +8,8 @@ last one stops the sidecar.
 
 from __future__ import annotations
 
-import json
 import os
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +23,7 @@ pytest.importorskip("celery")
 import redis
 
 from tests.celery_worker import Worker
+from tests.e2e import WorkerEnv, empty_databases
 from tests.polling import wait_for
 from tests.processes import SidecarProcess
 
@@ -54,11 +52,9 @@ def _test_policy(path: Path) -> Path:
     return path
 
 
-class Env:
+class Env(WorkerEnv):
     def __init__(self, sidecar: SidecarProcess, runs: redis.Redis, worker_log: Path) -> None:
-        self.sidecar = sidecar
-        self.runs = runs
-        self.worker_log = worker_log
+        super().__init__(sidecar, runs, worker_log, OPERATOR_TOKEN)
         from tests import celery_app
 
         self.app = celery_app.app
@@ -68,36 +64,6 @@ class Env:
     ) -> str:
         return self.app.send_task(name, args=args, kwargs=kwargs, queue=queue).id
 
-    def runs_of(self, tag: str) -> list[dict[str, Any]]:
-        return [json.loads(r) for r in self.runs.lrange(f"runs:{tag}", 0, -1)]
-
-    def done(self, tag: str) -> int:
-        return self.runs.llen(f"done:{tag}")
-
-    def api(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{self.sidecar.port}{path}",
-            data=None if body is None else json.dumps(body).encode(),
-            headers={
-                "Authorization": f"Bearer {OPERATOR_TOKEN}",
-                "Content-Type": "application/json",
-            },
-            method=method,
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=5) as response:
-                return response.status, json.loads(response.read())
-        except urllib.error.HTTPError as error:
-            return error.code, json.loads(error.read())
-
-    def dlq_records(self, task_name: str) -> list[dict[str, Any]]:
-        status, page = self.api("GET", f"/v1/dlq?task_name={task_name}&limit=500")
-        assert status == 200, page
-        return page["records"]
-
-    def log(self) -> str:
-        return self.worker_log.read_text(errors="replace")
-
 
 @pytest.fixture(scope="module")
 def env(
@@ -106,10 +72,7 @@ def env(
     tmp = tmp_path_factory.mktemp("celery-e2e")
     redis_service.start()
     postgres_service.start()
-    base = redis_service.url.rsplit("/", 1)[0]
-    broker, runs_url, state = f"{base}/1", f"{base}/2", f"{base}/3"
-    for url in (broker, runs_url, state):
-        redis.Redis.from_url(url).flushdb()
+    broker, runs_url, state = empty_databases(redis_service.url, 1, 2, 3)
     policies = _test_policy(tmp / "policies.yaml")
     sidecar = SidecarProcess(
         tmp,
@@ -243,13 +206,7 @@ def test_open_breaker_postpones_without_running_then_probe_closes(env: Env) -> N
     opened = env.runs_of(tag)[-1]["t"]
     key = "e2e.fetch:TRANSIENT_NETWORK"
 
-    def breaker_state() -> str | None:
-        status, body = env.api("GET", "/v1/breakers")
-        assert status == 200, body
-        found = [b for b in body["breakers"] if b.get("key") == key]
-        return found[0]["state"] if found else None
-
-    wait_for(lambda: breaker_state() == "open", 10, "breaker open")
+    wait_for(lambda: env.breaker_state(key) == "open", 10, "breaker open")
     env.runs.delete(f"fault:{tag}")
     postponed = env.send("e2e.fetch", tag)
     wait_for(lambda: len(env.runs_of(tag)) == 4, 20, env.log())
@@ -258,7 +215,7 @@ def test_open_breaker_postpones_without_running_then_probe_closes(env: Env) -> N
     assert probe["retries"] == 0  # the postponement is not counted as an attempt
     assert probe["t"] >= opened + 3 - 0.5, probe["t"] - opened
     assert f"e2e.fetch[{postponed}] retry: postponed" in env.log()
-    wait_for(lambda: breaker_state() == "closed", 10, "breaker closed by the probe")
+    wait_for(lambda: env.breaker_state(key) == "closed", 10, "breaker closed by the probe")
 
 
 def test_idempotent_task_sent_twice_runs_once(env: Env) -> None:

@@ -15,8 +15,6 @@ import shutil
 import signal
 import subprocess
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +24,7 @@ import pytest
 import redis
 import yaml
 
+from tests.e2e import WorkerEnv, empty_databases
 from tests.polling import wait_for
 from tests.processes import SidecarProcess
 from tests.services import free_port
@@ -76,10 +75,10 @@ def _install(tmp: Path) -> Path:
     return app
 
 
-class Env:
+class Env(WorkerEnv):
     def __init__(self, sidecar: SidecarProcess, app: Path, redis_url: str, log: Path) -> None:
-        self.sidecar, self.app, self.redis_url, self.log_path = sidecar, app, redis_url, log
-        self.redis = redis.Redis.from_url(redis_url)
+        super().__init__(sidecar, redis.Redis.from_url(redis_url), log, OPERATOR_TOKEN)
+        self.app, self.redis_url, self.redis = app, redis_url, self.runs
 
     def send(self, name: str, *args: Any) -> str:
         done = subprocess.run(
@@ -93,41 +92,11 @@ class Env:
         assert done.returncode == 0, done.stderr
         return done.stdout.strip()
 
-    def runs_of(self, tag: str) -> list[dict[str, Any]]:
-        return [json.loads(r) for r in self.redis.lrange(f"runs:{tag}", 0, -1)]
-
-    def done(self, tag: str) -> int:
-        return self.redis.llen(f"done:{tag}")
-
     def failed_jobs(self) -> set[str]:
         return {m.decode() for m in self.redis.zrange(f"bull:{QUEUE}:failed", 0, -1)}
 
     def job_exists(self, job_id: str) -> bool:
         return bool(self.redis.exists(f"bull:{QUEUE}:{job_id}"))
-
-    def api(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{self.sidecar.port}{path}",
-            data=None if body is None else json.dumps(body).encode(),
-            headers={
-                "Authorization": f"Bearer {OPERATOR_TOKEN}",
-                "Content-Type": "application/json",
-            },
-            method=method,
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=5) as response:
-                return response.status, json.loads(response.read())
-        except urllib.error.HTTPError as error:
-            return error.code, json.loads(error.read())
-
-    def dlq_records(self, task_name: str) -> list[dict[str, Any]]:
-        status, page = self.api("GET", f"/v1/dlq?task_name={task_name}&limit=500")
-        assert status == 200, page
-        return page["records"]
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
 
 
 @pytest.fixture(scope="module")
@@ -138,10 +107,7 @@ def env(
     app = _install(tmp)
     redis_service.start()
     postgres_service.start()
-    base = redis_service.url.rsplit("/", 1)[0]
-    jobs_url, state_url = f"{base}/4", f"{base}/5"
-    for url in (jobs_url, state_url):
-        redis.Redis.from_url(url).flushdb()
+    jobs_url, state_url = empty_databases(redis_service.url, 4, 5)
     webhook_port = free_port()
     sidecar = SidecarProcess(
         tmp,
@@ -248,13 +214,7 @@ def test_open_breaker_postpones_without_running_then_the_probe_closes_it(env: En
     opened = env.runs_of(tag)[-1]["t"]
     key = "e2e.fetch:TRANSIENT_NETWORK"
 
-    def breaker_state() -> str | None:
-        status, body = env.api("GET", "/v1/breakers")
-        assert status == 200, body
-        found = [b for b in body["breakers"] if b.get("key") == key]
-        return found[0]["state"] if found else None
-
-    wait_for(lambda: breaker_state() == "open", 10, "breaker open")
+    wait_for(lambda: env.breaker_state(key) == "open", 10, "breaker open")
     env.redis.delete(f"fault:{tag}")
     postponed = env.send("e2e.fetch", tag)
     wait_for(lambda: env.done(tag), 20, env.log())
@@ -263,7 +223,7 @@ def test_open_breaker_postpones_without_running_then_the_probe_closes_it(env: En
     assert probe["attempt"] == 0  # a postponement is not an attempt
     assert probe["t"] >= opened + 3 - 0.5
     assert f"e2e.fetch[{postponed}] postponed" in env.log()
-    wait_for(lambda: breaker_state() == "closed", 10, "breaker closed by the probe")
+    wait_for(lambda: env.breaker_state(key) == "closed", 10, "breaker closed by the probe")
 
 
 def test_discarded_failure_leaves_no_job_and_no_dlq_record(env: Env) -> None:

@@ -13,7 +13,6 @@ with the reason when RabbitMQ cannot run.
 
 from __future__ import annotations
 
-import json
 import time
 import urllib.error
 import urllib.request
@@ -31,6 +30,7 @@ pytest.importorskip("celery")
 import redis
 
 from tests.celery_worker import Worker
+from tests.e2e import WorkerEnv
 from tests.polling import wait_for
 from tests.processes import SidecarProcess
 from tests.services import ServiceError, system_rabbitmq
@@ -57,13 +57,13 @@ def _policy(path: Path) -> Path:
     return path
 
 
-class Stack:
+class Stack(WorkerEnv):
     """The sidecar (a real process on PostgreSQL + Redis) and the Redis database where the
     tasks of tests/poison_app.py record their runs, shared by the workers of every broker."""
 
     def __init__(self, tmp: Path, sidecar: SidecarProcess, runs_url: str, policies: Path):
-        self.tmp, self.sidecar, self.runs_url, self.policies = tmp, sidecar, runs_url, policies
-        self.runs = redis.Redis.from_url(runs_url)
+        super().__init__(sidecar, redis.Redis.from_url(runs_url), sidecar.log, OPERATOR_TOKEN)
+        self.tmp, self.runs_url, self.policies = tmp, runs_url, policies
 
     def worker_env(self, broker: str) -> dict[str, str]:
         return {
@@ -73,28 +73,6 @@ class Stack:
             "TASK_SIDECAR_TOKEN": HOOK_TOKEN,
             "TASK_SIDECAR_POLICIES": str(self.policies),
         }
-
-    def starts(self, tag: str) -> list[dict[str, Any]]:
-        return [json.loads(r) for r in self.runs.lrange(f"runs:{tag}", 0, -1)]
-
-    def done(self, tag: str) -> int:
-        return self.runs.llen(f"done:{tag}")
-
-    def api(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{self.sidecar.port}{path}",
-            data=None if body is None else json.dumps(body).encode(),
-            headers={
-                "Authorization": f"Bearer {OPERATOR_TOKEN}",
-                "Content-Type": "application/json",
-            },
-            method=method,
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=5) as response:
-                return response.status, json.loads(response.read())
-        except urllib.error.HTTPError as error:
-            return error.code, json.loads(error.read())
 
     def record_of(self, task_id: str) -> dict[str, Any] | None:
         status, page = self.api("GET", f"/v1/dlq?limit=500&task_id={task_id}")
@@ -147,7 +125,7 @@ class Env:
         return self.producer.send_task(name, args=args, queue=self.queue).id
 
     def starts(self, tag: str) -> list[dict[str, Any]]:
-        return self.stack.starts(tag)
+        return self.stack.runs_of(tag)
 
     def done(self, tag: str) -> int:
         return self.stack.done(tag)

@@ -8,14 +8,11 @@ Tests run in file order on one worker and sidecar; the last one stops the sideca
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +22,7 @@ import pytest
 import redis
 import yaml
 
+from tests.e2e import WorkerEnv, empty_databases
 from tests.polling import wait_for
 from tests.processes import SidecarProcess
 from tests.services import free_port
@@ -57,11 +55,10 @@ def _test_policy(path: Path) -> Path:
     return path
 
 
-class Env:
+class Env(WorkerEnv):
     def __init__(self, sidecar: SidecarProcess, jobs_url: str, runs_url: str, log: Path) -> None:
-        self.sidecar, self.log_path = sidecar, log
+        super().__init__(sidecar, redis.Redis.from_url(runs_url), log, OPERATOR_TOKEN)
         self.jobs = redis.Redis.from_url(jobs_url)
-        self.runs = redis.Redis.from_url(runs_url)
 
     def send(self, name: str, *args: Any, queue: str = "default", **options: Any) -> str:
         from sidecar.integrations.rq import SidecarJob
@@ -69,38 +66,8 @@ class Env:
         q = rq.Queue(queue, connection=self.jobs, job_class=SidecarJob)
         return q.enqueue(f"tests.rq_app.{name}", *args, **options).id
 
-    def runs_of(self, tag: str) -> list[dict[str, Any]]:
-        return [json.loads(r) for r in self.runs.lrange(f"runs:{tag}", 0, -1)]
-
-    def done(self, tag: str) -> int:
-        return self.runs.llen(f"done:{tag}")
-
     def failed_ids(self, queue: str = "default") -> list[str]:
         return rq.Queue(queue, connection=self.jobs).failed_job_registry.get_job_ids()
-
-    def api(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{self.sidecar.port}{path}",
-            data=None if body is None else json.dumps(body).encode(),
-            headers={
-                "Authorization": f"Bearer {OPERATOR_TOKEN}",
-                "Content-Type": "application/json",
-            },
-            method=method,
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=5) as response:
-                return response.status, json.loads(response.read())
-        except urllib.error.HTTPError as error:
-            return error.code, json.loads(error.read())
-
-    def dlq_records(self, task_name: str) -> list[dict[str, Any]]:
-        status, page = self.api("GET", f"/v1/dlq?task_name={task_name}&limit=500")
-        assert status == 200, page
-        return page["records"]
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
 
 
 def _stop(process: subprocess.Popen[bytes] | None) -> None:
@@ -120,10 +87,7 @@ def env(
     tmp = tmp_path_factory.mktemp("rq-e2e")
     redis_service.start()
     postgres_service.start()
-    base = redis_service.url.rsplit("/", 1)[0]
-    jobs_url, runs_url, state_url = f"{base}/6", f"{base}/7", f"{base}/8"
-    for url in (jobs_url, runs_url, state_url):
-        redis.Redis.from_url(url).flushdb()
+    jobs_url, runs_url, state_url = empty_databases(redis_service.url, 6, 7, 8)
     policies = _test_policy(tmp / "policies.yaml")
     webhook_port = free_port()
     sidecar = SidecarProcess(
@@ -236,13 +200,7 @@ def test_open_breaker_postpones_without_running_then_probe_closes(env: Env) -> N
     opened = env.runs_of(tag)[-1]["t"]
     key = "tests.rq_app.fetch:TRANSIENT_NETWORK"
 
-    def breaker_state() -> str | None:
-        status, body = env.api("GET", "/v1/breakers")
-        assert status == 200, body
-        found = [b for b in body["breakers"] if b.get("key") == key]
-        return found[0]["state"] if found else None
-
-    wait_for(lambda: breaker_state() == "open", 10, "breaker open")
+    wait_for(lambda: env.breaker_state(key) == "open", 10, "breaker open")
     env.runs.delete(f"fault:{tag}")
     postponed = env.send("fetch", tag)
     wait_for(lambda: env.done(tag), 20, env.log())
@@ -251,7 +209,7 @@ def test_open_breaker_postpones_without_running_then_probe_closes(env: Env) -> N
     assert probe["attempt"] == 0  # the postponement is not counted as an attempt
     assert probe["t"] >= opened + 3 - 0.5
     assert f"tests.rq_app.fetch[{postponed}]: postponed" in env.log()
-    wait_for(lambda: breaker_state() == "closed", 10, "breaker closed by the probe")
+    wait_for(lambda: env.breaker_state(key) == "closed", 10, "breaker closed by the probe")
 
 
 def test_idempotent_job_sent_twice_runs_once(env: Env) -> None:
