@@ -419,3 +419,38 @@ class TestSeedCoverage:
         for where, titles in wanted.items():
             present = {p["title"] for p in panels(TITLES[where])}
             assert set(titles) <= present, set(titles) - present
+
+    def test_bar_gauges_have_a_trend_beside_them(self) -> None:
+        """Each "over the time range" bar gauge of issue #18 has a time series on its row
+        of the grid, reading the same metric over time."""
+        board = panels(TITLES["Failures & DLQ"])
+        by_title = {p["title"]: p for p in board}
+        for title, metric in (
+            ("Top 10 failing tasks", "task_sidecar_failures_total"),
+            ("SLA breaches by tier", "task_sidecar_sla_breaches_total"),
+            ("Retries scheduled per failure", "task_sidecar_retry_delay_seconds_count"),
+        ):
+            bars, trend = by_title[title], by_title[f"{title} over time"]
+            assert (bars["type"], trend["type"]) == ("bargauge", "timeseries")
+            assert trend["gridPos"]["y"] == bars["gridPos"]["y"], title
+            assert trend["gridPos"]["x"] == bars["gridPos"]["x"] + bars["gridPos"]["w"], title
+            (target,) = trend["targets"]
+            assert metric in target["expr"], title
+            assert not target.get("instant"), title
+
+    def test_top_failing_tasks_over_time_keeps_the_bars_tasks(self) -> None:
+        by_title = {p["title"]: p for p in panels(TITLES["Failures & DLQ"])}
+        (target,) = by_title["Top 10 failing tasks over time"]["targets"]
+        assert "topk(10," in target["expr"]
+        assert "@ end()" in target["expr"]
+
+    def test_top_duplicate_tasks(self) -> None:
+        by_title = {p["title"]: p for p in panels(TITLES["Idempotency & schedules"])}
+        panel = by_title["Top duplicate tasks"]
+        (target,) = panel["targets"]
+        assert panel["type"] == "bargauge"
+        assert target["expr"].startswith("topk(10,")
+        found = selectors(target["expr"])
+        assert {s.metric for s in found} == {"task_sidecar_idempotency_checks_total"}
+        assert all("task" in s.labels for s in found)  # the dashboard's $task applies
+        assert "sum by (task)" in target["expr"]
