@@ -373,8 +373,35 @@ class TestSeedCoverage:
     def test_every_seed_dashboard_is_mapped(self) -> None:
         assert {row[0] for row in self.rows()} >= self.SEED_DASHBOARDS
 
+    # Figures no panel shows yet (issue #18 leaves them for later): the README says so.
+    NOT_YET: ClassVar[set[tuple[str, str]]] = {
+        ("Schedule conflicts", "Critical conflicts list"),
+        ("Schedule conflicts", "Optimization recommendations"),
+        ("Schedule conflicts", "Active schedules table"),
+        ("Alert thresholds", "Cost savings milestone (info notification)"),
+    }
+
+    def test_only_the_known_figures_are_not_yet_shown(self) -> None:
+        missing = {(row[0], row[1]) for row in self.rows() if row[3] == "not yet"}
+        assert missing == self.NOT_YET
+
+    def test_every_figure_of_the_six_seed_dashboards_has_a_row(self) -> None:
+        """The figures the seed lists for each of its six HTML dashboards (its §4)."""
+        seed = {
+            "Task monitoring": 5,  # hit rate, health score, queues, executions, charts
+            "Idempotency analysis": 5,
+            "Schedule conflicts": 6,  # the conflicts: their count and their list
+            "DLQ management": 5,
+            "Failure taxonomy": 5,
+            "Retry policy": 5,
+        }
+        rows = [row[0] for row in self.rows()]
+        assert {name: rows.count(name) for name in seed} == seed
+
     def test_every_mapped_panel_exists(self) -> None:
         for seed, figure, where, panel_cell, _ in self.rows():
+            if panel_cell == "not yet":
+                continue
             uid = TITLES[where]
             titles = {p["title"] for p in panels(uid)}
             named = re.findall(r"`([^`]+)`", panel_cell)
