@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 
 NAMESPACE = "task_sidecar"
 OTHER = "__other__"  # the label of every name past a bound
+# The `task` of an idempotency claim that named no task (a client older than `task_name`).
+UNNAMED = "__unnamed__"
 OWN_QUEUE = "__own__"  # a retry kept on the task's own queue, which the worker did not name
 BREAKER_STATES = ("closed", "open", "half_open")
 
@@ -152,8 +154,8 @@ class Metrics:
         )
         self.idempotency_checks = Counter(
             "idempotency_checks",
-            "Idempotency claims by scope and result.",
-            ["scope", "result"],
+            "Idempotency claims by task, scope and result.",
+            ["task", "scope", "result"],
             namespace=ns,
             registry=r,
         )
@@ -344,7 +346,7 @@ class Metrics:
             self.sla_breaches.labels(tier)
         for scope in ("global", "user", "device", "task"):
             for result in ("hit", "miss", "error"):
-                self.idempotency_checks.labels(scope, result)
+                self.idempotency_checks.labels(UNNAMED, scope, result)
 
     # --- what the sidecar reports ----------------------------------------------------------
 
@@ -421,9 +423,19 @@ class Metrics:
             self._at(self.dlq_depth, status).set(count)
         self.dlq_oldest_pending_age.set(oldest_pending_age)
 
-    def record_claim(self, scope: str, result: str, backend: str, seconds: float) -> None:
-        """An idempotency claim: `result` hit, miss or error."""
-        self._at(self.idempotency_checks, scope, result).inc()
+    def record_claim(
+        self, scope: str, result: str, backend: str, seconds: float, task_name: str | None = None
+    ) -> None:
+        """An idempotency claim: `result` hit, miss or error. `task` is bounded like the
+        other task labels; a claim that named no task counts under `__unnamed__`. A task's
+        first claim in a scope creates its three results, so the hits that follow a first
+        miss are seen by increase()."""
+        task = self.task(task_name) if task_name else UNNAMED
+        key = (self.idempotency_checks._name, (task, scope, result))
+        if key not in self._children:
+            for each in ("hit", "miss", "error"):
+                self._at(self.idempotency_checks, task, scope, each)
+        self._at(self.idempotency_checks, task, scope, result).inc()
         self._at(self.idempotency_duration, backend).observe(seconds)
 
     def record_policy_reload(self, ok: bool) -> None:

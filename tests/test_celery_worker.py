@@ -127,6 +127,26 @@ class TestWorkflowOfAFailure:
         assert body["report_id"].startswith(f"{result.id}:0:")
 
 
+class TestIdempotencyClaimOfARun:
+    """An idempotent task's claim names the task, so the sidecar counts duplicates by task
+    (`task_sidecar_idempotency_checks_total{task}`)."""
+
+    def test_claim_carries_the_task_name(self, fleet: Fleet) -> None:
+        tag = uuid.uuid4().hex[:8]
+        fleet.app.send_task("e2e.charge", args=(tag, 5), queue="default")
+
+        def claims() -> list[dict[str, Any]]:
+            return [
+                b
+                for b in fleet.proxy.bodies("/v1/idempotency/claim")
+                if b["key"].startswith("e2e.charge:")
+            ]
+
+        (body, *_) = wait_for(claims, 20, fleet.worker.output())
+        assert body["task_name"] == "e2e.charge"
+        assert body["scope"] == "global"
+
+
 class TestRetryQueuesAtWorkerStart:
     """A worker that does not read the queues the policy routes its tasks' retries to is
     told so once, at start, in words that say what to do."""

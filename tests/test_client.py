@@ -382,8 +382,11 @@ class TestTheRealSidecar:
         assert client.claim(key)["claimed"] is False
         assert client.complete(key) is True
         other = idempotency_key("billing.process_payment", [client.kind, 2], {})
-        assert client.claim(other)["claimed"] is True
+        assert client.claim(other, task_name="billing.process_payment")["claimed"] is True
         assert client.release(other) is True
+        claims = [f.body for f in proxy.forwarded if f.path == "/v1/idempotency/claim"]
+        assert "task_name" not in claims[0]  # not named: the sidecar counts "__unnamed__"
+        assert claims[-1]["task_name"] == "billing.process_payment"
         assert {p.peer for p in proxy.seen} == {proxy.seen[0].peer}  # one connection
         assert all(f.status == 200 for f in proxy.forwarded)
         client.success("t-1", "billing.process_payment", dlq_id=first["dlq_id"])

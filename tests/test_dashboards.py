@@ -373,8 +373,35 @@ class TestSeedCoverage:
     def test_every_seed_dashboard_is_mapped(self) -> None:
         assert {row[0] for row in self.rows()} >= self.SEED_DASHBOARDS
 
+    # Figures no panel shows yet (issue #18 leaves them for later): the README says so.
+    NOT_YET: ClassVar[set[tuple[str, str]]] = {
+        ("Schedule conflicts", "Critical conflicts list"),
+        ("Schedule conflicts", "Optimization recommendations"),
+        ("Schedule conflicts", "Active schedules table"),
+        ("Alert thresholds", "Cost savings milestone (info notification)"),
+    }
+
+    def test_only_the_known_figures_are_not_yet_shown(self) -> None:
+        missing = {(row[0], row[1]) for row in self.rows() if row[3] == "not yet"}
+        assert missing == self.NOT_YET
+
+    def test_every_figure_of_the_six_seed_dashboards_has_a_row(self) -> None:
+        """The figures the seed lists for each of its six HTML dashboards (its §4)."""
+        seed = {
+            "Task monitoring": 5,  # hit rate, health score, queues, executions, charts
+            "Idempotency analysis": 5,
+            "Schedule conflicts": 6,  # the conflicts: their count and their list
+            "DLQ management": 5,
+            "Failure taxonomy": 5,
+            "Retry policy": 5,
+        }
+        rows = [row[0] for row in self.rows()]
+        assert {name: rows.count(name) for name in seed} == seed
+
     def test_every_mapped_panel_exists(self) -> None:
         for seed, figure, where, panel_cell, _ in self.rows():
+            if panel_cell == "not yet":
+                continue
             uid = TITLES[where]
             titles = {p["title"] for p in panels(uid)}
             named = re.findall(r"`([^`]+)`", panel_cell)
@@ -419,3 +446,38 @@ class TestSeedCoverage:
         for where, titles in wanted.items():
             present = {p["title"] for p in panels(TITLES[where])}
             assert set(titles) <= present, set(titles) - present
+
+    def test_bar_gauges_have_a_trend_beside_them(self) -> None:
+        """Each "over the time range" bar gauge of issue #18 has a time series on its row
+        of the grid, reading the same metric over time."""
+        board = panels(TITLES["Failures & DLQ"])
+        by_title = {p["title"]: p for p in board}
+        for title, metric in (
+            ("Top 10 failing tasks", "task_sidecar_failures_total"),
+            ("SLA breaches by tier", "task_sidecar_sla_breaches_total"),
+            ("Retries scheduled per failure", "task_sidecar_retry_delay_seconds_count"),
+        ):
+            bars, trend = by_title[title], by_title[f"{title} over time"]
+            assert (bars["type"], trend["type"]) == ("bargauge", "timeseries")
+            assert trend["gridPos"]["y"] == bars["gridPos"]["y"], title
+            assert trend["gridPos"]["x"] == bars["gridPos"]["x"] + bars["gridPos"]["w"], title
+            (target,) = trend["targets"]
+            assert metric in target["expr"], title
+            assert not target.get("instant"), title
+
+    def test_top_failing_tasks_over_time_keeps_the_bars_tasks(self) -> None:
+        by_title = {p["title"]: p for p in panels(TITLES["Failures & DLQ"])}
+        (target,) = by_title["Top 10 failing tasks over time"]["targets"]
+        assert "topk(10," in target["expr"]
+        assert "@ end()" in target["expr"]
+
+    def test_top_duplicate_tasks(self) -> None:
+        by_title = {p["title"]: p for p in panels(TITLES["Idempotency & schedules"])}
+        panel = by_title["Top duplicate tasks"]
+        (target,) = panel["targets"]
+        assert panel["type"] == "bargauge"
+        assert target["expr"].startswith("topk(10,")
+        found = selectors(target["expr"])
+        assert {s.metric for s in found} == {"task_sidecar_idempotency_checks_total"}
+        assert all("task" in s.labels for s in found)  # the dashboard's $task applies
+        assert "sum by (task)" in target["expr"]

@@ -82,6 +82,9 @@ async def scraped(tmp_path):
         await post("/v1/hooks/start", {"task_id": "s", "task_name": "billing.charge"})
         for _ in range(3):
             await post("/v1/idempotency/claim", {"key": "k", "scope": "user"})
+        for _ in range(2):  # a client that names the task
+            claim = {"key": "c", "scope": "global", "task_name": "billing.charge"}
+            await post("/v1/idempotency/claim", claim)
         await app[SERVICES].pollers.refresh()
         text = await (await client.get("/metrics")).text()
     return text, samples(text)
@@ -172,11 +175,35 @@ class TestDesignMetrics:
 
     def test_idempotency(self, scraped):
         _, s = scraped
-        assert value(s, "task_sidecar_idempotency_checks_total", scope="user", result="miss") == 1
-        assert value(s, "task_sidecar_idempotency_checks_total", scope="user", result="hit") == 2
+        name = "task_sidecar_idempotency_checks_total"
+        # A claim without task_name (an older client) counts under task "__unnamed__".
+        assert value(s, name, task="__unnamed__", scope="user", result="miss") == 1
+        assert value(s, name, task="__unnamed__", scope="user", result="hit") == 2
+        assert value(s, name, task="billing.charge", scope="global", result="miss") == 1
+        assert value(s, name, task="billing.charge", scope="global", result="hit") == 1
+        # The task's first claim in a scope made its other results, at zero.
         assert (
-            value(s, "task_sidecar_idempotency_check_duration_seconds_count", backend="sqlite") == 3
+            name,
+            frozenset({"task": "billing.charge", "scope": "global", "result": "error"}.items()),
+        ) in s
+        assert (
+            name,
+            frozenset({"task": "billing.charge", "scope": "user", "result": "hit"}.items()),
+        ) not in s
+        assert (
+            value(s, "task_sidecar_idempotency_check_duration_seconds_count", backend="sqlite") == 5
         )
+
+    def test_idempotency_task_is_bounded(self):
+        metrics = Metrics(CollectorRegistry(), task_limit=2)
+        for task in ("a", "b", "c", "d"):
+            metrics.record_claim("global", "hit", "memory", 0.001, task_name=task)
+        registry = metrics.registry
+        get = registry.get_sample_value
+        labels = {"scope": "global", "result": "hit"}
+        assert get("task_sidecar_idempotency_checks_total", {"task": "a", **labels}) == 1
+        assert get("task_sidecar_idempotency_checks_total", {"task": "c", **labels}) is None
+        assert get("task_sidecar_idempotency_checks_total", {"task": "__other__", **labels}) == 2
 
     def test_operations(self, scraped):
         _, s = scraped

@@ -92,8 +92,10 @@ def success(sidecar: SidecarProcess, task: str, task_id: str, **extra: Any) -> N
     assert status == 200, body
 
 
-def claim(sidecar: SidecarProcess, key: str, scope: str) -> bool:
-    status, body = sidecar.call("/v1/idempotency/claim", {"key": key, "scope": scope})
+def claim(sidecar: SidecarProcess, key: str, scope: str, task: str | None = None) -> bool:
+    """A claim; without `task`, as a client older than `task_name` sends it."""
+    body = {"key": key, "scope": scope} | ({"task_name": task} if task else {})
+    status, body = sidecar.call("/v1/idempotency/claim", body)
     assert status == 200, body
     return body["claimed"]
 
@@ -110,7 +112,7 @@ def first_events(sidecar: SidecarProcess) -> str:
     success(sidecar, "mail.send", "m0", attempt=1)
     failure(sidecar, "mail.send", "m0", RATE_LIMITED, attempt=1)
     failure(sidecar, "etl.load", "o0", OUT_OF_MEMORY)
-    assert claim(sidecar, "order-1", "global")
+    assert claim(sidecar, "order-1", "global", "billing.charge")
     return dlq_id
 
 
@@ -137,7 +139,7 @@ def workload(sidecar: SidecarProcess, first_dlq_id: str) -> None:
     failure(sidecar, "mail.send", "m-last", RATE_LIMITED, attempt=1, context=LOADED)
     failure(sidecar, "etl.load", "o1", OUT_OF_MEMORY)
     # Idempotency: one duplicate among fresh keys of several scopes.
-    assert not claim(sidecar, "order-1", "global")
+    assert not claim(sidecar, "order-1", "global", "billing.charge")
     for scope in ("global", "user", "device", "task"):
         assert claim(sidecar, f"{scope}-fresh", scope)
     # A dead-lettered task that succeeds on its retry (same task id) resolves its record.
@@ -257,6 +259,16 @@ class TestDashboardsAgainstPrometheus:
             f"{panel}: {query}",
         )
         assert result
+
+    def test_top_duplicate_tasks_names_the_task_with_duplicates(self, stack: Stack) -> None:
+        """billing.charge's second claim was a duplicate; its first made the task's series
+        (at 1 miss, which increase() cannot see), so its rate over the range is 1 hit / 1.
+        The claims of no task (an older client) were all first claims: left out (> 0)."""
+        (expr,) = [e for p, e in panel_queries() if "/ Top duplicate tasks /" in p]
+        query = substitute(expr)
+        result = poll(lambda: stack.prometheus.query(query), 20, query)
+        rates = {s["metric"]["task"]: float(s["value"][1]) for s in result}
+        assert rates == {"billing.charge": pytest.approx(1.0)}
 
     @pytest.mark.parametrize("uid", sorted(set(DASHBOARDS) - SQL_DASHBOARDS))
     def test_template_variables_have_values(self, stack: Stack, uid: str) -> None:

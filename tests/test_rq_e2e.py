@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 import redis
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e import WorkerEnv, empty_databases
 from tests.polling import wait_for
@@ -218,6 +219,18 @@ def test_idempotent_job_sent_twice_runs_once(env: Env) -> None:
     second = env.send("charge", tag, 100)
     wait_for(lambda: f"tests.rq_app.charge[{second}]: duplicate skipped" in env.log(), 20)
     assert len(env.runs_of(tag)) == 1
+    # The integration names the job's function in its claims: the duplicate is counted
+    # under that task.
+    with urllib.request.urlopen(f"http://127.0.0.1:{env.sidecar.port}/metrics") as response:
+        scraped = response.read().decode()
+    hits = [
+        sample.value
+        for family in text_string_to_metric_families(scraped)
+        for sample in family.samples
+        if sample.name == "task_sidecar_idempotency_checks_total"
+        and sample.labels == {"task": "tests.rq_app.charge", "scope": "global", "result": "hit"}
+    ]
+    assert hits == [1.0]
 
 
 def test_discarded_failure_is_deleted_and_not_dead_lettered(env: Env) -> None:

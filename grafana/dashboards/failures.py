@@ -84,6 +84,14 @@ def build() -> Dashboard:
                         Q(q.top_failing_tasks(10), "{{task}}", instant=True),
                         data_links=[by_task],
                     ),
+                    timeseries_panel(
+                        "Top 10 failing tasks over time",
+                        "Failures per second of the ten tasks of the bars (the top 10 of the "
+                        "whole time range), so a burst shows when it happened.",
+                        "ops",
+                        [Q(q.failures_rate_of_top_tasks(10), "{{task}}")],
+                        width=8,
+                    ),
                     pie_panel(
                         "Remediation mix",
                         "What the taxonomy recommends for the failures of the time range.",
@@ -96,6 +104,7 @@ def build() -> Dashboard:
                         "ops",
                         [Q(q.failures_rate_by_type(), "{{failure_type}}")],
                         stacked=True,
+                        width=8,
                     ),
                     timeseries_panel(
                         "Decisions",
@@ -103,6 +112,7 @@ def build() -> Dashboard:
                         "ops",
                         [Q(q.decisions_rate(), "{{outcome}}")],
                         stacked=True,
+                        width=8,
                     ),
                     table_panel(
                         "System failures (OOM, disk full)",
@@ -133,6 +143,14 @@ def build() -> Dashboard:
                         Q(q.retries_per_failure_by_type(), "{{failure_type}}", instant=True),
                     ),
                     timeseries_panel(
+                        "Retries scheduled per failure over time",
+                        "Retries decided per failure, by type, in each rate window: the bars' "
+                        "figure as a trend.",
+                        "short",
+                        [Q(q.retries_per_failure_rate_by_type(), "{{failure_type}}")],
+                        width=8,
+                    ),
+                    timeseries_panel(
                         "Classification confidence (median)",
                         "Median confidence of the rule that classified each failure.",
                         "percentunit",
@@ -150,12 +168,21 @@ def build() -> Dashboard:
                         thresholds=steps(GREEN, (1, ORANGE)),
                     ),
                     timeseries_panel(
+                        "SLA breaches by tier over time",
+                        "SLA breaches per second by customer tier: when the bars' breaches "
+                        "happened.",
+                        "ops",
+                        [Q(q.sla_breaches_rate(), "{{tier}}")],
+                        stacked=True,
+                        width=8,
+                    ),
+                    timeseries_panel(
                         "Priorities assigned",
                         "Priority and queue given to retried and dead-lettered tasks.",
                         "ops",
                         [Q(q.priority_assignments_rate(), "{{priority}} → {{queue}}")],
                         stacked=True,
-                        width=16,
+                        width=8,
                     ),
                 ],
             ),

@@ -96,6 +96,16 @@ def build() -> Dashboard:
                         Q(q.claims_in_range_by_scope("miss"), "{{scope}}", instant=True),
                         width=5,
                     ),
+                    bar_panel(
+                        "Top duplicate tasks",
+                        "The ten tasks with the highest duplicate (hit) rate over the time "
+                        "range: hits / (hits + misses) of their claims. Claims from clients "
+                        "that do not send task_name count under __unnamed__.",
+                        "percentunit",
+                        Q(q.top_duplicate_tasks(10), "{{task}}", instant=True),
+                        thresholds=dup_steps,
+                        links=dup_links,
+                    ),
                     timeseries_panel(
                         "Claims per hour",
                         "Hits, misses and errors per hour (the seed's hourly timeline).",
@@ -123,7 +133,8 @@ def build() -> Dashboard:
                             Q(q.claim_latency(0.99), "p99 {{backend}}"),
                         ],
                         thresholds=latency_steps,
-                        width=8,
+                        width=24,
+                        height=7,
                     ),
                 ],
             ),

@@ -121,6 +121,16 @@ def top_failing_tasks(n: int = 10) -> str:
     )
 
 
+def failures_rate_of_top_tasks(n: int = 10) -> str:
+    """Failures per second of the tasks `top_failing_tasks` shows: the top `n` of the
+    whole time range (`@ end()`), so the lines are the bars' tasks at every step."""
+    failures = f"task_sidecar_failures_total{sel(task=True)}"
+    return (
+        f"sum by (task) (rate({failures}[{RATE}]))\nand on (task)\n"
+        f"topk({n}, sum by (task) (increase({failures}[{RANGE}] @ end())))"
+    )
+
+
 def remediation_mix_in_range() -> str:
     return f"sum by (remediation) (increase(task_sidecar_failures_total{sel(task=True)}[{RANGE}]))"
 
@@ -154,6 +164,16 @@ def retries_per_failure_by_type() -> str:
     )
 
 
+def retries_per_failure_rate_by_type() -> str:
+    """`retries_per_failure_by_type` over time: retries scheduled per failure, by type,
+    in each rate window."""
+    return (
+        f"sum by (failure_type) (rate(task_sidecar_retry_delay_seconds_count{sel()}[{RATE}]))"
+        "\n/\n"
+        f"sum by (failure_type) (rate(task_sidecar_failures_total{sel()}[{RATE}]))"
+    )
+
+
 def classification_confidence(quantile: float) -> str:
     return (
         f"histogram_quantile({quantile:g}, sum by (le, failure_type) "
@@ -169,6 +189,10 @@ def priority_assignments_rate() -> str:
 
 def sla_breaches_in_range() -> str:
     return f"sum by (tier) (increase(task_sidecar_sla_breaches_total{sel()}[{RANGE}]))"
+
+
+def sla_breaches_rate() -> str:
+    return f"sum by (tier) (rate(task_sidecar_sla_breaches_total{sel()}[{RATE}]))"
 
 
 # --- dead-letter queue ----------------------------------------------------------------------
@@ -289,6 +313,18 @@ def duplicate_ratio_by_scope() -> str:
 def claims_in_range_by_scope(result: str) -> str:
     matching = sel(f'result="{result}"')
     return f"sum by (scope) (increase(task_sidecar_idempotency_checks_total{matching}[{RANGE}]))"
+
+
+def top_duplicate_tasks(n: int = 10) -> str:
+    """The `n` tasks with the highest duplicate (hit) rate over the time range: hits /
+    (hits + misses), tasks with duplicates only. Claims that named no task count under
+    `__unnamed__`."""
+    checks = "task_sidecar_idempotency_checks_total"
+    hits, claims = sel('result="hit"', task=True), sel('result=~"hit|miss"', task=True)
+    return (
+        f"topk({n},\n  sum by (task) (increase({checks}{hits}[{RANGE}]))\n  /\n"
+        f"  sum by (task) (increase({checks}{claims}[{RANGE}]))\n  > 0\n)"
+    )
 
 
 def claims_rate_by_result() -> str:

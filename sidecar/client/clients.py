@@ -157,10 +157,14 @@ class SidecarClient(ClientBase):
         )
 
     def claim(
-        self, key: str, scope: Scope = "global", ttl_seconds: float | None = None
+        self,
+        key: str,
+        scope: Scope = "global",
+        ttl_seconds: float | None = None,
+        task_name: str | None = None,
     ) -> dict[str, Any]:
         """Falls back to `{"claimed": true, "source": "fallback"}`: the work runs."""
-        return self._run(self.protocol.claim(key, scope, ttl_seconds))
+        return self._run(self.protocol.claim(key, scope, ttl_seconds, task_name))
 
     def complete(
         self, key: str, scope: Scope = "global", ttl_seconds: Ttl = None, owner: Owner = None
@@ -214,9 +218,13 @@ class AsyncSidecarClient(ClientBase):
         )
 
     async def claim(
-        self, key: str, scope: Scope = "global", ttl_seconds: float | None = None
+        self,
+        key: str,
+        scope: Scope = "global",
+        ttl_seconds: float | None = None,
+        task_name: str | None = None,
     ) -> dict[str, Any]:
-        return await self._run(self.protocol.claim(key, scope, ttl_seconds))
+        return await self._run(self.protocol.claim(key, scope, ttl_seconds, task_name))
 
     async def complete(
         self, key: str, scope: Scope = "global", ttl_seconds: Ttl = None, owner: Owner = None

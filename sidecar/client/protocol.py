@@ -262,10 +262,16 @@ class Protocol:
         return {"type": "end", "task_id": str(task_id), "task_name": str(task_name)}
 
     def claim(
-        self, key: str, scope: Scope = "global", ttl_seconds: float | None = None
+        self,
+        key: str,
+        scope: Scope = "global",
+        ttl_seconds: float | None = None,
+        task_name: str | None = None,
     ) -> Exchange[dict[str, Any]]:
-        """Falls back to `{"claimed": true, "source": "fallback"}`: the work runs."""
-        body = _key_body(key, scope, ttl_seconds=ttl_seconds)
+        """Falls back to `{"claimed": true, "source": "fallback"}`: the work runs.
+        `task_name` labels the sidecar's idempotency metric (a sidecar older than it
+        ignores the field)."""
+        body = _key_body(key, scope, ttl_seconds=ttl_seconds, task_name=task_name)
 
         def read(answer: Any) -> dict[str, Any] | None:
             claim = _claim_answer(answer)

@@ -12,7 +12,7 @@ from msgspec import Meta
 
 from ..errors import StoreUnavailable
 from ..policy import FailureEvent, StartEvent, SuccessEvent
-from ..policy.events import EndEvent, Seconds
+from ..policy.events import EndEvent, Name, Seconds
 from ..service.errors import InvalidInput, NotHolder
 from ..service.hooks import Hooks
 from .auth import actor_of, requires
@@ -33,6 +33,9 @@ class ClaimRequest(msgspec.Struct, frozen=True):
     key: Key
     scope: Scope = "global"
     ttl_seconds: Annotated[float, Meta(gt=0, le=365 * 86400)] | None = None
+    # Labels the claim's `task_sidecar_idempotency_checks_total{task}` only (not the key);
+    # a claim without it counts under task "__unnamed__".
+    task_name: Name | None = None
 
 
 class KeyRequest(msgspec.Struct, frozen=True):
@@ -143,7 +146,7 @@ async def claim(request: web.Request) -> web.Response:
     body = await read(request, ClaimRequest)
     with _timer(request, "claim"):
         answer = await request.app[SERVICES].idempotency.claim(
-            body.key, body.scope, body.ttl_seconds
+            body.key, body.scope, body.ttl_seconds, body.task_name
         )
     return json_response(answer)
 

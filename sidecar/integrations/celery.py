@@ -216,7 +216,9 @@ class SidecarTask(_CeleryTask):  # type: ignore[misc,valid-type]
         key, owner = None, None
         if self.idempotent:
             key = self._idempotency_key(args, kwargs)
-            claim = client.claim(key, self.idempotency_scope, self.idempotency_ttl)
+            claim = client.claim(
+                key, self.idempotency_scope, self.idempotency_ttl, task_name=self.name
+            )
             if not claim.get("claimed", True):
                 client.end(task_id, self.name)
                 return self._duplicate(key, claim)

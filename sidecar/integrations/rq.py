@@ -169,7 +169,7 @@ class SidecarJob(Job):
                 device_id=kwargs.get("device_id"),
                 task_id=self.id,
             )
-            claim = client.claim(key, scope, options["ttl"])
+            claim = client.claim(key, scope, options["ttl"], task_name=name)
             if not claim.get("claimed", True):
                 return self._duplicate(claim, options["duplicate_delay"])
 

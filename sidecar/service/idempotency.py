@@ -46,9 +46,11 @@ class Idempotency:
     def _ttl(self, scope: str, ttl: float | None) -> float:
         return ttl if ttl is not None else self.policies.current.idempotency.ttl[scope]
 
-    async def claim(self, key: str, scope: str, ttl: float | None) -> Claim:
+    async def claim(
+        self, key: str, scope: str, ttl: float | None, task_name: str | None = None
+    ) -> Claim:
         """The first caller gets the claim and an owner token that its `complete` or
-        `release` must present."""
+        `release` must present. `task_name` only labels the claim's metric."""
         stored = _stored_key(scope, key)
         owner = secrets.token_urlsafe(12)
         started = time.perf_counter()
@@ -59,7 +61,7 @@ class Idempotency:
             result = "miss" if claim.claimed else "hit"
         finally:
             elapsed = time.perf_counter() - started
-            self.metrics.record_claim(scope, result, self.store.name, elapsed)
+            self.metrics.record_claim(scope, result, self.store.name, elapsed, task_name)
         return claim
 
     async def complete(self, key: str, scope: str, owner: str, ttl: float | None) -> None:

@@ -916,6 +916,72 @@
         "type": "prometheus",
         "uid": "${datasource}"
       },
+      "description": "Failures per second of the ten tasks of the bars (the top 10 of the whole time range), so a burst shows when it happened.",
+      "fieldConfig": {
+        "defaults": {
+          "custom": {
+            "fillOpacity": 10,
+            "lineWidth": 1
+          },
+          "min": 0,
+          "thresholds": {
+            "mode": "absolute",
+            "steps": [
+              {
+                "color": "green",
+                "value": null
+              }
+            ]
+          },
+          "unit": "ops"
+        },
+        "overrides": []
+      },
+      "gridPos": {
+        "h": 8,
+        "w": 8,
+        "x": 16,
+        "y": 1
+      },
+      "id": 4,
+      "options": {
+        "legend": {
+          "calcs": [
+            "lastNotNull",
+            "max"
+          ],
+          "displayMode": "table",
+          "placement": "bottom",
+          "showLegend": true
+        },
+        "tooltip": {
+          "mode": "multi",
+          "sort": "asc"
+        }
+      },
+      "repeatDirection": "h",
+      "targets": [
+        {
+          "datasource": {
+            "type": "prometheus",
+            "uid": "${datasource}"
+          },
+          "expr": "sum by (task) (rate(task_sidecar_failures_total{{ "{" }}{{ $c.cluster_label | include "task-sidecar.mixin.json" }}=~\"$cluster\", namespace=~\"$namespace\", job=~\"$job\", instance=~\"$instance\", task=~\"$task\"{{ $c.selectors | include "task-sidecar.mixin.matchers" | include "task-sidecar.mixin.json" }}}[$__rate_interval]))\nand on (task)\ntopk(10, sum by (task) (increase(task_sidecar_failures_total{{ "{" }}{{ $c.cluster_label | include "task-sidecar.mixin.json" }}=~\"$cluster\", namespace=~\"$namespace\", job=~\"$job\", instance=~\"$instance\", task=~\"$task\"{{ $c.selectors | include "task-sidecar.mixin.matchers" | include "task-sidecar.mixin.json" }}}[$__range] @ end())))",
+          "instant": false,
+          "legendFormat": "{{ "{{" }}task}}",
+          "range": true,
+          "refId": "A"
+        }
+      ],
+      "title": "Top 10 failing tasks over time",
+      "transparent": false,
+      "type": "timeseries"
+    },
+    {
+      "datasource": {
+        "type": "prometheus",
+        "uid": "${datasource}"
+      },
       "description": "What the taxonomy recommends for the failures of the time range.",
       "fieldConfig": {
         "defaults": {
@@ -935,10 +1001,10 @@
       "gridPos": {
         "h": 8,
         "w": 8,
-        "x": 16,
-        "y": 1
+        "x": 0,
+        "y": 9
       },
-      "id": 4,
+      "id": 5,
       "options": {
         "legend": {
           "calcs": [],
@@ -1012,11 +1078,11 @@
       },
       "gridPos": {
         "h": 8,
-        "w": 12,
-        "x": 0,
+        "w": 8,
+        "x": 8,
         "y": 9
       },
-      "id": 5,
+      "id": 6,
       "options": {
         "legend": {
           "calcs": [
@@ -1081,11 +1147,11 @@
       },
       "gridPos": {
         "h": 8,
-        "w": 12,
-        "x": 12,
+        "w": 8,
+        "x": 16,
         "y": 9
       },
-      "id": 6,
+      "id": 7,
       "options": {
         "legend": {
           "calcs": [
@@ -1164,7 +1230,7 @@
         "x": 0,
         "y": 17
       },
-      "id": 7,
+      "id": 8,
       "links": [
         {
           "asDropdown": false,
@@ -1273,7 +1339,7 @@
         "x": 8,
         "y": 17
       },
-      "id": 8,
+      "id": 9,
       "links": [
         {
           "asDropdown": false,
@@ -1365,7 +1431,7 @@
         "x": 0,
         "y": 25
       },
-      "id": 9,
+      "id": 10,
       "options": {
         "displayMode": "gradient",
         "legend": {
@@ -1412,6 +1478,72 @@
         "type": "prometheus",
         "uid": "${datasource}"
       },
+      "description": "Retries decided per failure, by type, in each rate window: the bars' figure as a trend.",
+      "fieldConfig": {
+        "defaults": {
+          "custom": {
+            "fillOpacity": 10,
+            "lineWidth": 1
+          },
+          "min": 0,
+          "thresholds": {
+            "mode": "absolute",
+            "steps": [
+              {
+                "color": "green",
+                "value": null
+              }
+            ]
+          },
+          "unit": "short"
+        },
+        "overrides": []
+      },
+      "gridPos": {
+        "h": 8,
+        "w": 8,
+        "x": 8,
+        "y": 25
+      },
+      "id": 11,
+      "options": {
+        "legend": {
+          "calcs": [
+            "lastNotNull",
+            "max"
+          ],
+          "displayMode": "table",
+          "placement": "bottom",
+          "showLegend": true
+        },
+        "tooltip": {
+          "mode": "multi",
+          "sort": "asc"
+        }
+      },
+      "repeatDirection": "h",
+      "targets": [
+        {
+          "datasource": {
+            "type": "prometheus",
+            "uid": "${datasource}"
+          },
+          "expr": "sum by (failure_type) (rate(task_sidecar_retry_delay_seconds_count{{ "{" }}{{ $c.cluster_label | include "task-sidecar.mixin.json" }}=~\"$cluster\", namespace=~\"$namespace\", job=~\"$job\", instance=~\"$instance\"{{ $c.selectors | include "task-sidecar.mixin.matchers" | include "task-sidecar.mixin.json" }}}[$__rate_interval]))\n/\nsum by (failure_type) (rate(task_sidecar_failures_total{{ "{" }}{{ $c.cluster_label | include "task-sidecar.mixin.json" }}=~\"$cluster\", namespace=~\"$namespace\", job=~\"$job\", instance=~\"$instance\"{{ $c.selectors | include "task-sidecar.mixin.matchers" | include "task-sidecar.mixin.json" }}}[$__rate_interval]))",
+          "instant": false,
+          "legendFormat": "{{ "{{" }}failure_type}}",
+          "range": true,
+          "refId": "A"
+        }
+      ],
+      "title": "Retries scheduled per failure over time",
+      "transparent": false,
+      "type": "timeseries"
+    },
+    {
+      "datasource": {
+        "type": "prometheus",
+        "uid": "${datasource}"
+      },
       "description": "Median confidence of the rule that classified each failure.",
       "fieldConfig": {
         "defaults": {
@@ -1448,10 +1580,10 @@
       "gridPos": {
         "h": 8,
         "w": 8,
-        "x": 8,
+        "x": 16,
         "y": 25
       },
-      "id": 10,
+      "id": 12,
       "options": {
         "legend": {
           "calcs": [
@@ -1514,10 +1646,10 @@
       "gridPos": {
         "h": 8,
         "w": 8,
-        "x": 16,
-        "y": 25
+        "x": 0,
+        "y": 33
       },
-      "id": 11,
+      "id": 13,
       "options": {
         "displayMode": "gradient",
         "legend": {
@@ -1564,6 +1696,75 @@
         "type": "prometheus",
         "uid": "${datasource}"
       },
+      "description": "SLA breaches per second by customer tier: when the bars' breaches happened.",
+      "fieldConfig": {
+        "defaults": {
+          "custom": {
+            "fillOpacity": 20,
+            "lineWidth": 1,
+            "stacking": {
+              "mode": "normal"
+            }
+          },
+          "min": 0,
+          "thresholds": {
+            "mode": "absolute",
+            "steps": [
+              {
+                "color": "green",
+                "value": null
+              }
+            ]
+          },
+          "unit": "ops"
+        },
+        "overrides": []
+      },
+      "gridPos": {
+        "h": 8,
+        "w": 8,
+        "x": 8,
+        "y": 33
+      },
+      "id": 14,
+      "options": {
+        "legend": {
+          "calcs": [
+            "lastNotNull",
+            "max"
+          ],
+          "displayMode": "table",
+          "placement": "bottom",
+          "showLegend": true
+        },
+        "tooltip": {
+          "mode": "multi",
+          "sort": "asc"
+        }
+      },
+      "repeatDirection": "h",
+      "targets": [
+        {
+          "datasource": {
+            "type": "prometheus",
+            "uid": "${datasource}"
+          },
+          "expr": "sum by (tier) (rate(task_sidecar_sla_breaches_total{{ "{" }}{{ $c.cluster_label | include "task-sidecar.mixin.json" }}=~\"$cluster\", namespace=~\"$namespace\", job=~\"$job\", instance=~\"$instance\"{{ $c.selectors | include "task-sidecar.mixin.matchers" | include "task-sidecar.mixin.json" }}}[$__rate_interval]))",
+          "instant": false,
+          "legendFormat": "{{ "{{" }}tier}}",
+          "range": true,
+          "refId": "A"
+        }
+      ],
+      "title": "SLA breaches by tier over time",
+      "transparent": false,
+      "type": "timeseries"
+    },
+    {
+      "datasource": {
+        "type": "prometheus",
+        "uid": "${datasource}"
+      },
       "description": "Priority and queue given to retried and dead-lettered tasks.",
       "fieldConfig": {
         "defaults": {
@@ -1590,11 +1791,11 @@
       },
       "gridPos": {
         "h": 8,
-        "w": 16,
-        "x": 0,
+        "w": 8,
+        "x": 16,
         "y": 33
       },
-      "id": 12,
+      "id": 15,
       "options": {
         "legend": {
           "calcs": [
@@ -1636,7 +1837,7 @@
         "x": 0,
         "y": 41
       },
-      "id": 13,
+      "id": 16,
       "panels": [],
       "title": "Dead-letter queue",
       "type": "row"
@@ -1676,7 +1877,7 @@
         "x": 0,
         "y": 42
       },
-      "id": 14,
+      "id": 17,
       "links": [
         {
           "asDropdown": false,
@@ -1772,7 +1973,7 @@
         "x": 4,
         "y": 42
       },
-      "id": 15,
+      "id": 18,
       "links": [
         {
           "asDropdown": false,
@@ -1875,7 +2076,7 @@
         "x": 8,
         "y": 42
       },
-      "id": 16,
+      "id": 19,
       "options": {
         "displayMode": "gradient",
         "legend": {
@@ -1924,7 +2125,7 @@
         "x": 16,
         "y": 42
       },
-      "id": 17,
+      "id": 20,
       "options": {
         "content": "The dead-letter queue is worked through the sidecar's action API (role `operator` for\nchanges, `viewer` for reads) or `task-sidecar dlq \u2026`:\n\n- [Pending records](${sidecar_url}/v1/dlq?status=pending) \u00b7 [retrying](${sidecar_url}/v1/dlq?status=retrying) \u00b7 [export CSV](${sidecar_url}/v1/dlq/export.csv?status=pending)\n- Retry one: `POST /v1/dlq/{id}/retry` `{\"priority\": \"HIGH\"}`\n- Bulk retry: `POST /v1/dlq/bulk-retry` `{\"filter\": {\"task_name\": \u2026, \"failure_type\": \u2026},\n  \"priority\": \u2026, \"rate_per_second\": \u2026}`\n- Abandon: `POST /v1/dlq/{id}/abandon` `{\"reason\": \u2026}`\n- [Failure trends, 24 h](${sidecar_url}/v1/failure-trends?hours=24)\n\nRunbooks: [DLQ depth]({{ $c.links.runbook_base_url | trimSuffix "/" | include "task-sidecar.mixin.json" }}/TaskSidecarDLQDepthHigh.md) \u00b7 [system failures]({{ $c.links.runbook_base_url | trimSuffix "/" | include "task-sidecar.mixin.json" }}/TaskSidecarSystemFailure.md)\n",
         "mode": "markdown"
@@ -1977,7 +2178,7 @@
         "x": 0,
         "y": 50
       },
-      "id": 18,
+      "id": 21,
       "links": [
         {
           "asDropdown": false,
@@ -2081,7 +2282,7 @@
         "x": 12,
         "y": 50
       },
-      "id": 19,
+      "id": 22,
       "links": [
         {
           "asDropdown": false,
@@ -2705,6 +2906,98 @@
         "type": "prometheus",
         "uid": "${datasource}"
       },
+      "description": "The ten tasks with the highest duplicate (hit) rate over the time range: hits / (hits + misses) of their claims. Claims from clients that do not send task_name count under __unnamed__.",
+      "fieldConfig": {
+        "defaults": {
+          "min": 0,
+          "thresholds": {
+            "mode": "absolute",
+            "steps": [
+              {
+                "color": "green",
+                "value": null
+              },
+              {
+                "color": "orange",
+                "value": {{ $c.duplicate_rate.target | float64 }}
+              },
+              {
+                "color": "red",
+                "value": {{ $c.duplicate_rate.warning_above | float64 }}
+              }
+            ]
+          },
+          "unit": "percentunit"
+        },
+        "overrides": []
+      },
+      "gridPos": {
+        "h": 8,
+        "w": 8,
+        "x": 0,
+        "y": 9
+      },
+      "id": 6,
+      "links": [
+        {
+          "asDropdown": false,
+          "icon": "",
+          "includeVars": false,
+          "keepTime": false,
+          "tags": [],
+          "targetBlank": true,
+          "title": "Runbook: TaskSidecarDuplicateRateHigh",
+          "tooltip": "",
+          "type": "link",
+          "url": "{{ $c.links.runbook_base_url | trimSuffix "/" | include "task-sidecar.mixin.json" }}/TaskSidecarDuplicateRateHigh.md"
+        }
+      ],
+      "options": {
+        "displayMode": "gradient",
+        "legend": {
+          "calcs": [],
+          "displayMode": "list",
+          "placement": "bottom",
+          "showLegend": false
+        },
+        "maxVizHeight": 300,
+        "minVizHeight": 16,
+        "minVizWidth": 8,
+        "namePlacement": "auto",
+        "orientation": "horizontal",
+        "reduceOptions": {
+          "calcs": [
+            "lastNotNull"
+          ],
+          "values": false
+        },
+        "showUnfilled": true,
+        "sizing": "auto",
+        "valueMode": "color"
+      },
+      "repeatDirection": "h",
+      "targets": [
+        {
+          "datasource": {
+            "type": "prometheus",
+            "uid": "${datasource}"
+          },
+          "expr": "topk(10,\n  sum by (task) (increase(task_sidecar_idempotency_checks_total{{ "{" }}{{ $c.cluster_label | include "task-sidecar.mixin.json" }}=~\"$cluster\", namespace=~\"$namespace\", job=~\"$job\", instance=~\"$instance\", task=~\"$task\", result=\"hit\"{{ $c.selectors | include "task-sidecar.mixin.matchers" | include "task-sidecar.mixin.json" }}}[$__range]))\n  /\n  sum by (task) (increase(task_sidecar_idempotency_checks_total{{ "{" }}{{ $c.cluster_label | include "task-sidecar.mixin.json" }}=~\"$cluster\", namespace=~\"$namespace\", job=~\"$job\", instance=~\"$instance\", task=~\"$task\", result=~\"hit|miss\"{{ $c.selectors | include "task-sidecar.mixin.matchers" | include "task-sidecar.mixin.json" }}}[$__range]))\n  > 0\n)",
+          "instant": true,
+          "legendFormat": "{{ "{{" }}task}}",
+          "range": false,
+          "refId": "A"
+        }
+      ],
+      "title": "Top duplicate tasks",
+      "transparent": false,
+      "type": "bargauge"
+    },
+    {
+      "datasource": {
+        "type": "prometheus",
+        "uid": "${datasource}"
+      },
       "description": "Hits, misses and errors per hour (the seed's hourly timeline).",
       "fieldConfig": {
         "defaults": {
@@ -2733,10 +3026,10 @@
       "gridPos": {
         "h": 8,
         "w": 8,
-        "x": 0,
+        "x": 8,
         "y": 9
       },
-      "id": 6,
+      "id": 7,
       "options": {
         "legend": {
           "calcs": [
@@ -2802,10 +3095,10 @@
       "gridPos": {
         "h": 8,
         "w": 8,
-        "x": 8,
+        "x": 16,
         "y": 9
       },
-      "id": 7,
+      "id": 8,
       "options": {
         "legend": {
           "calcs": [
@@ -2877,12 +3170,12 @@
         "overrides": []
       },
       "gridPos": {
-        "h": 8,
-        "w": 8,
-        "x": 16,
-        "y": 9
+        "h": 7,
+        "w": 24,
+        "x": 0,
+        "y": 17
       },
-      "id": 8,
+      "id": 9,
       "options": {
         "legend": {
           "calcs": [
@@ -2933,9 +3226,9 @@
         "h": 1,
         "w": 24,
         "x": 0,
-        "y": 17
+        "y": 24
       },
-      "id": 9,
+      "id": 10,
       "panels": [],
       "title": "Schedules",
       "type": "row"
@@ -2973,9 +3266,9 @@
         "h": 5,
         "w": 4,
         "x": 0,
-        "y": 18
+        "y": 25
       },
-      "id": 10,
+      "id": 11,
       "links": [
         {
           "asDropdown": false,
@@ -3053,9 +3346,9 @@
         "h": 5,
         "w": 4,
         "x": 4,
-        "y": 18
+        "y": 25
       },
-      "id": 11,
+      "id": 12,
       "options": {
         "colorMode": "background",
         "graphMode": "area",
@@ -3119,9 +3412,9 @@
         "h": 5,
         "w": 4,
         "x": 8,
-        "y": 18
+        "y": 25
       },
-      "id": 12,
+      "id": 13,
       "options": {
         "colorMode": "background",
         "graphMode": "area",
@@ -3186,9 +3479,9 @@
         "h": 8,
         "w": 6,
         "x": 12,
-        "y": 18
+        "y": 25
       },
-      "id": 13,
+      "id": 14,
       "options": {
         "legend": {
           "calcs": [
@@ -3249,9 +3542,9 @@
         "h": 8,
         "w": 6,
         "x": 18,
-        "y": 18
+        "y": 25
       },
-      "id": 14,
+      "id": 15,
       "options": {
         "content": "Conflict details, recommended minute offsets and the table of active schedules come from\nthe sidecar's analysis of the `schedules:` in policies.yaml and those workers report:\n\n- [Schedule health report](${sidecar_url}/v1/schedules/health) (role `viewer`)\n\nA hotspot is a minute where too many periodic tasks start; a conflict is two runs of a\nschedule that overlap (expected duration longer than the interval).\n",
         "mode": "markdown"
@@ -3287,9 +3580,9 @@
         "h": 7,
         "w": 24,
         "x": 0,
-        "y": 26
+        "y": 33
       },
-      "id": 15,
+      "id": 16,
       "options": {
         "displayMode": "gradient",
         "legend": {
