@@ -49,6 +49,10 @@ class WorkerEnv:
         assert status == 200, page
         return page["records"]
 
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.sidecar.port}/metrics") as response:
+            return response.read().decode()
+
     def breaker_state(self, key: str) -> str | None:
         status, body = self.api("GET", "/v1/breakers")
         assert status == 200, body

@@ -221,8 +221,7 @@ def test_idempotent_job_sent_twice_runs_once(env: Env) -> None:
     assert len(env.runs_of(tag)) == 1
     # The integration names the job's function in its claims: the duplicate is counted
     # under that task.
-    with urllib.request.urlopen(f"http://127.0.0.1:{env.sidecar.port}/metrics") as response:
-        scraped = response.read().decode()
+    scraped = env.metrics()
     hits = [
         sample.value
         for family in text_string_to_metric_families(scraped)
