@@ -37,12 +37,15 @@ class Expiring:
         if found is None:
             return None
         if found[0] < now:
-            del self.items[key]
+            self._expire(key)
             return None
         return found[1]
 
     def put(self, key: str, value: object, ttl: float, now: float) -> None:
         self.items[key] = (now + ttl, value)
+
+    def _expire(self, key: str) -> None:
+        del self.items[key]
 
 
 class Breakers(Expiring):
@@ -56,18 +59,12 @@ class Breakers(Expiring):
         super().__init__()
         self.unclosed: set[str] = set()
 
-    def get(self, key: str, now: float) -> object | None:
-        found = self.items.get(key)
-        if found is None:
-            return None
-        if found[0] < now:
-            del self.items[key]
-            self.unclosed.discard(key)
-            return None
-        return found[1]
+    def _expire(self, key: str) -> None:
+        super()._expire(key)
+        self.unclosed.discard(key)
 
     def put(self, key: str, value: object, ttl: float, now: float) -> None:
-        self.items[key] = (now + ttl, value)
+        super().put(key, value, ttl, now)
         if value.status is Status.CLOSED:  # type: ignore[attr-defined]
             self.unclosed.discard(key)
         else:
