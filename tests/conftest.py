@@ -1,11 +1,15 @@
 from __future__ import annotations
 
 import dataclasses
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 import yaml
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
 
 from sidecar.policy import Policy, load_policy
 from tests.services import PostgresService, RedisService, start_postgres, start_redis
@@ -80,3 +84,14 @@ def postgres_dsn(postgres_service: PostgresService) -> str:
     """DSN of the database `sidecar_test` on a throw-away server shared by the session."""
     postgres_service.start()
     return postgres_service.dsn
+
+
+@pytest.fixture
+def empty_dsn(postgres_dsn: str) -> Iterator[str]:
+    """DSN of a new, empty database on the test PostgreSQL, dropped after the test."""
+    name = f"test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres_dsn, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    yield make_conninfo(postgres_dsn, dbname=name)
+    with psycopg.connect(postgres_dsn, autocommit=True) as admin:
+        admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))

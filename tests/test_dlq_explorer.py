@@ -57,14 +57,8 @@ LETTERS = [
 
 
 @pytest.fixture
-def database(postgres_dsn: str) -> Iterator[str]:
-    """A new, empty database, dropped after the test."""
-    name = f"explorer_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(postgres_dsn, autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    yield make_conninfo(postgres_dsn, dbname=name)
-    with psycopg.connect(postgres_dsn, autocommit=True) as admin:
-        admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+def database(empty_dsn: str) -> str:
+    return empty_dsn
 
 
 @pytest.fixture

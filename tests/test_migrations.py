@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import uuid
-from collections.abc import Iterator
 
 import psycopg
 import pytest
@@ -164,17 +163,6 @@ def dump_schema(dsn: str) -> list[str]:
     """The tables' columns, indexes and constraints, one normalised line each."""
     with psycopg.connect(dsn) as conn:
         return [line for query in _DUMP_QUERIES for (line,) in conn.execute(query)]
-
-
-@pytest.fixture
-def empty_dsn(postgres_dsn: str) -> Iterator[str]:
-    """DSN of a new, empty database, dropped after the test."""
-    name = f"migrate_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(postgres_dsn, autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    yield make_conninfo(postgres_dsn, dbname=name)
-    with psycopg.connect(postgres_dsn, autocommit=True) as admin:
-        admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 ALL_VERSIONS = [version for version, _ in migration_files("postgres")]
