@@ -24,6 +24,7 @@ from sidecar.client import (
     AsyncSidecarClient,
     SidecarClient,
     idempotency_key,
+    new_report_id,
     serialize_exception,
 )
 from tests.faultproxy import FaultProxy
@@ -515,6 +516,23 @@ class TestReportIds:
         assert all(i == ids[0] for i in ids)  # the same two reports each time
         assert ids[0][0].startswith("s-1:0:")
         assert ids[0][1].startswith("s-2:1:")
+
+    def test_ids_are_unique_in_a_process_and_across_a_fork(self) -> None:
+        """Prefork children made by one parent must not repeat each other's ids."""
+        parent = [new_report_id("t", 0) for _ in range(1000)]
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            os.close(read)
+            os.write(write, "\n".join(new_report_id("t", 0) for _ in range(1000)).encode())
+            os._exit(0)
+        os.close(write)
+        with os.fdopen(read) as pipe:
+            child = pipe.read().split("\n")
+        os.waitpid(pid, 0)
+        assert len(set(parent)) == len(set(child)) == 1000
+        assert not set(parent) & set(child)
+        assert len({i.rsplit(":", 1)[1][:32] for i in parent + child}) == 2  # one prefix each
 
 
 class TestLocalDecisions:
