@@ -147,6 +147,30 @@ class TestIdempotencyClaimOfARun:
         assert body["scope"] == "global"
 
 
+class TestACallOutsideAWorker:
+    """Calling a task as a plain function runs it and tells the sidecar nothing: it is not
+    a worker's run (no task id, no message to retry or dead-letter)."""
+
+    def test_direct_call_sends_no_claim_and_no_success(self, fleet: Fleet) -> None:
+        app = Celery("direct", broker=fleet.broker)
+        client = install(app, fleet.proxy.url, TOKEN)
+        tag = uuid.uuid4().hex
+
+        @app.task(name="direct.charge", idempotent=True)
+        def charge(order: str) -> str:
+            return order.upper()
+
+        assert charge(tag) == tag.upper()
+        assert client.flush(5)
+        client.close()
+        seen = [
+            b
+            for path in ("/v1/idempotency/claim", "/v1/hooks/batch", "/v1/hooks/start")
+            for b in fleet.proxy.bodies(path)
+        ]
+        assert not [b for b in seen if "direct.charge" in str(b)]
+
+
 class TestRetryQueuesAtWorkerStart:
     """A worker that does not read the queues the policy routes its tasks' retries to is
     told so once, at start, in words that say what to do."""

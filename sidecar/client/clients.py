@@ -92,6 +92,11 @@ class ClientBase:
         except Exception:  # defensive: never into the task
             log.debug("sidecar client: success event not buffered", exc_info=True)
 
+    def cached_start(self, task_name: str) -> dict[str, Any] | None:
+        """The answer `start()` would give from its cache, without building a start: None
+        when it would ask. For integrations, whose healthy path is every run."""
+        return self.protocol.allowances.get(str(task_name))
+
     def end(self, task_id: str, task_name: str) -> None:
         """A run ended without a success or failure report (postponed, skipped): batched,
         so the sidecar does not count it as a lost run."""

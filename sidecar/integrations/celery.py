@@ -166,38 +166,45 @@ class SidecarTask(_CeleryTask):  # type: ignore[misc,valid-type]
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         client = self.sidecar_client
-        if client is None or not self.sidecar or self.request.is_eager:
-            return super().__call__(*args, **kwargs)
-        try:
-            return self._sidecar_call(client, args, kwargs)
-        finally:
-            _seen.pop(self.request.id or "", None)  # the run ended in this process
-
-    def _sidecar_call(self, client: Any, args: tuple, kwargs: dict) -> Any:
         request = self.request
+        if client is None or not self.sidecar or request.is_eager or request.called_directly:
+            # Not a worker's run (a plain function call, or eager apply()): nothing to report.
+            return super().__call__(*args, **kwargs)
         task_id = request.id or ""
+        try:
+            return self._sidecar_call(client, request, task_id, args, kwargs)
+        finally:
+            _seen.pop(task_id, None)  # the run ended in this process
+
+    def _sidecar_call(
+        self, client: Any, request: Any, task_id: str, args: tuple, kwargs: dict
+    ) -> Any:
         attempt = int(request.retries or 0)
         queue = _queue_of(request)
         dlq_id = dlq_id_of(request)
 
-        redelivered = _redelivery(request, task_id, attempt)
+        delivery_count = _delivery_count(request)
+        redelivered = _redelivery(request, task_id, attempt, delivery_count)
         # The healthy path (a first delivery, no run of this id open in the process) sends
         # no start: the breaker gate answers from the cached allowance. A redelivery may be
         # a poison task, and a DLQ retry starts its count over: both ask before running.
-        answer = client.start(
-            task_id,
-            self.name,
-            attempt=attempt,
-            queue=queue,
-            ask=redelivered or dlq_id is not None,
-            redelivered=redelivered,
-            delivery_count=_delivery_count(request),
-            host=getattr(request, "hostname", None),
-            process=_process(os.getpid()),
-            dlq_id=dlq_id,
-            args=list(args) if redelivered else None,
-            kwargs=dict(kwargs) if redelivered else None,
-        )
+        ask = redelivered or dlq_id is not None
+        answer = None if ask else client.cached_start(self.name)
+        if answer is None:
+            answer = client.start(
+                task_id,
+                self.name,
+                attempt=attempt,
+                queue=queue,
+                ask=ask,
+                redelivered=redelivered,
+                delivery_count=delivery_count,
+                host=getattr(request, "hostname", None),
+                process=_process(os.getpid()),
+                dlq_id=dlq_id,
+                args=list(args) if redelivered else None,
+                kwargs=dict(kwargs) if redelivered else None,
+            )
         if answer.get("dead_lettered"):
             # Too many runs of this task id never ended (it kills its worker): the message
             # is acknowledged without running it; the DLQ has it.
@@ -226,7 +233,9 @@ class SidecarTask(_CeleryTask):  # type: ignore[misc,valid-type]
 
         started = time.monotonic()
         try:
-            result = super().__call__(*args, **kwargs)
+            # The worker's tracer has pushed this run's request and task already; Task's
+            # own __call__ would push copies of both again, on every run.
+            result = self.run(*args, **kwargs)
         except _CONTROL:
             if key is not None:
                 client.release(key, self.idempotency_scope, owner=owner)
@@ -427,16 +436,16 @@ _SEEN_LIMIT = 10_000
 _seen: dict[str, int] = {}  # task id -> retries of the runs running in this process
 
 
-def _redelivery(request: Any, task_id: str, retries: int) -> bool:
+def _redelivery(request: Any, task_id: str, retries: int, count: int | None) -> bool:
     """The broker says so (delivery_info / headers `redelivered`, a delivery count above
     1), or this process is already running this task id with the same retries count
-    (a second delivery while the first runs: thread and gevent pools)."""
+    (a second delivery while the first runs: thread and gevent pools). `count`: the
+    delivery count, when the broker keeps one."""
     info = getattr(request, "delivery_info", None) or {}
     headers = getattr(request, "headers", None) or {}
     flagged = bool(info.get("redelivered") or getattr(request, "redelivered", False))
     if not flagged and isinstance(headers, dict):
         flagged = bool(headers.get("redelivered"))
-    count = _delivery_count(request)
     again = _seen.get(task_id) == retries
     if len(_seen) >= _SEEN_LIMIT:
         _seen.clear()
