@@ -10,6 +10,7 @@ each series has one writer and its labels are bounded in one place.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractContextManager
@@ -81,218 +82,133 @@ class Metrics:
         self.registry = registry if registry is not None else CollectorRegistry()
         self.task = BoundedLabels(task_limit, on_new=self._new_task)
         self.queue = BoundedLabels(task_limit if queue_limit is None else queue_limit)
-        r, ns = self.registry, NAMESPACE
+        r = self.registry
         # What the sidecar says of itself: process_* (memory, CPU, fds), python_info and
         # python_gc_*, as the default registry has them already.
         if r is not REGISTRY:
             ProcessCollector(registry=r)
             PlatformCollector(registry=r)
             GCCollector(registry=r)
-        self.build_info = Gauge(
-            "build_info",
-            "1, labelled with the running version.",
-            ["version"],
-            namespace=ns,
-            registry=r,
+        counter, gauge, histogram = (
+            functools.partial(kind, namespace=NAMESPACE, registry=r)
+            for kind in (Counter, Gauge, Histogram)
         )
+        self.build_info = gauge("build_info", "1, labelled with the running version.", ["version"])
         self.build_info.labels(__version__).set(1)
-
-        self.task_events = Counter(
-            "task_events",
-            "Task lifecycle events by outcome.",
-            ["task", "outcome"],
-            namespace=ns,
-            registry=r,
+        self.task_events = counter(
+            "task_events", "Task lifecycle events by outcome.", ["task", "outcome"]
         )
-        self.failures = Counter(
+        self.failures = counter(
             "failures",
             "Failures by classified type and remediation.",
             ["task", "failure_type", "remediation"],
-            namespace=ns,
-            registry=r,
         )
-        self.retry_delay = Histogram(
+        self.retry_delay = histogram(
             "retry_delay_seconds",
             "Delay decided before a retry.",
             ["failure_type"],
             buckets=DELAY_BUCKETS,
-            namespace=ns,
-            registry=r,
         )
-        self.retry_outcomes = Counter(
+        self.retry_outcomes = counter(
             "retry_outcomes",
             "Outcome of runs that were retries.",
             ["task", "failure_type", "result"],
-            namespace=ns,
-            registry=r,
         )
-        self.dlq_depth = Gauge(
-            "dlq_depth", "Dead-lettered tasks by status.", ["status"], namespace=ns, registry=r
+        self.dlq_depth = gauge("dlq_depth", "Dead-lettered tasks by status.", ["status"])
+        self.dlq_oldest_pending_age = gauge(
+            "dlq_oldest_pending_age_seconds", "Age of the oldest pending DLQ record."
         )
-        self.dlq_oldest_pending_age = Gauge(
-            "dlq_oldest_pending_age_seconds",
-            "Age of the oldest pending DLQ record.",
-            namespace=ns,
-            registry=r,
-        )
-        self.dlq_actions = Counter(
-            "dlq_actions", "Actions taken on DLQ records.", ["action"], namespace=ns, registry=r
-        )
-        self.breaker_state = Gauge(
+        self.dlq_actions = counter("dlq_actions", "Actions taken on DLQ records.", ["action"])
+        self.breaker_state = gauge(
             "breaker_state",
             "1 for the state each breaker is in (a state set).",
             ["breaker", "state"],
-            namespace=ns,
-            registry=r,
         )
-        self.breaker_transitions = Counter(
-            "breaker_transitions",
-            "Breaker state changes.",
-            ["breaker", "to"],
-            namespace=ns,
-            registry=r,
+        self.breaker_transitions = counter(
+            "breaker_transitions", "Breaker state changes.", ["breaker", "to"]
         )
-        self.idempotency_checks = Counter(
+        self.idempotency_checks = counter(
             "idempotency_checks",
             "Idempotency claims by task, scope and result.",
             ["task", "scope", "result"],
-            namespace=ns,
-            registry=r,
         )
-        self.idempotency_duration = Histogram(
+        self.idempotency_duration = histogram(
             "idempotency_check_duration_seconds",
             "Time to answer an idempotency claim.",
             ["backend"],
             buckets=LATENCY_BUCKETS,
-            namespace=ns,
-            registry=r,
         )
-        self.classification_confidence = Histogram(
+        self.classification_confidence = histogram(
             "classification_confidence",
             "Confidence of each classification.",
             ["failure_type"],
             buckets=CONFIDENCE_BUCKETS,
-            namespace=ns,
-            registry=r,
         )
-        self.priority_assignments = Counter(
+        self.priority_assignments = counter(
             "priority_assignments",
             "Priorities given to retried and dead-lettered tasks.",
             ["priority", "queue"],
-            namespace=ns,
-            registry=r,
         )
-        self.sla_breaches = Counter(
-            "sla_breaches",
-            "Failures of tasks older than their tier's SLA.",
-            ["tier"],
-            namespace=ns,
-            registry=r,
+        self.sla_breaches = counter(
+            "sla_breaches", "Failures of tasks older than their tier's SLA.", ["tier"]
         )
-        self.lost_runs = Counter(
+        self.lost_runs = counter(
             "lost_runs",
             "Runs that started and never ended (the worker died under them), per task.",
             ["task"],
-            namespace=ns,
-            registry=r,
         )
-        self.deferrals = Counter(
-            "deferrals", "Retries pushed back, by reason.", ["reason"], namespace=ns, registry=r
+        self.deferrals = counter("deferrals", "Retries pushed back, by reason.", ["reason"])
+        self.adaptive_adjustments = counter(
+            "adaptive_adjustments", "Delays adjusted from past retry outcomes.", ["direction"]
         )
-        self.adaptive_adjustments = Counter(
-            "adaptive_adjustments",
-            "Delays adjusted from past retry outcomes.",
-            ["direction"],
-            namespace=ns,
-            registry=r,
-        )
-        self.queue_depth = Gauge(
-            "queue_depth", "Tasks waiting per queue.", ["queue"], namespace=ns, registry=r
-        )
-        self.queue_stalled = Gauge(
+        self.queue_depth = gauge("queue_depth", "Tasks waiting per queue.", ["queue"])
+        self.queue_stalled = gauge(
             "queue_stalled_seconds",
             "Seconds a queue has held tasks without shrinking (0 while empty or draining): "
             "high when no worker consumes it.",
             ["queue"],
-            namespace=ns,
-            registry=r,
         )
-        self.schedule_health_score = Gauge(
-            "schedule_health_score",
-            "Health of the periodic schedule, 0-100.",
-            namespace=ns,
-            registry=r,
+        self.schedule_health_score = gauge(
+            "schedule_health_score", "Health of the periodic schedule, 0-100."
         )
-        self.schedule_hotspots = Gauge(
-            "schedule_hotspots",
-            "Minutes where too many periodic tasks start.",
-            namespace=ns,
-            registry=r,
+        self.schedule_hotspots = gauge(
+            "schedule_hotspots", "Minutes where too many periodic tasks start."
         )
-        self.schedule_conflicts = Gauge(
-            "schedule_conflicts", "Overlapping periodic runs.", namespace=ns, registry=r
-        )
-        self.schedule_starts = Gauge(
+        self.schedule_conflicts = gauge("schedule_conflicts", "Overlapping periodic runs.")
+        self.schedule_starts = gauge(
             "schedule_starts",
             "Periodic task starts per hour of the day (UTC), by queue.",
             ["queue", "hour"],
-            namespace=ns,
-            registry=r,
         )
-        self.policy_reloads = Counter(
-            "policy_reloads", "Policy file reloads.", ["result"], namespace=ns, registry=r
-        )
-        self.backend_up = Gauge(
-            "backend_up", "1 when the backend answers.", ["backend"], namespace=ns, registry=r
-        )
-        self.spool_pending = Gauge(
-            "spool_pending", "DLQ writes waiting in the local spool.", namespace=ns, registry=r
-        )
-        self.spool_write_failures = Counter(
+        self.policy_reloads = counter("policy_reloads", "Policy file reloads.", ["result"])
+        self.backend_up = gauge("backend_up", "1 when the backend answers.", ["backend"])
+        self.spool_pending = gauge("spool_pending", "DLQ writes waiting in the local spool.")
+        self.spool_write_failures = counter(
             "spool_write_failures",
             "DLQ writes neither stored nor spooled (disk or spool full): lost.",
-            namespace=ns,
-            registry=r,
         )
-        self.spool_quarantined = Counter(
+        self.spool_quarantined = counter(
             "spool_quarantined",
             "Spooled DLQ writes the store refused for good, moved to the quarantine file.",
-            namespace=ns,
-            registry=r,
         )
-        self.spool_stalled = Gauge(
+        self.spool_stalled = gauge(
             "spool_stalled_seconds",
             "Seconds since the spool replay last applied a write while writes wait (0: none).",
-            namespace=ns,
-            registry=r,
         )
-        self.idempotency_stale_owners = Counter(
+        self.idempotency_stale_owners = counter(
             "idempotency_stale_owners",
             "complete/release refused: the caller did not hold the claim (any more).",
             ["action"],
-            namespace=ns,
-            registry=r,
         )
-        self.idempotency_fallbacks = Counter(
+        self.idempotency_fallbacks = counter(
             "idempotency_fallbacks",
             "Claims answered by the durable store because Redis did not answer.",
-            namespace=ns,
-            registry=r,
         )
-        self.requests_rejected = Counter(
-            "requests_rejected",
-            "Requests refused before they were handled, by reason.",
-            ["reason"],
-            namespace=ns,
-            registry=r,
+        self.requests_rejected = counter(
+            "requests_rejected", "Requests refused before they were handled, by reason.", ["reason"]
         )
-        self.hook_duration = Histogram(
-            "hook_duration_seconds",
-            "Time to answer a hook.",
-            ["hook"],
-            buckets=LATENCY_BUCKETS,
-            namespace=ns,
-            registry=r,
+        self.hook_duration = histogram(
+            "hook_duration_seconds", "Time to answer a hook.", ["hook"], buckets=LATENCY_BUCKETS
         )
         self._children: dict[tuple[str, tuple[str, ...]], Any] = {}
         self._breakers_seen: set[str] = set()
