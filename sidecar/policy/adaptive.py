@@ -3,14 +3,13 @@ the delays (and the number of retries) a policy gives."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import msgspec
 
 from .model import Adaptive, Load
 from .window import Window
 
 
-@dataclass(frozen=True, slots=True)
-class Adjustment:
+class Adjustment(msgspec.Struct, frozen=True):
     delay_factor: float = 1.0
     retry_delta: int = 0
     direction: str | None = None  # "faster" | "slower"

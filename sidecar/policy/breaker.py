@@ -12,8 +12,9 @@ and the state it moved to (or None); storing it is the caller's business.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
 from enum import StrEnum
+
+import msgspec
 
 from .model import BreakerSettings
 from .window import Window
@@ -27,8 +28,7 @@ class Status(StrEnum):
     HALF_OPEN = "half_open"
 
 
-@dataclass(frozen=True, slots=True)
-class BreakerState:
+class BreakerState(msgspec.Struct, frozen=True):
     status: Status = Status.CLOSED
     opened_at: float = 0.0
     window: Window = EMPTY_WINDOW  # calls while closed
@@ -90,7 +90,7 @@ def on_success(
         return state, None
     if status is Status.HALF_OPEN:
         return _moved(status, CLOSED)
-    return state if settings.failure_rate is None else replace(
+    return state if settings.failure_rate is None else msgspec.structs.replace(
         state, window=state.window.add(now, settings.window, success=True)
     ), None
 
@@ -110,7 +110,7 @@ def on_start(
     if probes >= settings.half_open_probes:
         wait = max(1.0, state.probe_at + settings.open_for - now)
         return False, wait, state, None
-    new = replace(state, status=Status.HALF_OPEN, probes=probes + 1, probe_at=now)
+    new = msgspec.structs.replace(state, status=Status.HALF_OPEN, probes=probes + 1, probe_at=now)
     return (True, 0.0, *_moved(state.status, new))  # counts open → half_open once
 
 

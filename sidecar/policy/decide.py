@@ -10,7 +10,8 @@ another sidecar of the fleet changed that state in between.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+
+import msgspec
 
 from . import adaptive, backoff, breaker, offpeak, priority
 from .breaker import BreakerState, Status
@@ -26,8 +27,7 @@ from .model import BreakerSettings, Exhausted, Jitter, Policy, Route
 from .window import Window
 
 
-@dataclass(frozen=True, slots=True)
-class Keys:
+class Keys(msgspec.Struct, frozen=True):
     """Where the state an event needs lives: `route.breaker_key` (None: no breaker) and
     `route.outcomes_key` (retry outcomes for adaptive learning)."""
 
@@ -35,8 +35,7 @@ class Keys:
     route: Route
 
 
-@dataclass(frozen=True, slots=True)
-class Snapshot:
+class Snapshot(msgspec.Struct, frozen=True):
     breaker: BreakerState | None = None
     outcomes: Window | None = None
 
@@ -44,8 +43,7 @@ class Snapshot:
 EMPTY = Snapshot()
 
 
-@dataclass(frozen=True, slots=True)
-class BreakerChange:
+class BreakerChange(msgspec.Struct, frozen=True):
     key: str
     settings: BreakerSettings
     success: bool  # a run of the task succeeded (else: failed)
@@ -56,8 +54,7 @@ class BreakerChange:
         return transition(state or breaker.CLOSED, self.settings, self.now)
 
 
-@dataclass(frozen=True, slots=True)
-class OutcomeChange:
+class OutcomeChange(msgspec.Struct, frozen=True):
     """One retry outcome of (task, failure type) for adaptive learning."""
 
     key: str
@@ -69,8 +66,7 @@ class OutcomeChange:
         return (outcomes or Window()).add(self.now, self.window, success=self.success)
 
 
-@dataclass(frozen=True, slots=True)
-class Effects:
+class Effects(msgspec.Struct, frozen=True):
     """What the decision did, for metrics and the changes to store."""
 
     breaker: BreakerChange | None = None
@@ -81,8 +77,7 @@ class Effects:
     sla_breach_tier: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
+class Outcome(msgspec.Struct, frozen=True):
     decision: Decision
     effects: Effects
 

@@ -4,16 +4,16 @@ level, ties upward (HIGH 8 + SLA breach 1 = 9 → CRITICAL)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from itertools import pairwise
+
+import msgspec
 
 from .durations import format_age, format_duration
 from .events import Context
 from .model import FailureType, Level, Priority
 
 
-@dataclass(frozen=True, slots=True)
-class Assigned:
+class Assigned(msgspec.Struct, frozen=True):
     level: Level
     score: float
     factors: tuple[str, ...]  # each factor in words, for the rationale

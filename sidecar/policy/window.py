@@ -6,13 +6,12 @@ is bounded whatever the traffic, and it slides in steps of a tenth of the window
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import msgspec
 
 BUCKETS = 10
 
 
-@dataclass(frozen=True, slots=True)
-class Window:
+class Window(msgspec.Struct, frozen=True):
     # (bucket number, successes, failures), oldest first
     buckets: tuple[tuple[int, int, int], ...] = ()
 
