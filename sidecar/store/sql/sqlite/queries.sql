@@ -112,8 +112,11 @@ WHERE id IN (SELECT value FROM json_each(:ids))
   AND status IN (SELECT value FROM json_each(:from_statuses));
 
 -- name: dlq_end_lease
+-- `+status`: look the rows up by id. With a plain `status = 'retrying'` SQLite walks the
+-- status index over every retrying record, and a bulk retry leaves all it sent retrying:
+-- each chunk cost more than the last.
 UPDATE dlq_records SET lease_until = NULL
-WHERE id IN (SELECT value FROM json_each(:ids)) AND status = 'retrying';
+WHERE id IN (SELECT value FROM json_each(:ids)) AND +status = 'retrying';
 
 -- name: dlq_lapsed_leases
 SELECT id FROM dlq_records
