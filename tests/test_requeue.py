@@ -116,6 +116,31 @@ class TestCelery:
         finally:
             await target.close()
 
+    async def test_a_chunk_lands_every_message_on_its_queue_and_priority(self, redis_url, broker):
+        sends = [(record(id=f"rec-{i}", task_id=f"t-{i}", args=[i]), "q", 8) for i in range(300)]
+        sends += [(record(id="low", task_id="t-low"), "q", 2)]
+        target = CeleryTarget(redis_url)
+        try:
+            assert await target.requeue_many(sends) == [None] * len(sends)
+        finally:
+            await target.close()
+        messages = [json.loads(m) for m in broker.lrange("q", 0, -1)]
+        assert sorted(m["headers"][DLQ_HEADER] for m in messages) == sorted(
+            f"rec-{i}" for i in range(300)
+        )
+        assert {m["headers"]["id"] for m in messages} == {f"t-{i}" for i in range(300)}
+        (low,) = broker.lrange("q\x06\x166", 0, -1)
+        assert json.loads(low)["headers"][DLQ_HEADER] == "low"
+
+    async def test_a_chunk_to_a_broker_that_is_down_fails_every_send(self):
+        target = CeleryTarget("redis://127.0.0.1:1/0")
+        try:
+            errors = await target.requeue_many([(record(id=f"r{i}"), "q", 6) for i in range(3)])
+        finally:
+            await target.close()
+        assert len(errors) == 3
+        assert all(isinstance(e, RequeueError) and "celery" in str(e) for e in errors)
+
 
 async def test_no_target_says_how_to_configure_one():
     with pytest.raises(RequeueError, match="TASK_SIDECAR_REQUEUE"):

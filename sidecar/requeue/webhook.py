@@ -9,12 +9,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import time
+from collections.abc import Sequence
 
 import aiohttp
 import msgspec
 
 from ..records import DlqRecord
-from . import RequeueError
+from . import RequeueError, Send, one_by_one
 
 SIGNATURE_HEADER = "X-Task-Sidecar-Signature"
 
@@ -48,6 +49,9 @@ class WebhookTarget:
                     raise RequeueError(f"webhook answered {response.status}")
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise RequeueError(f"webhook: {type(exc).__name__}: {exc}") from exc
+
+    async def requeue_many(self, sends: Sequence[Send]) -> list[RequeueError | None]:
+        return await one_by_one(self, sends)
 
     async def close(self) -> None:
         if self._session is not None:

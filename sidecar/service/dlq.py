@@ -8,6 +8,7 @@ many operators or sidecars try at the same time) and is written to the audit log
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
@@ -25,8 +26,8 @@ from .errors import Ambiguous, Conflict, NotFound
 from .policies import Policies
 
 log = logging.getLogger("task_sidecar.dlq")
-BATCH = 200  # records read from the store at a time
-CHUNK = 50  # records taken (pending → retrying) at a time, just before they are sent
+BATCH = 500  # records read from the store at a time
+CHUNK = 500  # records taken (pending → retrying) at a time, just before they are sent
 
 
 @dataclass(frozen=True)
@@ -352,15 +353,23 @@ class DeadLetters:
     async def _send_chunk(self, job: BulkJob, records: list[DlqRecord], priority: str | None):
         moved = await self._take([r.id for r in records])
         job.skipped += len(records) - len(moved)
-        sent = []
-        for record in moved:
-            try:
-                await self._requeue(record, self.route(record, priority, None))
-                job.requeued += 1
+        routes = [self.route(record, priority, None) for record in moved]
+        errors = await self.target.requeue_many(
+            [(r, route.queue, route.priority_value) for r, route in zip(moved, routes, strict=True)]
+        )
+        sent, failed = [], collections.defaultdict(list)
+        for record, error in zip(moved, errors, strict=True):
+            if error is None:
                 sent.append(record.id)
-            except RequeueError as exc:
-                job.failed += 1
-                job.errors.append(f"{record.id}: {exc}")
+                self.metrics.record_dlq_action("retry")
+            else:
+                failed[str(error)].append(record.id)
+                job.errors.append(f"{record.id}: {error}")
+        for error, ids in failed.items():  # back to pending, saying why
+            log.warning("requeue of %d records failed: %s", len(ids), error)
+            await self.store.transition(ids, "pending", ("retrying",), self.clock(), error=error)
+        job.requeued += len(sent)
+        job.failed += len(moved) - len(sent)
         await self.store.end_lease(sent)
         if moved:
             await self.store.audit(
