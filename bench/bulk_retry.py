@@ -3,16 +3,20 @@
     .venv/bin/python bench/bulk_retry.py [--records 100000] [--redis-url URL]
 
 Seeds the embedded store (SQLite) with N pending records, then times a bulk retry by
-filter with the rate limit off: conditional transitions of 200 records at a time, one
-Celery `send_task` per record, audit entries. The baseline is Celery's own `send_task`
-of the same N messages in a plain loop, on the same broker, in the same run. Prints
-records/s of both and their ratio. Target: ≥ 5,000 records/s.
+filter with the rate limit off: conditional transitions of 500 records at a time, each
+chunk published in one kombu publish batch (one Redis pipeline), audit entries. The
+baseline is Celery's own `send_task` of the same N messages in a plain loop, on the same
+broker, in the same run. Then a real Celery worker (bench/bulk_worker_app.py, prefork)
+runs every requeued message, and the run count is checked. Prints records/s of both and
+their ratio. Target: >= 10,000 records/s.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -92,9 +96,37 @@ async def run(records: int, broker: str, data: Path) -> tuple[float, float]:
     return records / bulk, records / baseline
 
 
+def run_every_message(broker: str, records: int, timeout: float = 600) -> float:
+    """Start a real worker on the bench queue and wait until it ran `records` tasks;
+    returns the seconds it took."""
+    import redis
+
+    runs = redis.Redis.from_url(broker)
+    runs.delete("bench:runs")
+    env = {**os.environ, "CELERY_BROKER_URL": broker, "PYTHONPATH": str(ROOT / "bench")}
+    command = [sys.executable, "-m", "celery", "-A", "bulk_worker_app", "worker", "-Q", "bench"]
+    command += ["-c", "2", "--without-gossip", "--without-mingle", "--without-heartbeat"]
+    worker = subprocess.Popen(
+        [*command, "--loglevel", "WARNING"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    started = time.perf_counter()
+    try:
+        while int(runs.get("bench:runs") or 0) < records:
+            if time.perf_counter() - started > timeout or worker.poll() is not None:
+                raise RuntimeError(f"the worker ran {runs.get('bench:runs')} of {records}")
+            time.sleep(0.05)
+        return time.perf_counter() - started
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--records", type=int, default=100_000)
+    parser.add_argument("--records", type=int, default=20_000)
     parser.add_argument("--redis-url", default=None)
     args = parser.parse_args()
     with ExitStack() as stack, tempfile.TemporaryDirectory() as tmp:
@@ -104,10 +136,12 @@ def main() -> None:
 
             url = stack.enter_context(start_redis(tmp)).url
         bulk, baseline = asyncio.run(run(args.records, url, Path(tmp)))
+        ran = run_every_message(url, args.records)
     print(f"{args.records:,} records, Celery on Redis, rate limit off")
     print(f"bare send_task loop: {baseline:8,.0f} records/s")
-    print(f"bulk retry:          {bulk:8,.0f} records/s")
-    print(f"ratio: {bulk / baseline:.2f}x (target >= 5,000 records/s)")
+    print(f"bulk retry:          {bulk:8,.0f} records/s (target >= 10,000)")
+    print(f"ratio: {bulk / baseline:.2f}x")
+    print(f"a real worker (prefork, 2 processes) ran all {args.records:,} in {ran:.1f} s")
 
 
 if __name__ == "__main__":
