@@ -317,6 +317,17 @@ class TestBulkRetry:
         sent = [s["id"] for s in client.receiver.received]
         assert sorted(sent) == sorted(ids)
 
+    async def test_sends_that_fail_leave_their_records_pending_with_the_error(self, client):
+        ids = await seed(client, 3)
+        client.receiver.fail = True
+        job = await call(client, "POST", "/v1/dlq/bulk-retry", {"ids": ids}, status=202)
+        await client.server.app[SERVICES].dlq.wait_jobs()
+        progress = await call(client, "GET", f"/v1/dlq/bulk-retry/{job['id']}", token=VIEWER)
+        assert (progress["requeued"], progress["failed"]) == (0, 3)
+        for dlq_id in ids:
+            record = await call(client, "GET", f"/v1/dlq/{dlq_id}", token=VIEWER)
+            assert (record["status"], record["last_error"]) == ("pending", "webhook answered 500")
+
     async def test_by_ids_and_bad_bodies(self, client):
         ids = await seed(client, 3)
         job = await call(client, "POST", "/v1/dlq/bulk-retry", {"ids": ids[:2]}, status=202)
