@@ -75,6 +75,7 @@ ALERT_NAMES = (
     "TaskSidecarDuplicateRateHigh",
     "TaskSidecarDLQRecovered",
     "TaskSidecarBreakerRecovered",
+    "TaskSidecarCostSavingsMilestone",
     "TaskSidecarSpoolWriteFailed",
     "TaskSidecarNotScraped",
     "TaskSidecarErrorBudgetBurn",
@@ -153,6 +154,15 @@ SPEC = Key(
             "map",
             "Info notifications of recoveries.",
             keys={"window": Key("duration", "How long a recovery is reported.")},
+        ),
+        "cost_savings": Key(
+            "map",
+            "The info notification of retries moved off-peak (the seed's cost savings).",
+            keys={
+                "milestone": Key("number", "Notify each time the count passes a multiple."),
+                "window": Key("duration", "Over how long deferrals are counted."),
+                "notify_for": Key("duration", "How long a milestone is reported."),
+            },
         ),
         "not_scraped": Key(
             "map",

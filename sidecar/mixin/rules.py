@@ -200,6 +200,10 @@ def alerts() -> list[Alert]:
     critical_breakers = '"' + breaker_owner_regex(hole("critical_tasks", "pq")) + '"'
     system_types = hole("system_failure_types", "bar", "pq")
     resolved = raw("task_sidecar_dlq_actions_total", 'action="resolve"')
+    deferred = raw("task_sidecar_deferrals_total", 'reason="off_peak"')
+    saved = f"sum by ({GROUPING}) (increase({deferred}[{hole('cost_savings.window')}]{{at}}))"
+    off_peak = saved.replace("{at}", "")
+    off_peak_before = saved.replace("{at}", f" offset {hole('cost_savings.notify_for')}")
     open_breakers = raw("task_sidecar_breaker_state", OPEN, "breaker{op}" + critical_breakers)
     thresholds = f"(warning above {num('dlq.warning')}, critical above {num('dlq.critical')})"
     out = [
@@ -339,6 +343,26 @@ def alerts() -> list[Alert]:
             f"{hole('recovered.window')}: {{{{ $labels.task }}}} runs normally again.",
             "retries",
             PER_TASK,
+        ),
+        Alert(
+            "TaskSidecarCostSavingsMilestone",
+            "info",
+            # The seed's "cost savings milestone": the sidecar counts retries it moved
+            # off-peak, not money. Fires while the window's count has crossed a multiple of
+            # the milestone within the last notify period, then resolves by itself.
+            f"floor({off_peak} / {num('cost_savings.milestone')})"
+            f" * {num('cost_savings.milestone')}\n"
+            f"> on ({GROUPING})\n"
+            f"floor({off_peak_before} / {num('cost_savings.milestone')})"
+            f" * {num('cost_savings.milestone')}",
+            "0s",
+            "{{ $value | printf \"%.0f\" }} retries moved off-peak in "
+            f"{hole('cost_savings.window')}",
+            "{{ $labels.namespace }}/{{ $labels.job }} passed a milestone: "
+            "{{ $value | printf \"%.0f\" }} or more low-priority retries were deferred to the "
+            f"off-peak window over the last {hole('cost_savings.window')} "
+            f"(a milestone every {num('cost_savings.milestone')}).",
+            "retries",
         ),
         Alert(
             "TaskSidecarSpoolWriteFailed",

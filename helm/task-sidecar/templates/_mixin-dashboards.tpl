@@ -4,7 +4,7 @@
 {{- $c := . }}
 {
   "annotations": {},
-  "description": "Dead-letter records from PostgreSQL: filter, search, open one (traceback, masked arguments, audit trail, the commands to act on it).",
+  "description": "Dead-letter records from PostgreSQL: filter, search, open one (traceback, masked arguments, audit trail, the commands to act on it); the last schedule analysis.",
   "editable": true,
   "fiscalYearStartMonth": 0,
   "graphTooltip": 1,
@@ -565,6 +565,181 @@
         }
       ],
       "title": "Oldest pending by task",
+      "transparent": false,
+      "type": "table"
+    },
+    {
+      "collapsed": false,
+      "gridPos": {
+        "h": 1,
+        "w": 24,
+        "x": 0,
+        "y": 49
+      },
+      "id": 13,
+      "panels": [],
+      "title": "Schedules (the last analysis)",
+      "type": "row"
+    },
+    {
+      "datasource": {
+        "type": "grafana-postgresql-datasource",
+        "uid": "${postgres}"
+      },
+      "description": "Schedules whose runs overlap on one queue, or overlap themselves, within the next 24 hours: the conflicts the Conflicts gauge counts.",
+      "fieldConfig": {
+        "defaults": {
+          "custom": {
+            "align": "auto",
+            "cellOptions": {
+              "type": "auto",
+              "wrapText": true
+            },
+            "inspect": false
+          },
+          "thresholds": {
+            "mode": "absolute",
+            "steps": [
+              {
+                "color": "green",
+                "value": null
+              }
+            ]
+          },
+          "unit": "none"
+        },
+        "overrides": []
+      },
+      "gridPos": {
+        "h": 8,
+        "w": 12,
+        "x": 0,
+        "y": 50
+      },
+      "id": 14,
+      "repeatDirection": "h",
+      "targets": [
+        {
+          "datasource": {
+            "type": "grafana-postgresql-datasource",
+            "uid": "${postgres}"
+          },
+          "editorMode": "code",
+          "format": "table",
+          "rawQuery": true,
+          "rawSql": "SELECT kind, tasks, queue, first_overlap, occurrences, detail\nFROM schedule_explorer_conflicts\nORDER BY occurrences DESC, first_overlap, tasks\nLIMIT 200",
+          "refId": "A"
+        }
+      ],
+      "title": "Schedule conflicts",
+      "transparent": false,
+      "type": "table"
+    },
+    {
+      "datasource": {
+        "type": "grafana-postgresql-datasource",
+        "uid": "${postgres}"
+      },
+      "description": "Minutes to move a schedule by to spread its starts, with the score now and with all the advice taken.",
+      "fieldConfig": {
+        "defaults": {
+          "custom": {
+            "align": "auto",
+            "cellOptions": {
+              "type": "auto",
+              "wrapText": true
+            },
+            "inspect": false
+          },
+          "thresholds": {
+            "mode": "absolute",
+            "steps": [
+              {
+                "color": "green",
+                "value": null
+              }
+            ]
+          },
+          "unit": "none"
+        },
+        "overrides": []
+      },
+      "gridPos": {
+        "h": 8,
+        "w": 12,
+        "x": 12,
+        "y": 50
+      },
+      "id": 15,
+      "repeatDirection": "h",
+      "targets": [
+        {
+          "datasource": {
+            "type": "grafana-postgresql-datasource",
+            "uid": "${postgres}"
+          },
+          "editorMode": "code",
+          "format": "table",
+          "rawQuery": true,
+          "rawSql": "SELECT task, cron, new_cron, minute_offset, reason, score, score_after\nFROM schedule_explorer_recommendations\nORDER BY task\nLIMIT 200",
+          "refId": "A"
+        }
+      ],
+      "title": "Schedule recommendations",
+      "transparent": false,
+      "type": "table"
+    },
+    {
+      "datasource": {
+        "type": "grafana-postgresql-datasource",
+        "uid": "${postgres}"
+      },
+      "description": "Every schedule analysed: from the policy file or reported by a worker (PUT /v1/schedules, e.g. a Celery beat_schedule).",
+      "fieldConfig": {
+        "defaults": {
+          "custom": {
+            "align": "auto",
+            "cellOptions": {
+              "type": "auto",
+              "wrapText": false
+            },
+            "inspect": false
+          },
+          "thresholds": {
+            "mode": "absolute",
+            "steps": [
+              {
+                "color": "green",
+                "value": null
+              }
+            ]
+          },
+          "unit": "none"
+        },
+        "overrides": []
+      },
+      "gridPos": {
+        "h": 8,
+        "w": 24,
+        "x": 0,
+        "y": 58
+      },
+      "id": 16,
+      "repeatDirection": "h",
+      "targets": [
+        {
+          "datasource": {
+            "type": "grafana-postgresql-datasource",
+            "uid": "${postgres}"
+          },
+          "editorMode": "code",
+          "format": "table",
+          "rawQuery": true,
+          "rawSql": "SELECT name, cron, queue, expected_duration_seconds AS expected_duration, timezone, source,\n       coalesce(recommended_cron, '') AS recommended_cron, analysed_at\nFROM schedule_explorer_schedules\nORDER BY name\nLIMIT 1000",
+          "refId": "A"
+        }
+      ],
+      "title": "Schedules",
       "transparent": false,
       "type": "table"
     }

@@ -197,6 +197,21 @@
           "runbook_url": "{{ $c.links.runbook_base_url | trimSuffix "/" | include "task-sidecar.mixin.json" }}/TaskSidecarBreakerRecovered.md"
           "dashboard_url": "{{ $c.links.grafana_url | trimSuffix "/" | include "task-sidecar.mixin.json" }}/d/task-sidecar-retries?var-cluster={{ "{{" }} $labels.{{ $c.cluster_label | include "task-sidecar.mixin.json" }} | urlquery }}&var-namespace={{ "{{" }} $labels.namespace | urlquery }}&var-job={{ "{{" }} $labels.job | urlquery }}&var-task={{ "{{" }} $labels.task | urlquery }}"
       {{- end }}
+      {{- if $c.alerts.TaskSidecarCostSavingsMilestone }}
+      - "alert": "TaskSidecarCostSavingsMilestone"
+        "expr": "floor(sum by ({{ $c.cluster_label | include "task-sidecar.mixin.json" }}, namespace, job) (increase(task_sidecar_deferrals_total{reason=\"off_peak\"{{ $c.selectors | include "task-sidecar.mixin.matchers" | include "task-sidecar.mixin.json" }}}[{{ $c.cost_savings.window | include "task-sidecar.mixin.json" }}])) / {{ $c.cost_savings.milestone | float64 }}) * {{ $c.cost_savings.milestone | float64 }}\n> on ({{ $c.cluster_label | include "task-sidecar.mixin.json" }}, namespace, job)\nfloor(sum by ({{ $c.cluster_label | include "task-sidecar.mixin.json" }}, namespace, job) (increase(task_sidecar_deferrals_total{reason=\"off_peak\"{{ $c.selectors | include "task-sidecar.mixin.matchers" | include "task-sidecar.mixin.json" }}}[{{ $c.cost_savings.window | include "task-sidecar.mixin.json" }}] offset {{ $c.cost_savings.notify_for | include "task-sidecar.mixin.json" }})) / {{ $c.cost_savings.milestone | float64 }}) * {{ $c.cost_savings.milestone | float64 }}"
+        "for": "0s"
+        "labels":
+          "severity": "info"
+          {{- range $k, $v := $c.rule_labels }}
+          {{ $k | toJson }}: {{ $v | toJson }}
+          {{- end }}
+        "annotations":
+          "summary": "{{ "{{" }} $value | printf \"%.0f\" }} retries moved off-peak in {{ $c.cost_savings.window | include "task-sidecar.mixin.json" }}"
+          "description": "{{ "{{" }} $labels.namespace }}/{{ "{{" }} $labels.job }} passed a milestone: {{ "{{" }} $value | printf \"%.0f\" }} or more low-priority retries were deferred to the off-peak window over the last {{ $c.cost_savings.window | include "task-sidecar.mixin.json" }} (a milestone every {{ $c.cost_savings.milestone | float64 }})."
+          "runbook_url": "{{ $c.links.runbook_base_url | trimSuffix "/" | include "task-sidecar.mixin.json" }}/TaskSidecarCostSavingsMilestone.md"
+          "dashboard_url": "{{ $c.links.grafana_url | trimSuffix "/" | include "task-sidecar.mixin.json" }}/d/task-sidecar-retries?var-cluster={{ "{{" }} $labels.{{ $c.cluster_label | include "task-sidecar.mixin.json" }} | urlquery }}&var-namespace={{ "{{" }} $labels.namespace | urlquery }}&var-job={{ "{{" }} $labels.job | urlquery }}"
+      {{- end }}
       {{- if $c.alerts.TaskSidecarSpoolWriteFailed }}
       - "alert": "TaskSidecarSpoolWriteFailed"
         "expr": "sum by ({{ $c.cluster_label | include "task-sidecar.mixin.json" }}, namespace, job) (increase(task_sidecar_spool_write_failures_total{{ $c.selectors | include "task-sidecar.mixin.selector" | include "task-sidecar.mixin.json" }}[5m])) > 0"
