@@ -206,7 +206,13 @@ class TestSqlDashboards:
     reader's views (tests/test_dlq_explorer.py runs every query)."""
 
     UID = "task-sidecar-dlq-explorer"
-    VIEWS: ClassVar[set[str]] = {"dlq_explorer", "dlq_explorer_audit"}
+    VIEWS: ClassVar[set[str]] = {
+        "dlq_explorer",
+        "dlq_explorer_audit",
+        "schedule_explorer_schedules",
+        "schedule_explorer_conflicts",
+        "schedule_explorer_recommendations",
+    }
     PG: ClassVar[dict[str, str]] = {"type": PG_TYPE, "uid": "${postgres}"}
 
     def board(self) -> dict[str, Any]:
@@ -373,17 +379,8 @@ class TestSeedCoverage:
     def test_every_seed_dashboard_is_mapped(self) -> None:
         assert {row[0] for row in self.rows()} >= self.SEED_DASHBOARDS
 
-    # Figures no panel shows yet (issue #18 leaves them for later): the README says so.
-    NOT_YET: ClassVar[set[tuple[str, str]]] = {
-        ("Schedule conflicts", "Critical conflicts list"),
-        ("Schedule conflicts", "Optimization recommendations"),
-        ("Schedule conflicts", "Active schedules table"),
-        ("Alert thresholds", "Cost savings milestone (info notification)"),
-    }
-
-    def test_only_the_known_figures_are_not_yet_shown(self) -> None:
-        missing = {(row[0], row[1]) for row in self.rows() if row[3] == "not yet"}
-        assert missing == self.NOT_YET
+    def test_every_figure_is_shown(self) -> None:
+        assert [row[:2] for row in self.rows() if row[3] == "not yet"] == []
 
     def test_every_figure_of_the_six_seed_dashboards_has_a_row(self) -> None:
         """The figures the seed lists for each of its six HTML dashboards (its §4)."""
@@ -399,12 +396,16 @@ class TestSeedCoverage:
         assert {name: rows.count(name) for name in seed} == seed
 
     def test_every_mapped_panel_exists(self) -> None:
+        rules = load_yaml(ROOT / "alerting" / "task-sidecar.rules.yaml")
+        alerts = {r["alert"] for g in rules["groups"] for r in g["rules"] if "alert" in r}
         for seed, figure, where, panel_cell, _ in self.rows():
-            if panel_cell == "not yet":
+            named = re.findall(r"`([^`]+)`", panel_cell)
+            if where == "Alertmanager":  # an info notification: the alert's name
+                assert named, (seed, figure)
+                assert set(named) <= alerts, (seed, figure, named)
                 continue
             uid = TITLES[where]
             titles = {p["title"] for p in panels(uid)}
-            named = re.findall(r"`([^`]+)`", panel_cell)
             assert named, f"{seed} / {figure}: no panel named"
             for title in named:
                 assert title in titles, f"{seed} / {figure}: no panel {title!r} in {where}"

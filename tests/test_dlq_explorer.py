@@ -45,6 +45,12 @@ BASE_TABLES = (
     "schema_migrations",
     "dlq_explorer_redactions",
     "dlq_explorer_settings",
+    "schedule_explorer_analysis",
+)
+SCHEDULE_VIEWS = (
+    "schedule_explorer_schedules",
+    "schedule_explorer_conflicts",
+    "schedule_explorer_recommendations",
 )
 
 # (task, exception type, message, kwargs): three failure types over three tasks.
@@ -193,7 +199,7 @@ async def test_every_query_of_the_explorer_as_the_reader(sidecar, database, read
     everything = context(now, record=retried)
     queries = [(title, panel_sql(title)) for title, p in PANELS.items() if p.get("targets")]
     queries += [(f"${v['name']}", v["query"]) for v in VARIABLES if v["type"] == "query"]
-    assert len(queries) == 10
+    assert len(queries) == 13
     results = {where: run(reader, expand(text, VARIABLES, everything)) for where, text in queries}
 
     # Variables offer what the DLQ holds.
@@ -284,7 +290,7 @@ async def test_every_query_of_the_explorer_as_the_reader(sidecar, database, read
         for table in BASE_TABLES:
             with pytest.raises(psycopg.errors.InsufficientPrivilege, match="permission denied"):
                 conn.execute(sql.SQL("SELECT 1 FROM {}").format(sql.Identifier(table)))
-        for view in ("dlq_explorer", "dlq_explorer_audit"):
+        for view in ("dlq_explorer", "dlq_explorer_audit", *SCHEDULE_VIEWS):
             rights = conn.execute(
                 "SELECT has_table_privilege(%(v)s, 'SELECT'), has_table_privilege(%(v)s,"
                 " 'INSERT, UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER')",
@@ -298,6 +304,63 @@ async def test_every_query_of_the_explorer_as_the_reader(sidecar, database, read
     await sidecar.sync()
     (row,) = run(reader, expand(panel_sql("Arguments"), VARIABLES, everything))
     assert json.loads(row["args"]) == ["alice@example.com", 0]
+
+
+# Six reports at 03:00 on one queue (a hotspot the analysis advises moving), two hourly
+# half-hour runs on another (a queue overlap), one every 5 minutes for 10 (a self overlap).
+REPORTED = [
+    *({"name": f"nightly-{i}", "cron": "0 3 * * *", "queue": "reports"} for i in range(6)),
+    {"name": "sync-a", "cron": "0 * * * *", "queue": "sync", "expected_duration": "30m"},
+    {"name": "sync-b", "cron": "10 * * * *", "queue": "sync", "expected_duration": "30m"},
+    {"name": "poll", "cron": "*/5 * * * *", "expected_duration": "10m", "timezone": "UTC"},
+]
+
+
+async def test_the_schedule_panels_show_the_last_analysis(sidecar, database, reader):
+    """The seed's conflicts list, recommendations and schedules table: what a worker
+    reported, analysed, stored by the sidecar and read back as the reader, row for row as
+    `GET /v1/schedules/health` reports them."""
+    client = sidecar.client
+    assert await call(client, "PUT", "/v1/schedules", REPORTED, token=HOOKS) == {"schedules": 9}
+    await sidecar.sync()
+    grant_reader(database, reader)
+    health = await call(client, "GET", "/v1/schedules/health")
+    assert health["conflicts"]
+    assert health["recommendations"]
+    everything = context(datetime.now(UTC))
+
+    rows = run(reader, expand(panel_sql("Schedules"), VARIABLES, everything))
+    assert [r["name"] for r in rows] == sorted(e["name"] for e in REPORTED)
+    by_name = {r["name"]: r for r in rows}
+    assert by_name["sync-a"]["queue"] == "sync"
+    assert by_name["poll"]["queue"] == "default"
+    assert by_name["sync-a"]["expected_duration"] == 1800.0
+    assert {r["source"] for r in rows} == {"reported"}
+    advised = {r["task"]: r["new_cron"] for r in health["recommendations"]}
+    assert {n: r["recommended_cron"] for n, r in by_name.items() if r["recommended_cron"]} == (
+        advised
+    )
+
+    conflicts = run(reader, expand(panel_sql("Schedule conflicts"), VARIABLES, everything))
+    expected = {
+        (c["kind"], ", ".join(c["tasks"]), c["queue"], c["occurrences"])
+        for c in health["conflicts"]
+    }
+    assert {(r["kind"], r["tasks"], r["queue"], r["occurrences"]) for r in conflicts} == expected
+    assert {r["kind"] for r in conflicts} == {"queue_overlap", "self_overlap"}
+
+    advice = run(reader, expand(panel_sql("Schedule recommendations"), VARIABLES, everything))
+    assert {(r["task"], r["new_cron"], r["minute_offset"]) for r in advice} == {
+        (r["task"], r["new_cron"], r["minute_offset"]) for r in health["recommendations"]
+    }
+    assert {r["score"] for r in advice} == {health["score"]}
+
+    # A new report replaces the last: the panels follow the next sync.
+    assert await call(client, "PUT", "/v1/schedules", REPORTED[:1], token=HOOKS)
+    await sidecar.sync()
+    rows = run(reader, expand(panel_sql("Schedules"), VARIABLES, everything))
+    assert [r["name"] for r in rows] == ["nightly-0"]
+    assert run(reader, expand(panel_sql("Schedule conflicts"), VARIABLES, everything)) == []
 
 
 def _epoch(value: Any) -> datetime:

@@ -97,6 +97,32 @@ column idempotency_keys.state text not null
 column idempotency_keys.first_seen_at timestamp with time zone not null
 column idempotency_keys.expires_at timestamp with time zone not null
 column idempotency_keys.owner text not null default ''::text
+column schedule_explorer_analysis.singleton boolean not null default true
+column schedule_explorer_analysis.analysed_at timestamp with time zone not null
+column schedule_explorer_analysis.document jsonb not null
+column schedule_explorer_conflicts.kind text null
+column schedule_explorer_conflicts.tasks text null
+column schedule_explorer_conflicts.queue text null
+column schedule_explorer_conflicts.first_overlap timestamp with time zone null
+column schedule_explorer_conflicts.occurrences integer null
+column schedule_explorer_conflicts.detail text null
+column schedule_explorer_conflicts.analysed_at timestamp with time zone null
+column schedule_explorer_recommendations.task text null
+column schedule_explorer_recommendations.cron text null
+column schedule_explorer_recommendations.new_cron text null
+column schedule_explorer_recommendations.minute_offset integer null
+column schedule_explorer_recommendations.reason text null
+column schedule_explorer_recommendations.score integer null
+column schedule_explorer_recommendations.score_after integer null
+column schedule_explorer_recommendations.analysed_at timestamp with time zone null
+column schedule_explorer_schedules.name text null
+column schedule_explorer_schedules.cron text null
+column schedule_explorer_schedules.queue text null
+column schedule_explorer_schedules.expected_duration_seconds double precision null
+column schedule_explorer_schedules.timezone text null
+column schedule_explorer_schedules.source text null
+column schedule_explorer_schedules.recommended_cron text null
+column schedule_explorer_schedules.analysed_at timestamp with time zone null
 column schema_migrations.version integer not null
 column schema_migrations.applied_at timestamp with time zone not null default now()
 index audit_log_at_id_idx ON audit_log USING btree (at, id)
@@ -118,6 +144,7 @@ index hook_events_failures_idx ON hook_events USING btree (at, failure_type) WHE
 index hook_events_pkey UNIQUE ON hook_events USING btree (id)
 index idempotency_keys_expires_at_idx ON idempotency_keys USING btree (expires_at)
 index idempotency_keys_pkey UNIQUE ON idempotency_keys USING btree (key)
+index schedule_explorer_analysis_pkey UNIQUE ON schedule_explorer_analysis USING btree (singleton)
 index schema_migrations_pkey UNIQUE ON schema_migrations USING btree (version)
 constraint audit_log.audit_log_pkey PRIMARY KEY (id)
 constraint dlq_explorer_redactions.dlq_explorer_redactions_pkey PRIMARY KEY (key)
@@ -129,6 +156,8 @@ constraint hook_events.hook_events_kind_check CHECK ((kind = ANY (ARRAY['failure
 constraint hook_events.hook_events_pkey PRIMARY KEY (id)
 constraint idempotency_keys.idempotency_keys_pkey PRIMARY KEY (key)
 constraint idempotency_keys.idempotency_keys_state_check CHECK ((state = ANY (ARRAY['running'::text, 'done'::text])))
+constraint schedule_explorer_analysis.schedule_explorer_analysis_pkey PRIMARY KEY (singleton)
+constraint schedule_explorer_analysis.schedule_explorer_analysis_singleton CHECK (singleton)
 constraint schema_migrations.schema_migrations_pkey PRIMARY KEY (version)
 """.strip().splitlines()  # noqa: E501
 
@@ -232,7 +261,13 @@ class TestMigrate:
                     "SELECT table_name, privilege_type FROM information_schema.table_privileges"
                     " WHERE grantee = 'task_sidecar_reader' ORDER BY 1"
                 ).fetchall()
-            assert granted == [("dlq_explorer", "SELECT"), ("dlq_explorer_audit", "SELECT")]
+            assert granted == [
+                ("dlq_explorer", "SELECT"),
+                ("dlq_explorer_audit", "SELECT"),
+                ("schedule_explorer_conflicts", "SELECT"),
+                ("schedule_explorer_recommendations", "SELECT"),
+                ("schedule_explorer_schedules", "SELECT"),
+            ]
         finally:
             with psycopg.connect(postgres_dsn, autocommit=True) as admin:
                 admin.execute(
@@ -250,9 +285,9 @@ class TestMigrate:
 
 
 def _explorer_only(line: str) -> bool:
-    """The DLQ explorer's views and tables (0010) exist in PostgreSQL only: Grafana reads
+    """The DLQ explorer's views and tables (0010, 0011) exist in PostgreSQL only: Grafana reads
     them with its PostgreSQL datasource, and the embedded store has no such reader."""
-    return line.split()[1].startswith("dlq_explorer")
+    return line.split()[1].startswith(("dlq_explorer", "schedule_explorer"))
 
 
 def sqlite_schema(path) -> sqlite3.Connection:

@@ -1,7 +1,8 @@
 """DLQ explorer: the dead-letter records themselves, read from PostgreSQL (issue 18).
 
 Grafana's PostgreSQL datasource, connected as the role `task_sidecar_reader`, reads the
-views of sidecar/store/sql/postgres/0010_dlq_explorer.sql (and may read nothing else):
+views of sidecar/store/sql/postgres/0010_dlq_explorer.sql and 0011_schedule_explorer.sql
+(and may read nothing else):
 kwargs come masked by the policy's `dlq.explorer.redact_kwargs`, args hidden unless
 `show_args`. Every SQL query of the dashboard is here; tests/test_dlq_explorer.py runs
 each one against a real database, as the reader, with the variables expanded as Grafana
@@ -138,6 +139,27 @@ GROUP BY task_name
 ORDER BY oldest, task
 LIMIT 50""")
 
+# --- the last schedule analysis (0011_schedule_explorer.sql) ----------------------------------
+
+SCHEDULE_CONFLICTS = Sql("""\
+SELECT kind, tasks, queue, first_overlap, occurrences, detail
+FROM schedule_explorer_conflicts
+ORDER BY occurrences DESC, first_overlap, tasks
+LIMIT 200""")
+
+SCHEDULE_RECOMMENDATIONS = Sql("""\
+SELECT task, cron, new_cron, minute_offset, reason, score, score_after
+FROM schedule_explorer_recommendations
+ORDER BY task
+LIMIT 200""")
+
+SCHEDULES = Sql("""\
+SELECT name, cron, queue, expected_duration_seconds AS expected_duration, timezone, source,
+       coalesce(recommended_cron, '') AS recommended_cron, analysed_at
+FROM schedule_explorer_schedules
+ORDER BY name
+LIMIT 1000""")
+
 ABOUT = """\
 Dead-letter records from PostgreSQL, read as the role `task_sidecar_reader` (views only).
 Click a record's id to open it below. kwargs keys of the policy's
@@ -263,12 +285,43 @@ def build() -> Dashboard:
                 ).links([runbook("TaskSidecarDLQDepthHigh")]),
             ],
         ),
+        Row(
+            "Schedules (the last analysis)",
+            [
+                sql_table_panel(
+                    "Schedule conflicts",
+                    "Schedules whose runs overlap on one queue, or overlap themselves, within "
+                    "the next 24 hours: the conflicts the Conflicts gauge counts.",
+                    SCHEDULE_CONFLICTS,
+                    wrap=True,
+                    width=12,
+                    height=8,
+                ),
+                sql_table_panel(
+                    "Schedule recommendations",
+                    "Minutes to move a schedule by to spread its starts, with the score now and "
+                    "with all the advice taken.",
+                    SCHEDULE_RECOMMENDATIONS,
+                    wrap=True,
+                    width=12,
+                    height=8,
+                ),
+                sql_table_panel(
+                    "Schedules",
+                    "Every schedule analysed: from the policy file or reported by a worker "
+                    "(PUT /v1/schedules, e.g. a Celery beat_schedule).",
+                    SCHEDULES,
+                    width=24,
+                    height=8,
+                ),
+            ],
+        ),
     ]
     return dashboard(
         "dlq_explorer",
         "task-sidecar / DLQ explorer",
         "Dead-letter records from PostgreSQL: filter, search, open one (traceback, masked "
-        "arguments, audit trail, the commands to act on it).",
+        "arguments, audit trail, the commands to act on it); the last schedule analysis.",
         rows,
         time_from="now-7d",
         template=_variables(),

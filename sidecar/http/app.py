@@ -135,7 +135,7 @@ async def run_pollers(app: web.Application) -> AsyncIterator[None]:
         work.append((0.5, services.stores.spool.replay, "spool"))
     if services.explorer is not None:
         explorer = services.explorer
-        work.append((settings.poll_interval, explorer.sync, "dlq explorer policy"))
+        work.append((settings.poll_interval, explorer.sync, "dlq explorer"))
     tasks = [asyncio.create_task(every(seconds, fn, name, stop)) for seconds, fn, name in work]
     yield
     stop.set()

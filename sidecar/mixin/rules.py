@@ -356,10 +356,10 @@ def alerts() -> list[Alert]:
             f"floor({off_peak_before} / {num('cost_savings.milestone')})"
             f" * {num('cost_savings.milestone')}",
             "0s",
-            "{{ $value | printf \"%.0f\" }} retries moved off-peak in "
+            '{{ $value | printf "%.0f" }} retries moved off-peak in '
             f"{hole('cost_savings.window')}",
             "{{ $labels.namespace }}/{{ $labels.job }} passed a milestone: "
-            "{{ $value | printf \"%.0f\" }} or more low-priority retries were deferred to the "
+            '{{ $value | printf "%.0f" }} or more low-priority retries were deferred to the '
             f"off-peak window over the last {hole('cost_savings.window')} "
             f"(a milestone every {num('cost_savings.milestone')}).",
             "retries",

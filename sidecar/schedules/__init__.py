@@ -61,7 +61,7 @@ Modules: `model` (values, limits, errors), `parse` (schedules from plain values)
 from ..policy.cron import CronError, check_cron
 from .advice import apply_recommendations
 from .analysis import analyse
-from .document import report_document
+from .document import analysis_document, report_document
 from .model import (
     DAY,
     DEFAULT_HOTSPOT_THRESHOLD,
@@ -99,6 +99,7 @@ __all__ = [
     "ScheduleError",
     "ScheduleProblem",
     "analyse",
+    "analysis_document",
     "apply_recommendations",
     "check_cron",
     "parse_schedule",

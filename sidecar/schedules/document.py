@@ -3,10 +3,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any
 
-from .model import Report
+from .model import Report, Schedule
 
 
 def iso(value: datetime | None) -> str | None:
@@ -60,4 +61,25 @@ def report_document(report: Report) -> dict[str, Any]:
         "starts_per_hour": list(report.starts_per_hour),
         "load_by_hour": {queue: list(v) for queue, v in report.load_by_hour.items()},
         "starts_per_minute": list(report.starts_per_minute),
+    }
+
+
+def analysis_document(
+    report: Report, schedules: Sequence[Schedule], reported: Collection[str]
+) -> dict[str, Any]:
+    """What the DLQ explorer's schedule views read (postgres/0011): the report and every
+    schedule analysed, `source` telling the policy file's from those a worker reported."""
+    return {
+        "schedules": [
+            {
+                "name": s.name,
+                "cron": s.cron,
+                "queue": s.queue,
+                "expected_duration_seconds": s.expected_duration,
+                "timezone": s.timezone,
+                "source": "reported" if s.name in reported else "policy",
+            }
+            for s in schedules
+        ],
+        "report": report_document(report),
     }

@@ -112,6 +112,7 @@ async def open_services(
             rng=rng or random.Random(),
         )
         dlq = DeadLetters(policies, stores.dlq, target, metrics, clock, settings.requeue_lease)
+        schedules = Schedules(metrics)
         services = Services(
             settings=settings,
             metrics=metrics,
@@ -123,7 +124,7 @@ async def open_services(
             idempotency=Idempotency(policies, stores.idempotency, metrics, clock),
             dlq=dlq,
             exports=Exports(stores.dlq, metrics, clock),
-            schedules=Schedules(metrics),
+            schedules=schedules,
             pollers=Pollers(
                 stores.distinct(),
                 stores.dlq,
@@ -136,7 +137,9 @@ async def open_services(
                 spool=stores.spool,
                 release_lapsed=dlq.release_lapsed,
             ),
-            explorer=ExplorerSync(policies, stores.explorer) if stores.explorer else None,
+            explorer=(
+                ExplorerSync(policies, schedules, stores.explorer) if stores.explorer else None
+            ),
         )
         yield services
         await services.dlq.stop_jobs(timeout=max(1.0, settings.shutdown_grace / 2))

@@ -6,18 +6,21 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from ..metrics import Metrics
 from ..policy.model import Policy
-from ..schedules import DAY, Report, Schedule, analyse
+from ..schedules import DAY, Report, Schedule, analyse, analysis_document
 
 
 class Schedules:
-    """The reported schedules, and the last analysis behind the gauges."""
+    """The reported schedules, and the last analysis behind the gauges (`last`: as the
+    DLQ explorer stores it, None before the first)."""
 
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
         self.reported: tuple[Schedule, ...] = ()
+        self.last: dict[str, Any] | None = None
 
     def all(self, policy: Policy) -> tuple[Schedule, ...]:
         """The policy's schedules, except those a worker reported under the same name."""
@@ -39,6 +42,8 @@ class Schedules:
 
     async def refresh_gauges(self, policy: Policy) -> None:
         report = await self.analyse(policy)
+        reported = {s.name for s in self.reported}
+        self.last = analysis_document(report, self.all(policy), reported)
         self.metrics.set_schedule_health(
             report.score,
             len(report.hotspots),

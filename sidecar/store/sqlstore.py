@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 import msgspec
@@ -287,6 +287,10 @@ class SqlStore:
             await tx.execute(self.q["explorer_redactions_delete"], keys)
             await tx.execute(self.q["explorer_redactions_insert"], keys)
             await tx.execute(self.q["explorer_settings_update"], {"show_args": show_args})
+
+    async def save_schedule_analysis(self, document: Mapping[str, Any]) -> None:
+        """The last schedule analysis, for the explorer's schedule views (0011)."""
+        await self.db.execute(self.q["schedule_analysis_save"], {"document": _json_text(document)})
 
 
 def sqlite_store(path: str | os.PathLike[str] = ":memory:") -> SqlStore:

@@ -302,3 +302,10 @@ ON CONFLICT DO NOTHING;
 
 -- name: explorer_settings_update
 UPDATE dlq_explorer_settings SET show_args = %(show_args)s, synced_at = now();
+
+-- name: schedule_analysis_save
+-- The schedule panels of the explorer (0011) read the last analysis from here.
+INSERT INTO schedule_explorer_analysis (analysed_at, document)
+VALUES (now(), %(document)s::jsonb)
+ON CONFLICT (singleton) DO UPDATE
+SET analysed_at = excluded.analysed_at, document = excluded.document;
