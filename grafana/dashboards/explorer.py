@@ -101,7 +101,7 @@ ARGUMENTS = Sql(f"SELECT args, kwargs FROM dlq_explorer WHERE id = {RECORD}")
 AUDIT_TRAIL = Sql(f"""\
 SELECT at AS time, actor, action, from_status, reason, details::text AS details
 FROM dlq_explorer_audit
-WHERE record_id = {RECORD}
+WHERE record_ids @> ARRAY[{RECORD}] AND record_id = {RECORD}
 ORDER BY at, id""")
 
 # The commands of sidecar/cli/dlq.py (ids are uuids: nothing to quote for the shell).

@@ -409,7 +409,7 @@
           "editorMode": "code",
           "format": "table",
           "rawQuery": true,
-          "rawSql": "SELECT at AS time, actor, action, from_status, reason, details::text AS details\nFROM dlq_explorer_audit\nWHERE record_id = ${record:sqlstring}\nORDER BY at, id",
+          "rawSql": "SELECT at AS time, actor, action, from_status, reason, details::text AS details\nFROM dlq_explorer_audit\nWHERE record_ids @> ARRAY[${record:sqlstring}] AND record_id = ${record:sqlstring}\nORDER BY at, id",
           "refId": "A"
         }
       ],
