@@ -20,10 +20,10 @@ alternating rounds, and their ratio; target: store median < 50 ms. --explain pri
 plans. Without --dsn a throw-away server is started (and its data dropped); with --dsn the
 table is TRUNCATEd first, so never point it at real data.
 
-Measured 2026-12-02 on this machine (1,000,000 rows, --count 30 --rounds 3; store / raw):
-rare word 97.1 / 95.8 ms (MISSES the 50 ms target: ~500 matches, but the trigram bitmap
-hands more candidates to the recheck), one task id 13.7 / 13.8, common word 14.6 / 15.6,
-common word + status 7.5 / 8.1, word in every record 5.2 / 6.4; ratios 0.82-1.01x.
+Measured 2026-12-03 on this machine, quiet (1,000,000 rows, defaults; store / raw): rare
+word 40.3 / 43.7 ms (target met, little to spare; 97 ms on 2026-12-02 under four other
+jobs' load), one task id 7.4 / 7.5, common word 4.5 / 4.8, common word + status 1.7 / 1.8,
+word in every record 1.5 / 1.6; ratios 0.92-0.99x.
 """
 
 from __future__ import annotations
