@@ -9,6 +9,8 @@ the listing (through a cursor). The store path is `store.list(DlqFilter(status=.
 pool, composed SQL, DlqRecord structs, the next cursor. The baseline runs the very SQL
 text the store sends, with the same parameters, on one autocommit psycopg connection,
 fetching plain tuples. Medians of alternating rounds, and their ratio (target <= 1.5x).
+Then the depth poll: `store.counts()` (the counts PostgreSQL keeps per status, 0013) vs
+`count(*) GROUP BY status` over the records.
 --explain prints the plans. Without --dsn a throw-away server is started (and its data
 dropped); with --dsn the table is TRUNCATEd first, so never point it at real data.
 """
@@ -129,8 +131,32 @@ async def bench(dsn: str, count: int, rounds: int, show_plans: bool) -> None:
                 print(f"  raw psycopg, same SQL: {r * 1e6:7.0f} µs")
                 print(f"  store.list:            {s * 1e6:7.0f} µs")
                 print(f"  ratio: {s / r:.2f}x (target <= 1.5x)")
+            # The depth poll: counts kept per status (0013) vs counting the records.
+            counted = "SELECT status, count(*) FROM dlq_records GROUP BY status"
+            polls, scans = [], []
+            for _ in range(rounds):
+                polls.append(await timed(store.counts, max(1, count // 30)))
+                scans.append(await timed(lambda: fetch(conn, counted), max(1, count // 30)))
+            p, c = statistics.median(polls), statistics.median(scans)
+            print("depth poll: store.counts() vs count(*) GROUP BY status, median latency")
+            print(f"  count(*) GROUP BY status: {c * 1e6:9.0f} µs")
+            print(f"  store.counts():           {p * 1e6:9.0f} µs")
+            print(f"  ratio: {p / c:.4f}x")
     finally:
         await store.close()
+
+
+async def fetch(conn: psycopg.AsyncConnection[Any], sql: str) -> list[Any]:
+    return await (await conn.execute(sql)).fetchall()
+
+
+async def timed(call: Any, count: int) -> float:
+    samples = []
+    for _ in range(count):
+        began = time.perf_counter()
+        await call()
+        samples.append(time.perf_counter() - began)
+    return statistics.median(samples)
 
 
 def main() -> None:

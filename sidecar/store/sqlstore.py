@@ -182,6 +182,7 @@ class SqlStore:
         return [row["id"] for row in rows]
 
     async def counts(self) -> dict[str, int]:
+        await self.db.execute(self.q["dlq_counts_fold"])
         rows = await self.db.fetch(self.q["dlq_counts"])
         return dict.fromkeys(STATUSES, 0) | {row["status"]: row["count"] for row in rows}
 

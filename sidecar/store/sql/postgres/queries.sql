@@ -156,8 +156,20 @@ WHERE lease_until < to_timestamp(%(now)s) AND status = 'retrying'
 ORDER BY lease_until
 LIMIT %(limit)s;
 
+-- name: dlq_counts_fold
+-- The signed rows of 0013 folded into one per status, in one statement (the sum is kept).
+-- One sidecar at a time: another folding meanwhile deletes nothing (its lock attempt
+-- fails), so no reader ever sees a fold half done.
+WITH folded AS (
+    DELETE FROM dlq_status_counts
+    WHERE pg_try_advisory_xact_lock(hashtext('task-sidecar:dlq_status_counts'))
+    RETURNING status, n
+)
+INSERT INTO dlq_status_counts (status, n)
+SELECT status, sum(n) FROM folded GROUP BY status;
+
 -- name: dlq_counts
-SELECT status, count(*) AS count FROM dlq_records GROUP BY status;
+SELECT status, sum(n)::bigint AS count FROM dlq_status_counts GROUP BY status;
 
 -- name: dlq_oldest_pending
 -- min() over the (status, created_at, id) index: one descent, not a scan.

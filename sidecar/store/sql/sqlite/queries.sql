@@ -124,6 +124,10 @@ WHERE lease_until < :now AND status = 'retrying'
 ORDER BY lease_until
 LIMIT :limit;
 
+-- name: dlq_counts_fold
+-- PostgreSQL keeps counts per status (0013); an embedded DLQ is small enough to count.
+SELECT 0;
+
 -- name: dlq_counts
 SELECT status, count(*) AS count FROM dlq_records GROUP BY status;
 
