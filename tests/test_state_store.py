@@ -1,8 +1,10 @@
-"""One contract for breaker and outcome state: in-process memory and a real Redis."""
+"""One contract for breaker and outcome state: in-process memory and a real Redis, as one
+server, as a 3-master Redis Cluster and as a master found through Sentinel."""
 
 from __future__ import annotations
 
 import asyncio
+import uuid
 
 import pytest
 import redis as sync_redis
@@ -16,14 +18,24 @@ from sidecar.store.redis import RedisStore
 SETTINGS = BreakerSettings(failures=1000, open_for=60, window=600)
 
 
-@pytest.fixture(params=["memory", "redis"])
+REDIS_KINDS = {
+    "redis": "redis_url",
+    "redis-cluster": "redis_cluster_service",
+    "redis-sentinel": "redis_sentinel_service",
+}
+
+
+@pytest.fixture(params=["memory", *REDIS_KINDS])
 async def state(request):
     if request.param == "memory":
         yield MemoryState()
         return
-    url = request.getfixturevalue("redis_url")
-    sync_redis.Redis.from_url(url).flushall()
-    store = RedisStore(url)
+    found = request.getfixturevalue(REDIS_KINDS[request.param])
+    if request.param == "redis":
+        sync_redis.Redis.from_url(found).flushall()
+        store = RedisStore(found)
+    else:  # shared by the session: a prefix of its own instead of FLUSHALL
+        store = RedisStore(found.url, prefix=f"test-{uuid.uuid4().hex[:8]}:", timeout=5)
     yield store
     await store.close()
 
@@ -86,3 +98,28 @@ class TestOutcomes:
         assert await state.last_failure("task-1") is None
         await state.remember_failure("task-1", "TRANSIENT_NETWORK", ttl=60)
         assert await state.last_failure("task-1") == "TRANSIENT_NETWORK"
+
+
+class TestCluster:
+    """On a cluster the keys spread over the masters, and the reads of several still work."""
+
+    async def test_breakers_on_every_master_are_read_together(self, redis_cluster_service):
+        store = RedisStore(redis_cluster_service.url, prefix=f"spread-{uuid.uuid4().hex[:8]}:")
+        try:
+            keys = [f"t{i}:X" for i in range(30)]
+            for key in keys:
+                await store.update_breaker(key, add_failure(100.0), ttl=60)
+            holders = set()
+            for node in redis_cluster_service.nodes:
+                with sync_redis.Redis("127.0.0.1", node.port) as client:
+                    if client.keys(f"{store.prefix}breaker:*"):
+                        holders.add(node.port)
+            assert len(holders) == len(redis_cluster_service.nodes)
+
+            assert set(await store.breakers(keys)) == set(keys)
+            assert set(await store.all_breakers()) == set(keys)
+            breaker, outcomes = await store.snapshot(keys[0], keys[1])
+            assert breaker is not None
+            assert outcomes is None
+        finally:
+            await store.close()
