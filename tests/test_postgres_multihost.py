@@ -52,11 +52,16 @@ def fetch_one(server: PostgresService, query: str, *params: object) -> tuple | N
 
 
 def wait_for_row(server: PostgresService, query: str, *params: object) -> tuple:
+    """The row once the standby has replayed it (and, before that, the table)."""
     deadline = time.monotonic() + 30
-    while (row := fetch_one(server, query, *params)) is None:
+    while True:
+        try:
+            if (row := fetch_one(server, query, *params)) is not None:
+                return row
+        except psycopg.errors.UndefinedTable:
+            pass  # the migration has not been replayed yet
         assert time.monotonic() < deadline, f"no row on {server!r} after 30s"
         time.sleep(0.05)  # polling with a deadline: replay is asynchronous
-    return row
 
 
 @pytest.fixture(scope="module")
