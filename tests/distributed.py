@@ -120,6 +120,9 @@ class RedisClusterService:
         done = subprocess.run(command, capture_output=True, text=True, timeout=60)
         if done.returncode != 0:
             raise ServiceError(f"redis-cli --cluster create failed:\n{done.stdout}{done.stderr}")
+        return self.wait_ok()
+
+    def wait_ok(self) -> Self:
         _wait("redis cluster", self._ok, 30)
         return self
 

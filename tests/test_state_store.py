@@ -13,7 +13,10 @@ from sidecar.policy.breaker import CLOSED, Status, on_failure
 from sidecar.policy.model import BreakerSettings
 from sidecar.policy.window import Window
 from sidecar.store.memory import MemoryState
+from sidecar.store.ports import StoreUnavailable
 from sidecar.store.redis import RedisStore
+from tests.distributed import start_redis_cluster
+from tests.services import free_port
 
 SETTINGS = BreakerSettings(failures=1000, open_for=60, window=600)
 
@@ -121,5 +124,60 @@ class TestCluster:
             breaker, outcomes = await store.snapshot(keys[0], keys[1])
             assert breaker is not None
             assert outcomes is None
+        finally:
+            await store.close()
+
+    async def test_a_stopped_master_fails_its_keys_only_and_comes_back(self, tmp_path):
+        """Calls for its slots are StoreUnavailable (the fallback's cue), without the
+        client's retries; the other masters still answer; after its restart it serves
+        again."""
+        with start_redis_cluster(tmp_path) as cluster:
+            store = RedisStore(cluster.url, timeout=5)
+            try:
+                keys = [f"t{i}:X" for i in range(30)]
+                for key in keys:
+                    await store.update_breaker(key, add_failure(100.0), ttl=60)
+                down = cluster.nodes[1]
+                with sync_redis.Redis("127.0.0.1", down.port) as client:
+                    held = {name.decode() for name in client.keys(f"{store.prefix}breaker:*")}
+                on_down = {key for key in keys if store._breaker(key) in held}
+                assert on_down
+                down.stop()
+
+                for key in keys:
+                    if key in on_down:
+                        with pytest.raises(StoreUnavailable):
+                            await store.snapshot(key, None)
+                    else:
+                        breaker, _ = await store.snapshot(key, None)
+                        assert breaker is not None
+
+                down.start()  # empty (no persistence), its slots its own again
+                cluster.wait_ok()
+                await store.update_breaker(min(on_down), add_failure(101.0), ttl=60)
+                breaker, _ = await store.snapshot(min(on_down), None)
+                assert breaker.window.totals(101.0, 600) == (0, 1)
+            finally:
+                await store.close()
+
+
+class TestUnreachable:
+    """A cluster or a Sentinel that does not answer is StoreUnavailable, password unquoted."""
+
+    @pytest.mark.parametrize(
+        "form",
+        [
+            "redis+cluster://:{secret}@127.0.0.1:{port}/",
+            "redis+sentinel://:{secret}@127.0.0.1:{port}/mymaster/0",
+        ],
+    )
+    async def test_unreachable(self, form):
+        store = RedisStore(form.format(secret="hunter22", port=free_port()))
+        try:
+            for call in (store.ping(), store.snapshot("a", "b"), store.claim("k", "o", 60, 1.0)):
+                with pytest.raises(StoreUnavailable) as raised:
+                    await call
+                assert raised.value.backend == "redis"
+                assert "hunter22" not in str(raised.value)
         finally:
             await store.close()

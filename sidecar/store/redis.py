@@ -18,7 +18,9 @@ from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisClusterException, RedisError, WatchError
 
 from ..policy.breaker import BreakerState, Status
@@ -283,6 +285,10 @@ def _cluster(address: RedisAddress, timeout: float) -> RedisCluster:
         ssl=address.ssl,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
+        # Its default retries a command on a master that does not answer 3 times with
+        # backoff (3.6 s here); fail at once, as with one server: the fallback answers,
+        # and the next call learns the new topology (a promoted replica).
+        retry=Retry(NoBackoff(), 0),
     )
 
 
@@ -292,6 +298,9 @@ def _sentinel(address: RedisAddress, timeout: float) -> Sentinel:
     sentinel_options = {
         "socket_timeout": timeout,
         "socket_connect_timeout": timeout,
+        # A Redis client's default is 3 retries with backoff (4 s for a sentinel that is
+        # down); fail at once like the master's connections, and let the fallback answer.
+        "retry": Retry(NoBackoff(), 0),
         "username": address.sentinel_username,
         "password": address.sentinel_password,
         "ssl": address.ssl,
