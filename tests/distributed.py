@@ -4,6 +4,7 @@ with its data in a private temporary directory.
 
     cluster = start_redis_cluster(tmp)   # 3 masters; cluster.url == "redis+cluster://…"
     sentinel = start_redis_sentinel(tmp) # a master and one sentinel watching it as "mymaster"
+    sentinel = start_redis_sentinel(tmp, replica=True)  # + a replica, for failovers
     pg = start_postgres(tmp); standby = start_standby(pg, tmp)   # streaming replication
     ….close()                            # stop and delete (also done at exit)
 
@@ -168,9 +169,12 @@ class SentinelProcess(RedisService):
 
     name = "redis-sentinel"
 
-    def __init__(self, root: Path, port: int, binary: str, master_port: int) -> None:
+    def __init__(
+        self, root: Path, port: int, binary: str, master_port: int, down_after_ms: int = 5000
+    ) -> None:
         super().__init__(root, port, binary)
         self.master_port = master_port
+        self.down_after_ms = down_after_ms
         self.config = root / "sentinel.conf"
 
     def _command(self) -> list[str]:
@@ -180,7 +184,8 @@ class SentinelProcess(RedisService):
             f'dir "{self.root}"\n'
             'logfile ""\n'
             f"sentinel monitor {SENTINEL_SERVICE} {HOST} {self.master_port} 1\n"
-            f"sentinel down-after-milliseconds {SENTINEL_SERVICE} 5000\n"
+            f"sentinel down-after-milliseconds {SENTINEL_SERVICE} {self.down_after_ms}\n"
+            f"sentinel failover-timeout {SENTINEL_SERVICE} 10000\n"
         )
         return [self.binary, str(self.config), "--sentinel"]
 
@@ -195,10 +200,47 @@ class SentinelProcess(RedisService):
         return bool(reply) and int(reply[1]) == self.master_port
 
 
+class ReplicaService(RedisService):
+    name = "redis-replica"
+
+    def __init__(self, root: Path, port: int, binary: str, master_port: int) -> None:
+        super().__init__(root, port, binary)
+        self.master_port = master_port
+
+    def _command(self) -> list[str]:
+        return [*super()._command(), "--replicaof", HOST, str(self.master_port)]
+
+
 class RedisSentinelService:
-    def __init__(self, master: RedisService, sentinel: SentinelProcess) -> None:
+    def __init__(
+        self,
+        master: RedisService,
+        sentinel: SentinelProcess,
+        replica: ReplicaService | None = None,
+    ) -> None:
         self.master = master
         self.sentinel = sentinel
+        self.replica = replica
+
+    def master_port(self) -> int | None:
+        """Where the sentinel says the master is now."""
+        with _client(self.sentinel.port) as client:
+            reply = client.execute_command("SENTINEL", "get-master-addr-by-name", SENTINEL_SERVICE)
+        return int(reply[1]) if reply else None
+
+    def wait_replica_known(self) -> None:
+        """Until the sentinel lists the replica (it learns replicas from the master's INFO)
+        and the replica's link to the master is up."""
+
+        def known() -> bool:
+            assert self.replica is not None
+            with _client(self.sentinel.port) as client:
+                replicas = client.execute_command("SENTINEL", "replicas", SENTINEL_SERVICE)
+            with _client(self.replica.port) as client:
+                linked = client.info("replication").get("master_link_status") == "up"
+            return linked and any(str(self.replica.port) in str(r) for r in replicas)
+
+        _wait("sentinel's view of the replica", known, 30)
 
     @property
     def url(self) -> str:
@@ -207,6 +249,9 @@ class RedisSentinelService:
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self.sentinel.close()
+        if self.replica is not None:
+            with contextlib.suppress(Exception):
+                self.replica.close()
         self.master.close()
 
     def __enter__(self) -> Self:
@@ -216,16 +261,27 @@ class RedisSentinelService:
         self.close()
 
 
-def start_redis_sentinel(tmpdir: str | Path | None = None) -> RedisSentinelService:
+def start_redis_sentinel(
+    tmpdir: str | Path | None = None, *, replica: bool = False
+) -> RedisSentinelService:
+    """A master and a sentinel; with `replica`, also a replica of the master, and a
+    sentinel quick (0.5 s) to call the master down, so that a stopped master fails over."""
     master = start_redis(tmpdir)
     try:
         root = Path(tempfile.mkdtemp(prefix="redis-sentinel-", dir=tmpdir))
-        sentinel = SentinelProcess(root, free_port(), _redis_binary(), master.port)
+        down_after = 500 if replica else 5000
+        sentinel = SentinelProcess(root, free_port(), _redis_binary(), master.port, down_after)
     except BaseException:
         master.close()
         raise
     service = RedisSentinelService(master, sentinel)
     try:
+        if replica:
+            replica_root = Path(tempfile.mkdtemp(prefix="redis-replica-", dir=tmpdir))
+            service.replica = ReplicaService(
+                replica_root, free_port(), _redis_binary(), master.port
+            )
+            service.replica.start()
         sentinel.start()
     except BaseException:
         service.close()

@@ -15,7 +15,7 @@ from sidecar.policy.window import Window
 from sidecar.store.memory import MemoryState
 from sidecar.store.ports import StoreUnavailable
 from sidecar.store.redis import RedisStore
-from tests.distributed import start_redis_cluster
+from tests.distributed import start_redis_cluster, start_redis_sentinel
 from tests.services import free_port
 
 SETTINGS = BreakerSettings(failures=1000, open_for=60, window=600)
@@ -159,6 +159,42 @@ class TestCluster:
                 assert breaker.window.totals(101.0, 600) == (0, 1)
             finally:
                 await store.close()
+
+
+class TestSentinelFailover:
+    async def test_after_a_failover_the_store_follows_the_promoted_replica(self, tmp_path):
+        """The master stops; the sentinel promotes the replica; calls fail (the fallback's
+        cue) until then, and afterwards read what was written and write again."""
+        with start_redis_sentinel(tmp_path, replica=True) as sentinel:
+            store = RedisStore(sentinel.url, timeout=2)
+            try:
+                written, _ = await store.update_breaker("t:F", add_failure(100.0), ttl=600)
+                sentinel.wait_replica_known()
+                with sync_redis.Redis("127.0.0.1", sentinel.master.port) as master:
+                    assert master.execute_command("WAIT", 1, 10_000) == 1  # replicated
+
+                sentinel.master.stop()
+                breaker = await until_answered(lambda: store.snapshot("t:F", None))
+
+                assert sentinel.master_port() == sentinel.replica.port
+                assert breaker == (written, None)
+                await store.update_breaker("t:F", add_failure(101.0), ttl=600)
+                breaker, _ = await store.snapshot("t:F", None)
+                assert breaker.window.totals(101.0, 600) == (0, 2)
+            finally:
+                await store.close()
+
+
+async def until_answered(call, timeout: float = 60.0):
+    """The call's answer once it stops raising StoreUnavailable (polling, with a deadline)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        try:
+            return await call()
+        except StoreUnavailable:
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+        await asyncio.sleep(0.1)
 
 
 class TestUnreachable:
