@@ -4,6 +4,9 @@ and a DSN that lists the standby first with target_session_attrs=read-write."""
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 
@@ -124,3 +127,23 @@ def test_a_sidecar_dead_letters_through_a_dsn_listing_the_standby_first(
     # On the primary: the only server that takes writes, found through the standby-first DSN.
     assert fetch_one(primary, query, answer["dlq_id"]) == ("multihost-1", "pending")
     assert wait_for_row(standby, query, answer["dlq_id"]) == ("multihost-1", "pending")
+
+
+def test_task_sidecar_migrate_takes_the_multi_host_dsn(primary, standby):
+    with psycopg.connect(dsn(primary), autocommit=True) as admin:
+        admin.execute("CREATE DATABASE migrate_cli")
+    url = dsn(standby, primary, target_session_attrs="read-write").replace(
+        f"dbname={PG_DATABASE}", "dbname=migrate_cli"
+    )
+    env = {**os.environ, "TASK_SIDECAR_POSTGRES_DSN": url}
+
+    done = subprocess.run(
+        [sys.executable, "-m", "sidecar.cli", "migrate"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("applied migrations [1, "), done.stdout
