@@ -65,7 +65,6 @@ class RedisStore:
 
     def __init__(self, url: str, *, prefix: str = "task-sidecar:", timeout: float = 0.5) -> None:
         address = parse_redis_url(url)
-        self.kind = address.kind
         self._sentinel: Sentinel | None = None
         self.redis: Any
         if address.kind == "cluster":
