@@ -119,6 +119,15 @@ def one_of(*choices: str, upper: bool = False) -> Callable[[str], str]:
     return parse
 
 
+def parse_redis_url(text: str) -> str:
+    """A Redis URL of one of the three forms (one server, a cluster, Sentinel); the error
+    does not quote it (it may hold a password)."""
+    from .store.redis_url import parse_redis_url as address  # stdlib only
+
+    address(text)
+    return text
+
+
 def parse_host(text: str) -> str:
     host = text.strip()
     if not host or any(c.isspace() for c in host):
@@ -264,7 +273,9 @@ class Settings:
     )
     redis_url: str | None = setting(
         None,
-        "Redis for fleet-wide breakers, adaptive statistics and fast idempotency claims",
+        "Redis for fleet-wide breakers, adaptive statistics and fast idempotency claims: "
+        "`redis://`, `redis+cluster://` or `redis+sentinel://` (see below)",
+        parse=parse_redis_url,
         shown="unset: in-process state",
         secret=True,
     )

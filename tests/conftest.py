@@ -13,6 +13,12 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from sidecar.policy import Policy, load_policy
+from tests.distributed import (
+    RedisClusterService,
+    RedisSentinelService,
+    start_redis_cluster,
+    start_redis_sentinel,
+)
 from tests.services import PostgresService, RedisService, start_postgres, start_redis
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -76,6 +82,24 @@ def redis_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisSer
 @pytest.fixture(scope="session")
 def postgres_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresService]:
     with start_postgres(tmp_path_factory.mktemp("postgres")) as service:
+        yield service
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_service(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[RedisClusterService]:
+    """Three Redis Cluster masters sharing the slots (tests/distributed.py)."""
+    with start_redis_cluster(tmp_path_factory.mktemp("redis-cluster")) as service:
+        yield service
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel_service(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[RedisSentinelService]:
+    """A Redis master and one sentinel watching it as `mymaster`."""
+    with start_redis_sentinel(tmp_path_factory.mktemp("redis-sentinel")) as service:
         yield service
 
 

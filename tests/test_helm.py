@@ -727,6 +727,25 @@ def test_schema_refuses_bad_values(values: dict[str, Any], message: str) -> None
         render({**values, "secret": {"hookTokens": "ci:0123456789abcdef0"}})
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://redis:6379/0",
+        "unix:///run/redis.sock?db=0",
+        "rediss+cluster://:pw@redis-0:6379,redis-1:6379/",
+        "redis+sentinel://sentinel-0:26379,sentinel-1:26379/mymaster/0",
+    ],
+)
+def test_schema_takes_every_redis_url_form(url: str) -> None:
+    chart().validate_schema({"secret": {"redisUrl": url}})
+
+
+@pytest.mark.parametrize("url", ["http://redis:6379/0", "redis+shard://redis:6379/"])
+def test_schema_refuses_other_redis_urls(url: str) -> None:
+    with pytest.raises(helm_python.HelmValuesError, match=r"/secret/redisUrl'"):
+        chart().validate_schema({"secret": {"redisUrl": url}})
+
+
 def test_ci_values_and_defaults_pass_the_schema() -> None:
     chart().validate_schema({})
     for path in CI_FILES:

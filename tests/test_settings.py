@@ -18,6 +18,7 @@ from sidecar.settings import (
     from_sources,
     options,
 )
+from sidecar.store.redis_url import parse_redis_url
 
 from .conftest import ROOT
 
@@ -73,6 +74,51 @@ class TestSources:
     def test_bad_values_name_the_setting(self, flags, env, message):
         with pytest.raises(SettingsError, match=message):
             parse(*flags, **env)
+
+
+class TestRedisUrls:
+    """One server, a cluster or Sentinel; a URL that is none of them stops the sidecar
+    without being quoted (it may hold a password)."""
+
+    def test_the_three_forms(self):
+        assert parse_redis_url("redis://:pw@r:6379/2").kind == "server"
+        assert parse_redis_url("unix:///run/redis.sock?db=1").kind == "server"
+        cluster = parse_redis_url("rediss+cluster://u:p%40ss@a:7000,b,[::1]:7002/")
+        assert (cluster.kind, cluster.ssl, cluster.username, cluster.password) == (
+            "cluster",
+            True,
+            "u",
+            "p@ss",
+        )
+        assert cluster.nodes == (("a", 7000), ("b", 6379), ("::1", 7002))
+        sentinel = parse_redis_url(
+            "redis+sentinel://:pw@s1:26380,s2/mymaster/3?sentinel_password=sp"
+        )
+        assert (sentinel.kind, sentinel.service, sentinel.db) == ("sentinel", "mymaster", 3)
+        assert sentinel.nodes == (("s1", 26380), ("s2", 26379))
+        assert (sentinel.password, sentinel.sentinel_password) == ("pw", "sp")
+        assert parse_redis_url("redis+sentinel://s1/mymaster").db == 0
+
+    @pytest.mark.parametrize(
+        ("url", "message"),
+        [
+            ("http://:hunter22@r:6379/0", "expected a redis://"),
+            ("redis+cluster://:hunter22@a:7000/1", "database 0 only"),
+            ("redis+cluster://:hunter22@a:port/", "host:port nodes"),
+            ("redis+sentinel://:hunter22@s:26379/", "service"),
+            ("redis+sentinel://:hunter22@s:26379/m/x", "database number"),
+            ("redis+sentinel://:hunter22@s/m?socket=1", "unknown parameter 'socket'"),
+        ],
+    )
+    def test_bad_urls_are_refused_unquoted(self, url, message):
+        with pytest.raises(SettingsError, match=message) as caught:
+            parse(TASK_SIDECAR_REDIS_URL=url)
+        assert "hunter22" not in str(caught.value)
+        assert str(caught.value).startswith("TASK_SIDECAR_REDIS_URL: ")
+
+    def test_a_cluster_url_is_kept_as_given(self):
+        url = "redis+cluster://127.0.0.1:7000,127.0.0.1:7001/"
+        assert parse("--redis-url", url).redis_url == url
 
 
 class TestTokens:

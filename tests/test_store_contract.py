@@ -970,15 +970,23 @@ async def wait_for_lock_waits(dsn: str, name: str, n: int) -> None:
     raise AssertionError(f"never saw {n} statements waiting on each other")
 
 
-@pytest.fixture(params=["sqlite", "postgres", "redis"])
+REDIS_URLS = {
+    "redis": lambda request: request.getfixturevalue("redis_url"),
+    "redis-cluster": lambda request: request.getfixturevalue("redis_cluster_service").url,
+    "redis-sentinel": lambda request: request.getfixturevalue("redis_sentinel_service").url,
+}
+
+
+@pytest.fixture(params=["sqlite", "postgres", *REDIS_URLS])
 def claims(request: pytest.FixtureRequest, run: Run, tmp_path) -> Iterator[Any]:
-    """An IdempotencyStore: the two SQL stores and Redis keep one contract."""
-    if request.param != "redis":
+    """An IdempotencyStore: the two SQL stores and Redis (one server, a cluster, a master
+    found through Sentinel) keep one contract."""
+    if request.param not in REDIS_URLS:
         opener = store_opener(request.param, request, run, tmp_path)
         yield next(opener)()
         next(opener, None)  # closes what it opened
         return
-    url = request.getfixturevalue("redis_url")
+    url = REDIS_URLS[request.param](request)
     store = RedisStore(url, prefix=f"test-{uuid.uuid4()}:", timeout=5)  # a contract, not speed
     yield store
     run(store.close())
