@@ -94,6 +94,22 @@ def test_a_dlq_retry_that_still_kills_its_worker_is_refused_again() -> None:
     assert poison.on_start(runs, "w1", True, 2, retry_of="d1").poison is True
 
 
+def test_a_late_report_of_a_counted_run_counts_nothing_after_the_fix() -> None:
+    """Run 1 counted by its report, run 2 by run 3's start (whose report is still on its
+    way), the task dead-lettered; the fix's retry starts over, then both late reports
+    come: neither is a lost run of the retry."""
+    counted, runs, refused = replay(
+        [("lost", P1), ("start", P2, True), ("start", P3, True)], max_lost_runs=2
+    )
+    assert (counted, refused) == ([1, 0, 1], True)
+    fresh = poison.on_start(poison.dead_lettered(runs, "d1"), "w1", False, 2, retry_of="d1")
+    assert (fresh.poison, fresh.runs.lost) == (False, 0)
+    for process in (P1, P2):
+        late = poison.on_lost(fresh.runs, "w1", "signal 9 (SIGKILL)", process=process)
+        assert late.lost_now == 0, process
+        assert late.runs.lost == 0
+
+
 def test_lost_runs_counted_and_poison_after_the_limit() -> None:
     v = poison.on_start(None, "w1", False, 2)
     assert (v.lost_now, v.poison, v.runs.open) == (0, False, True)

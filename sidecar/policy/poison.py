@@ -87,9 +87,13 @@ def on_start(
 ) -> StartVerdict:
     """A run starts. `retry_of`: the DLQ record this run is a retry of; the first delivery
     of a retry of the poison record itself (the operator's fix) starts counting over (its
-    redeliveries do not: a retry that still kills its worker is refused again)."""
-    if runs is None or (retry_of is not None and runs.dlq_id == retry_of and not redelivered):
+    redeliveries do not: a retry that still kills its worker is refused again). It keeps
+    which runs it counted: a WorkerLostError report of one of them that arrives late (a
+    worker's client re-sends what the sidecar did not answer in time) counts nothing."""
+    if runs is None:
         runs = Runs()
+    elif retry_of is not None and runs.dlq_id == retry_of and not redelivered:
+        runs = Runs(counted=runs.counted, unnamed=runs.unnamed)
     if runs.dlq_id is not None:  # already dead-lettered: refuse again
         return StartVerdict(runs, 0, True)
     key = run_key(host, process, attempt)
