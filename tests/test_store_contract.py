@@ -794,6 +794,44 @@ class TestPostgresMaintainedCounts:
         assert run(second.counts()) == dict.fromkeys(STATUSES, 0) | {"pending": 1}
 
 
+class TestExportRows:
+    """export_rows: the CSV export's columns, in its order, of every matching record, oldest
+    first, a batch at a time; the exception's type and message read from its JSON, without
+    NUL characters on either store."""
+
+    def test_rows_carry_the_export_columns_of_each_record(self, store, run):
+        from sidecar.service.export import CSV_COLUMNS
+
+        # A NUL, and the six characters \u0000 written out (kept: not a NUL).
+        message = "=bad\u0000 row, " + "\\" + "u0000 kept"
+        exception = {"type": "ValueError", "message": message, "traceback": "t"}
+        records = [
+            make_record(created_at=NOW + i, exception=exception, status=STATUSES[i % 4])
+            for i in range(7)
+        ]
+        run(put_all(store, records))
+
+        async def collect(where: DlqFilter) -> list[list[dict[str, Any]]]:
+            return [batch async for batch in store.export_rows(where, batch=3)]
+
+        batches = run(collect(DlqFilter()))
+        assert [len(b) for b in batches] == [3, 3, 1]
+        rows = [row for batch in batches for row in batch]
+        assert [row["id"] for row in rows] == ids(records)
+        for row, record in zip(rows, records, strict=True):
+            assert tuple(row) == CSV_COLUMNS
+            assert row["exception_type"] == "ValueError"
+            assert row["message"] == "=bad row, " + "\\" + "u0000 kept"
+            assert row["created_at"] == record.created_at
+            assert (row["status"], row["task_name"], row["attempts"]) == (
+                record.status,
+                record.task_name,
+                record.attempts,
+            )
+        pending = run(collect(DlqFilter(status="pending")))
+        assert [row["id"] for batch in pending for row in batch] == ids(records[::4])
+
+
 class TestDlqCounts:
     """counts() and oldest_pending() feed the depth gauges."""
 

@@ -6,11 +6,12 @@ import csv
 import io
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
+from typing import Any
 
 import msgspec
 
 from ..metrics import Metrics
-from ..records import DlqFilter, DlqRecord
+from ..records import DlqFilter
 from ..store.ports import DlqStore
 
 CSV_COLUMNS = (
@@ -34,29 +35,23 @@ CSV_COLUMNS = (
     "message",
     "last_error",
 )
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "\n")
+_FORMULA_FIRST = frozenset("=+-@\t\r\n")
+_TIME_CELLS = (CSV_COLUMNS.index("created_at"), CSV_COLUMNS.index("updated_at"))
 CHUNK = 64 * 1024
 
 
-def safe_cell(value: object) -> str:
-    """A cell a spreadsheet shows as text: one starting like a formula gets a quote first
-    (OWASP's advice for CSV injection)."""
-    text = "" if value is None else str(value)
-    return "'" + text if text.startswith(FORMULA_STARTS) else text
-
-
-def csv_row(record: DlqRecord) -> list[str]:
-    def iso(t: float) -> str:
-        return datetime.fromtimestamp(t, UTC).isoformat()
-
-    values = {
-        **msgspec.to_builtins(record),
-        "created_at": iso(record.created_at),
-        "updated_at": iso(record.updated_at),
-        "exception_type": record.exception.get("type"),
-        "message": record.exception.get("message"),
-    }
-    return [safe_cell(values.get(column)) for column in CSV_COLUMNS]
+def csv_row(row: dict[str, Any]) -> list[object]:
+    """One export row (`DlqStore.export_rows`, its columns in CSV_COLUMNS order) as CSV
+    cells: times in ISO 8601 UTC; text that starts like a formula gets a quote first, so a
+    spreadsheet shows it as text (OWASP's advice against CSV injection). The other cells
+    are numbers or None."""
+    cells = [
+        "'" + value if type(value) is str and value[:1] in _FORMULA_FIRST else value
+        for value in row.values()
+    ]
+    for at in _TIME_CELLS:
+        cells[at] = datetime.fromtimestamp(cells[at], UTC).isoformat()
+    return cells
 
 
 class Exports:
@@ -70,8 +65,8 @@ class Exports:
         buffer = io.StringIO()
         writer = csv.writer(buffer)
         writer.writerow(CSV_COLUMNS)
-        async for record in self.store.iterate(where):
-            writer.writerow(csv_row(record))
+        async for rows in self.store.export_rows(where):
+            writer.writerows(map(csv_row, rows))
             if buffer.tell() > CHUNK:
                 yield buffer.getvalue().encode()
                 buffer.seek(0)

@@ -13,7 +13,7 @@ The decision core never imports this package.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from ..errors import StoreRefused, StoreUnavailable
 from ..policy.breaker import BreakerState, Status
@@ -96,8 +96,14 @@ class DlqStore(Protocol):
     async def count(self, where: DlqFilter) -> int: ...
 
     def iterate(self, where: DlqFilter, batch: int = 500) -> AsyncIterator[DlqRecord]:
-        """Every matching record, oldest first, fetched `batch` at a time (exports, bulk
-        actions): never the whole result in memory."""
+        """Every matching record, oldest first, fetched `batch` at a time (bulk actions):
+        never the whole result in memory."""
+
+    def export_rows(
+        self, where: DlqFilter, batch: int = 500
+    ) -> AsyncIterator[list[dict[str, Any]]]:
+        """As `iterate`, a batch of rows at a time, with only the CSV export's columns
+        (`sidecar.service.export.CSV_COLUMNS`; times as unix seconds)."""
 
     async def transition(
         self,

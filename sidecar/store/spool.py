@@ -417,6 +417,7 @@ class SpoolingDlq:
     list = _forwarded("list")
     count = _forwarded("count")
     iterate = _forwarded("iterate")
+    export_rows = _forwarded("export_rows")
     transition = _forwarded("transition")
     end_lease = _forwarded("end_lease")
     lapsed_leases = _forwarded("lapsed_leases")

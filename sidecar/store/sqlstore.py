@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
 import msgspec
@@ -130,19 +130,35 @@ class SqlStore:
         return row["count"]
 
     async def iterate(self, where: DlqFilter, batch: int = 500) -> AsyncIterator[DlqRecord]:
+        async for records in self._batches("dlq_iterate", where, batch, _record):
+            for record in records:
+                yield record
+
+    def export_rows(self, where: DlqFilter, batch: int = 500) -> AsyncIterator[list[Row]]:
+        return self._batches("dlq_export", where, batch)
+
+    async def _batches(
+        self,
+        query_name: str,
+        where: DlqFilter,
+        batch: int,
+        decode: Callable[[Row], Any] | None = None,
+    ) -> AsyncIterator[list[Any]]:
+        """`query_name`'s rows oldest first, `batch` at a time, each batch after the last."""
         check_limit(batch)
         position: tuple[float, str] | None = None
         while True:
-            query, params = filtered(self.name, "dlq_iterate", where, "dlq_after", position)
+            query, params = filtered(self.name, query_name, where, "dlq_after", position)
             params["limit"] = batch
-            # The connection goes back to the pool before the caller sees a record: a slow
+            # The connection goes back to the pool before the caller sees a row: a slow
             # consumer (a rate-limited bulk retry) holds none between batches.
-            records = await self.db.fetch(query, params, _record)
-            for record in records:
-                yield record
-            if len(records) < batch:
+            rows = await self.db.fetch(query, params, decode)
+            if rows:
+                yield rows
+            if len(rows) < batch:
                 return
-            position = (records[-1].created_at, records[-1].id)
+            last = rows[-1]
+            position = (last.created_at, last.id) if decode else (last["created_at"], last["id"])
 
     async def transition(
         self,

@@ -99,6 +99,22 @@ SELECT {dlq_record_columns}
 FROM batch JOIN dlq_records AS d USING (id)
 ORDER BY d.created_at, d.id;
 
+-- name: dlq_export
+-- The CSV export's columns (sidecar/service/export.py), in its order, oldest first, a batch
+-- per call after the last (dlq_after): no args, kwargs or traceback fetched or decoded.
+SELECT id, status, task_name, task_id, queue, failure_type, category, remediation,
+       confidence, rule, priority, target_queue, attempts, dlq_retries,
+       extract(epoch FROM created_at)::float8 AS created_at,
+       extract(epoch FROM updated_at)::float8 AS updated_at,
+       dlq_searchable(exception) ->> 'type' AS exception_type,
+       dlq_searchable(exception) ->> 'message' AS message,
+       last_error
+FROM dlq_records
+WHERE {where}
+-- Qualified: a bare created_at would be the output column, and no index sorts that.
+ORDER BY dlq_records.created_at, dlq_records.id
+LIMIT %(limit)s;
+
 -- name: dlq_count
 SELECT count(*) AS count FROM dlq_records WHERE {where};
 

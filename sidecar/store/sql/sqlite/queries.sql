@@ -69,6 +69,23 @@ WHERE {where}
 ORDER BY created_at, id
 LIMIT :limit;
 
+-- name: dlq_export
+-- The CSV export's columns (sidecar/service/export.py), in its order, oldest first. NUL
+-- characters are dropped from the exception's fields (->> would cut them at the first),
+-- as in dlq_search_source (0006) and PostgreSQL's dlq_searchable.
+SELECT id, status, task_name, task_id, queue, failure_type, category, remediation,
+       confidence, rule, priority, target_queue, attempts, dlq_retries, created_at,
+       updated_at,
+       replace(replace(replace(exception, '\\', char(1)), '\u0000', ''), char(1), '\\')
+           ->> 'type' AS exception_type,
+       replace(replace(replace(exception, '\\', char(1)), '\u0000', ''), char(1), '\\')
+           ->> 'message' AS message,
+       last_error
+FROM dlq_records
+WHERE {where}
+ORDER BY created_at, id
+LIMIT :limit;
+
 -- name: dlq_count
 SELECT count(*) AS count FROM dlq_records WHERE {where};
 
