@@ -246,10 +246,13 @@ ORDER BY 1, 2;
 
 -- name: purge_events
 -- One batch of old events: short statements, no long lock however large the backlog.
+-- SKIP LOCKED: sidecars purging at once (a fleet deployed together runs its hourly purges
+-- together) take disjoint batches instead of deadlocking on each other's rows.
 DELETE FROM hook_events
 WHERE id IN (
     SELECT id FROM hook_events WHERE at < to_timestamp(%(events_before)s)
     ORDER BY at, id LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
 );
 
 -- name: purge_idempotency_keys
