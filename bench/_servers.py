@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -85,3 +86,23 @@ def sidecar(data_dir: Path, **env: str):
     }
     with serve([sys.executable, "-m", "sidecar.cli", "serve"], port, settings) as url:
         yield url
+
+
+@contextmanager
+def postgres(dsn: str | None, tmp: Path) -> Iterator[str]:
+    """`dsn` (a benchmark TRUNCATEs what it fills: never real data), or a throw-away
+    server's in `tmp`, stopped on exit; migrated either way."""
+    import asyncio
+
+    from sidecar.store.postgres import migrate
+
+    if dsn is not None:
+        asyncio.run(migrate(dsn))
+        yield dsn
+        return
+    sys.path.insert(0, str(ROOT))
+    from tests.services import start_postgres
+
+    with start_postgres(tmp) as server:
+        asyncio.run(migrate(server.dsn))
+        yield server.dsn

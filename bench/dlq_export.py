@@ -20,7 +20,6 @@ import statistics
 import sys
 import tempfile
 import time
-from contextlib import ExitStack
 from pathlib import Path
 
 import psycopg
@@ -29,11 +28,11 @@ from prometheus_client import CollectorRegistry
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _servers import postgres
 from dlq_list import fill
 
 from sidecar.http import create_app
 from sidecar.settings import Settings, Token
-from sidecar.store.postgres import migrate
 
 TOKEN = "bench-export-viewer-token-0123456789"
 TARGET = 50_000  # rows per second through the API
@@ -102,13 +101,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--reuse", action="store_true", help="keep a table of --rows rows")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
-        dsn = args.dsn
-        if dsn is None:
-            from tests.services import start_postgres
-
-            dsn = stack.enter_context(start_postgres(Path(tmp))).dsn
-        asyncio.run(migrate(dsn))
+    with tempfile.TemporaryDirectory() as tmp, postgres(args.dsn, Path(tmp)) as dsn:
         asyncio.run(fill(dsn, args.rows, args.reuse))
         ok = asyncio.run(bench(dsn, args.rows, args.rounds, Path(tmp) / "data"))
     sys.exit(0 if ok else 1)

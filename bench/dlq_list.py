@@ -24,16 +24,17 @@ import statistics
 import sys
 import tempfile
 import time
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _servers import postgres
+
 from sidecar.records import DlqFilter
 from sidecar.store.keyset import decode_cursor, filtered
-from sidecar.store.postgres import migrate
 from sidecar.store.sqlstore import SqlStore, postgres_store
 
 LIMIT = 50
@@ -175,13 +176,7 @@ def main() -> None:
     parser.add_argument("--explain", action="store_true")
     parser.add_argument("--reuse", action="store_true", help="keep a table of --rows rows")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
-        dsn = args.dsn
-        if dsn is None:
-            from tests.services import start_postgres
-
-            dsn = stack.enter_context(start_postgres(Path(tmp))).dsn
-        asyncio.run(migrate(dsn))
+    with tempfile.TemporaryDirectory() as tmp, postgres(args.dsn, Path(tmp)) as dsn:
         asyncio.run(fill(dsn, args.rows, args.reuse))
         asyncio.run(bench(dsn, args.count, args.rounds, args.explain))
 

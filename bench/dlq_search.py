@@ -34,16 +34,17 @@ import statistics
 import sys
 import tempfile
 import time
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _servers import postgres
+
 from sidecar.records import DlqFilter
 from sidecar.store.keyset import filtered
-from sidecar.store.postgres import migrate
 from sidecar.store.sqlstore import SqlStore, postgres_store
 
 LIMIT = 50
@@ -184,13 +185,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--explain", action="store_true")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
-        dsn = args.dsn
-        if dsn is None:
-            from tests.services import start_postgres
-
-            dsn = stack.enter_context(start_postgres(Path(tmp))).dsn
-        asyncio.run(migrate(dsn))
+    with tempfile.TemporaryDirectory() as tmp, postgres(args.dsn, Path(tmp)) as dsn:
         asyncio.run(fill(dsn, args.rows))
         ok = asyncio.run(bench(dsn, args.rows, args.count, args.rounds, args.explain))
     sys.exit(0 if ok else 1)
