@@ -241,7 +241,7 @@ class Metrics:
             self.adaptive_adjustments.labels(direction)
         for result in ("success", "failure"):
             self.policy_reloads.labels(result)
-        for hook in ("failure", "success", "start", "batch", "claim"):
+        for hook in ("failure", "success", "start", "batch", "claim", "claims"):
             self.hook_duration.labels(hook)
         for reason in ("overloaded", "client_share", "body_timeout", "body_too_large"):
             self.requests_rejected.labels(reason)

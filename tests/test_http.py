@@ -215,6 +215,44 @@ class TestIdempotency:
         assert await post(client, "/v1/idempotency/complete", owned) == {"completed": True}
         assert (await post(client, "/v1/idempotency/claim", body))["state"] == "done"
 
+    async def test_many_claims_in_one_request(self, client):
+        """Answered in order; a key twice: the second is a hit. Each counts as a claim."""
+        held = {"key": "held", "scope": "global", "ttl_seconds": 60}
+        await post(client, "/v1/idempotency/claim", held)
+        body = {
+            "claims": [
+                {"key": "new", "task_name": "billing.charge"},
+                held,
+                {"key": "new", "task_name": "billing.charge"},
+                {"key": "new", "scope": "user"},  # scopes are separate
+            ]
+        }
+        results = (await post(client, "/v1/idempotency/claims", body))["results"]
+        assert [r["claimed"] for r in results] == [True, False, False, True]
+        assert results[1]["state"] == results[2]["state"] == "running"
+        assert "owner" not in results[1]
+        owned = {"key": "new", "owner": results[0]["owner"]}
+        assert await post(client, "/v1/idempotency/release", owned) == {"released": True}
+        metrics = await (await client.get("/metrics")).text()
+        labels = 'result="hit",scope="global",task="billing.charge"'
+        assert f"task_sidecar_idempotency_checks_total{{{labels}}} 1.0" in metrics
+
+    @pytest.mark.parametrize(
+        ("claims", "path"),
+        [
+            ([{"key": "a"}, {"key": ""}], "claims[1].key"),
+            ([{"key": "a"}, {"key": "b\u0000"}], "claims[1].key"),
+            ([], "claims"),
+            ([{"key": str(i)} for i in range(1001)], "claims"),
+        ],
+    )
+    async def test_a_bad_batch_names_the_claim(self, client, claims, path):
+        problem = await post(client, "/v1/idempotency/claims", {"claims": claims}, status=400)
+        assert [e["path"] for e in problem["errors"]] == [path], problem
+        for claim in claims[:1]:  # nothing of a refused batch was claimed
+            first = await post(client, "/v1/idempotency/claim", claim)
+            assert first["claimed"] is True
+
     async def test_a_stale_owner_gets_409_and_changes_nothing(self, client):
         """A holder whose claim expired and was taken over cannot end the new claim."""
         body = {"key": f"stale-{uuid.uuid4()}", "ttl_seconds": 60}

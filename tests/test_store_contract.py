@@ -31,6 +31,7 @@ from sidecar.records import (
     HookEvent,
     TrendBucket,
 )
+from sidecar.store.ports import NewClaim
 from sidecar.store.postgres import migrate
 from sidecar.store.redis import RedisStore
 from sidecar.store.sqlstore import postgres_store, sqlite_store
@@ -1048,6 +1049,34 @@ class TestIdempotencyClaims:
         assert sum(claim.claimed for claim in results) == 1
         duplicates = {claim for claim in results if not claim.claimed}
         assert duplicates == {Claim(claimed=False, first_seen_at=NOW, state="running")}
+
+    def test_a_batch_claims_each_in_order(self, claims, run):
+        run(claims.claim("held", "o0", TTL, NOW))
+        batch = [NewClaim("a", "o1", TTL), NewClaim("held", "o2", TTL), NewClaim("a", "o3", TTL)]
+        batch.append(NewClaim("b", "o4", TTL))
+
+        assert run(claims.claim_many(batch, NOW + 1)) == [
+            Claim(claimed=True, owner="o1"),
+            Claim(False, NOW, "running"),  # held before the batch
+            Claim(False, NOW + 1, "running"),  # the batch's own first claim of "a" holds it
+            Claim(claimed=True, owner="o4"),
+        ]
+        assert run(claims.release("a", "o1")) is True  # its winners own their keys
+        assert run(claims.complete("b", "o4", TTL, NOW + 2)) is True
+
+    def test_concurrent_batches_give_each_key_one_winner(self, claims, run):
+        keys = [f"k{i}" for i in range(20)]
+
+        async def race() -> list[list[Claim]]:
+            return await asyncio.gather(
+                *(
+                    claims.claim_many([NewClaim(k, f"o{j}", TTL) for k in keys], NOW)
+                    for j in range(5)
+                )
+            )
+
+        results = run(race())
+        assert [sum(batch[i].claimed for batch in results) for i in range(len(keys))] == [1] * 20
 
     def test_a_duplicate_sees_when_and_in_what_state(self, claims, run):
         run(claims.claim("k", OWNER, TTL, NOW))

@@ -15,6 +15,7 @@ from ..policy import FailureEvent, StartEvent, SuccessEvent
 from ..policy.events import EndEvent, Name, Seconds
 from ..service.errors import InvalidInput, NotHolder
 from ..service.hooks import Hooks
+from ..service.idempotency import ClaimOrder
 from .auth import actor_of, requires
 from .keys import METRICS, SERVICES
 from .problems import Problem, decode, json_response, read
@@ -36,6 +37,10 @@ class ClaimRequest(msgspec.Struct, frozen=True):
     # Labels the claim's `task_sidecar_idempotency_checks_total{task}` only (not the key);
     # a claim without it counts under task "__unnamed__".
     task_name: Name | None = None
+
+
+class ClaimsRequest(msgspec.Struct, frozen=True):
+    claims: Annotated[list[ClaimRequest], Meta(min_length=1, max_length=MAX_BATCH)]
 
 
 class KeyRequest(msgspec.Struct, frozen=True):
@@ -152,6 +157,16 @@ async def claim(request: web.Request) -> web.Response:
 
 
 @requires("hooks")
+async def claims(request: web.Request) -> web.Response:
+    """Many claims in one request, answered in order (a key twice: the second is a hit)."""
+    body = await read(request, ClaimsRequest)
+    orders = [ClaimOrder(c.key, c.scope, c.ttl_seconds, c.task_name) for c in body.claims]
+    with _timer(request, "claims"):
+        answers = await request.app[SERVICES].idempotency.claim_many(orders)
+    return json_response({"results": answers})
+
+
+@requires("hooks")
 async def complete(request: web.Request) -> web.Response:
     body = await read(request, KeyRequest)
     try:
@@ -182,6 +197,7 @@ def routes() -> list[web.RouteDef]:
         web.post("/v1/classify", classify),
         web.post("/v1/decide", dry_run),
         web.post("/v1/idempotency/claim", claim),
+        web.post("/v1/idempotency/claims", claims),
         web.post("/v1/idempotency/complete", complete),
         web.post("/v1/idempotency/release", release),
     ]

@@ -32,6 +32,7 @@ SCHEMA_TYPES = [
     StartAnswer,
     Classification,
     hooks.ClaimRequest,
+    hooks.ClaimsRequest,
     hooks.KeyRequest,
     Claim,
     DlqRecord,
@@ -189,6 +190,18 @@ def document() -> dict[str, Any]:
                 ("hooks",),
                 body=ref(hooks.ClaimRequest),
                 answer=ref(Claim),
+            )
+        },
+        "/v1/idempotency/claims": {
+            "post": operation(
+                "Claim many idempotency keys at once, answered in order",
+                ("hooks",),
+                body=ref(hooks.ClaimsRequest),
+                answer={
+                    "type": "object",
+                    "properties": {"results": {"type": "array", "items": ref(Claim)}},
+                    "required": ["results"],
+                },
             )
         },
         "/v1/idempotency/complete": {

@@ -31,6 +31,7 @@ from .memory import MemoryState
 from .ports import (
     BreakerUpdate,
     IdempotencyStore,
+    NewClaim,
     RunsUpdate,
     StateStore,
     StoreUnavailable,
@@ -199,6 +200,12 @@ class FallbackIdempotency:
         return await self.outage.call(
             lambda: self.fast.claim(key, owner, ttl, now),
             lambda: self._durable(lambda: self.durable.claim(key, owner, ttl, now)),
+        )
+
+    async def claim_many(self, claims: Sequence[NewClaim], now: float) -> list[Claim]:
+        return await self.outage.call(
+            lambda: self.fast.claim_many(claims, now),
+            lambda: self._durable(lambda: self.durable.claim_many(claims, now)),
         )
 
     async def complete(self, key: str, owner: str, ttl: float, now: float) -> bool:

@@ -13,7 +13,7 @@ The decision core never imports this package.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from ..errors import StoreRefused, StoreUnavailable
 from ..policy.breaker import BreakerState, Status
@@ -159,12 +159,24 @@ class DlqStore(Protocol):
     async def close(self) -> None: ...
 
 
+class NewClaim(NamedTuple):
+    """One claim of a batch: the stored key, the owner it would get, its TTL in seconds."""
+
+    key: str
+    owner: str
+    ttl: float
+
+
 class IdempotencyStore(Protocol):
     name: str
 
     async def claim(self, key: str, owner: str, ttl: float, now: float) -> Claim:
         """The first caller gets `claimed: true` and becomes the key's `owner`; later ones
         see when and in what state."""
+
+    async def claim_many(self, claims: Sequence[NewClaim], now: float) -> list[Claim]:
+        """`claim` of each, in order (a key twice: the second is a hit), in as few round
+        trips as the store allows."""
 
     async def complete(self, key: str, owner: str, ttl: float, now: float) -> bool:
         """Mark the owner's claim done (kept for `ttl`); False when `owner` does not hold
@@ -182,6 +194,7 @@ __all__ = [
     "BreakerUpdate",
     "DlqStore",
     "IdempotencyStore",
+    "NewClaim",
     "RunsUpdate",
     "StateStore",
     "StoreRefused",

@@ -35,7 +35,7 @@ from .codec import (
     encode_runs,
     encode_window,
 )
-from .ports import BreakerUpdate, RunsUpdate, StoreUnavailable, WindowUpdate
+from .ports import BreakerUpdate, NewClaim, RunsUpdate, StoreUnavailable, WindowUpdate
 from .redis_url import RedisAddress, parse_redis_url
 
 T = TypeVar("T")
@@ -149,7 +149,7 @@ class RedisStore:
                         if result is None:
                             pipe.delete(name)
                         else:
-                            pipe.set(name, encode_runs(result), px=max(1, int(ttl * 1000)))
+                            pipe.set(name, encode_runs(result), px=_ms(ttl))
                         await pipe.execute()
                         return result
                     except WatchError:
@@ -173,7 +173,7 @@ class RedisStore:
                         raw = await pipe.get(name)
                         result = update(decode(raw) if raw else None)
                         pipe.multi()
-                        pipe.set(name, encode(result), px=max(1, int(ttl * 1000)))
+                        pipe.set(name, encode(result), px=_ms(ttl))
                         await pipe.execute()
                         return result
                     except WatchError:
@@ -182,9 +182,7 @@ class RedisStore:
 
     async def remember_failure(self, task_id: str, failure_type: str, ttl: float) -> None:
         async with _errors():
-            await self.redis.set(
-                f"{self.prefix}last-failure:{task_id}", failure_type, px=max(1, int(ttl * 1000))
-            )
+            await self.redis.set(f"{self.prefix}last-failure:{task_id}", failure_type, px=_ms(ttl))
 
     async def last_failure(self, task_id: str) -> str | None:
         async with _errors():
@@ -193,9 +191,7 @@ class RedisStore:
 
     async def remember_answer(self, report_id: str, answer: bytes, ttl: float) -> None:
         async with _errors():
-            await self.redis.set(
-                f"{self.prefix}answer:{report_id}", answer, px=max(1, int(ttl * 1000))
-            )
+            await self.redis.set(f"{self.prefix}answer:{report_id}", answer, px=_ms(ttl))
 
     async def answer_for(self, report_id: str) -> bytes | None:
         async with _errors():
@@ -216,9 +212,7 @@ class RedisStore:
         name = f"{self.prefix}idem:{key}"
         async with _errors():
             for _ in range(3):  # the holder's claim may expire between SET and GET
-                if await self.redis.set(
-                    name, f"running:{now!r}:{owner}", nx=True, px=max(1, int(ttl * 1000))
-                ):
+                if await self.redis.set(name, f"running:{now!r}:{owner}", nx=True, px=_ms(ttl)):
                     return Claim(True, owner=owner)
                 value = await self.redis.get(name)
                 if value is not None:
@@ -226,11 +220,33 @@ class RedisStore:
                     return Claim(False, first_seen_at=float(first), state=state)
         raise StoreUnavailable("redis", f"claim of {key} kept expiring under us")
 
+    async def claim_many(self, claims: Sequence[NewClaim], now: float) -> list[Claim]:
+        """One pipeline of SET NX for all (Redis runs them in order), one of GET for the
+        keys already held; a holder that expired in between is claimed on its own."""
+        names = [f"{self.prefix}idem:{c.key}" for c in claims]
+        async with _errors():
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for name, c in zip(names, claims, strict=True):
+                    pipe.set(name, f"running:{now!r}:{c.owner}", nx=True, px=_ms(c.ttl))
+                won = await pipe.execute()
+            held = [i for i, ok in enumerate(won) if not ok]
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for i in held:
+                    pipe.get(names[i])
+                values = await pipe.execute() if held else []
+        out = [Claim(True, owner=c.owner) for c in claims]
+        for i, value in zip(held, values, strict=True):
+            if value is None:
+                c = claims[i]
+                out[i] = await self.claim(c.key, c.owner, c.ttl, now)
+            else:
+                state, first = value.decode().split(":", 2)[:2]
+                out[i] = Claim(False, first_seen_at=float(first), state=state)
+        return out
+
     async def complete(self, key: str, owner: str, ttl: float, now: float) -> bool:
         async with _errors():
-            done = await self._complete(
-                keys=[f"{self.prefix}idem:{key}"], args=[owner, max(1, int(ttl * 1000))]
-            )
+            done = await self._complete(keys=[f"{self.prefix}idem:{key}"], args=[owner, _ms(ttl)])
         return bool(done)
 
     async def release(self, key: str, owner: str) -> bool:
@@ -247,6 +263,11 @@ class RedisStore:
         await self.redis.aclose()
         for sentinel in self._sentinel.sentinels if self._sentinel else ():
             await sentinel.aclose()
+
+
+def _ms(ttl: float) -> int:
+    """A TTL as Redis' PX takes it: whole milliseconds, at least one."""
+    return max(1, int(ttl * 1000))
 
 
 async def _connected() -> None:

@@ -40,6 +40,7 @@ from .keyset import (
     dlq_page,
     filtered,
 )
+from .ports import NewClaim
 
 _JSON_FIELDS = ("args", "kwargs", "exception", "context", "workflow")
 PURGE_BATCH = 5000
@@ -286,6 +287,9 @@ class SqlStore:
                 return Claim(claimed=True, owner=owner)
             (holder,) = await tx.fetch(self.q["idempotency_holder"], params)
         return Claim(claimed=False, first_seen_at=holder["first_seen_at"], state=holder["state"])
+
+    async def claim_many(self, claims: Sequence[NewClaim], now: float) -> list[Claim]:
+        return [await self.claim(c.key, c.owner, c.ttl, now) for c in claims]
 
     async def complete(self, key: str, owner: str, ttl: float, now: float) -> bool:
         params = {"key": key, "owner": owner, "expires_at": float(now + ttl)}
