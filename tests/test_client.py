@@ -304,12 +304,13 @@ class TestEveryErrorFallsBackAlike:
             "allow": True, "delay_seconds": 0.0, "breaker": None, "source": "fallback"
         }  # fmt: skip
         assert client.claim("k") == {"claimed": True, "source": "fallback"}
+        assert client.claim_many(["a", "b"]) == [{"claimed": True, "source": "fallback"}] * 2
         assert client.complete("k") is False
         assert client.release("k") is False
 
         assert len(proxy.seen) == requests  # after the first error the sidecar is not asked
         stats = client.stats()
-        assert (stats["fallbacks"], stats["outages"], stats["down"]) == (6, 1, True)
+        assert (stats["fallbacks"], stats["outages"], stats["down"]) == (7, 1, True)
         assert stats["pending"] == 2  # both dead letters wait for the sidecar to store them
         (line,) = outage_lines(caplog, "sidecar unavailable")
         assert "deciding locally until it answers" in line
@@ -394,6 +395,18 @@ class TestTheRealSidecar:
         assert client.flush(5)
         assert client.stats()["sent"] == 1
         assert client.stats()["fallbacks"] == 0
+
+    def test_claims_many_keys_in_one_request(self, make_client: Make, proxy: FaultProxy) -> None:
+        client = make_client(proxy.url, start_cache=0)
+        keys = [f"batch-{client.kind}-{uuid.uuid4().hex}-{i}" for i in range(3)]
+        assert client.claim(keys[1])["claimed"] is True
+        answers = client.claim_many([*keys, keys[0]], task_name="billing.charge")
+        assert [a["claimed"] for a in answers] == [True, False, True, False]
+        assert client.complete(keys[0]) is True  # the owner its batch claim got
+        assert client.release(keys[2]) is True
+        (batch,) = [f.body for f in proxy.forwarded if f.path == "/v1/idempotency/claims"]
+        assert [c["key"] for c in batch["claims"]] == [*keys, keys[0]]
+        assert {c["task_name"] for c in batch["claims"]} == {"billing.charge"}
 
     def test_connection_closed_by_the_server_between_calls_is_reopened(
         self, make_client: Make, proxy: FaultProxy
