@@ -22,6 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import aiohttp
 import psycopg
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
@@ -48,7 +49,11 @@ COPY (
 
 async def through_api(client: TestClient) -> tuple[float, int]:
     began = time.perf_counter()
-    response = await client.get("/v1/dlq/export.csv", headers={"Authorization": f"Bearer {TOKEN}"})
+    response = await client.get(
+        "/v1/dlq/export.csv",
+        headers={"Authorization": f"Bearer {TOKEN}"},
+        timeout=aiohttp.ClientTimeout(total=None),  # 10M rows take minutes
+    )
     assert response.status == 200, await response.text()
     lines = 0
     async for chunk in response.content.iter_any():
