@@ -5,6 +5,7 @@ purges running at once share the work instead of deadlocking."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import psycopg
@@ -74,3 +75,24 @@ async def test_hooks_are_answered_while_a_large_purge_runs(empty_dsn, tmp_path):
         stored = conn.execute("SELECT id FROM dlq_records").fetchall()
     assert {dlq_id for (dlq_id,) in stored} == dlq_ids
     assert len(dlq_ids) == answered
+
+
+async def test_flushes_at_once_store_each_event_once(tmp_path):
+    """The poller's flush and another (the last one at shutdown) overlapping: a flush pops
+    its events only once stored, so the second must wait for the first, not store them
+    again."""
+    settings = Settings(data_dir=tmp_path, tokens=TOKENS, reload_interval=0, poll_interval=3600)
+    app = create_app(settings, registry=CollectorRegistry())
+    async with TestClient(TestServer(app)) as client:
+        for i in range(300):
+            response = await client.post(
+                "/v1/hooks/failure",
+                json=dead_letter(task_id=f"flush-{i}"),
+                headers={"Authorization": f"Bearer {HOOKS}"},
+            )
+            assert response.status == 200
+        pollers = app[SERVICES].pollers
+        await asyncio.gather(pollers.flush_events(), pollers.flush_events())
+        stored = app[SERVICES].stores.dlq.events(0, time.time() + 60)
+        task_ids = [json.loads(row["event"])["task_id"] async for rows in stored for row in rows]
+    assert sorted(task_ids) == sorted(f"flush-{i}" for i in range(300))

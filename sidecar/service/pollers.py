@@ -45,6 +45,9 @@ class Pollers:
         self.breakers = breakers
         self.metrics = metrics
         self.events = events
+        # A flush pops its events only once they are stored: a second flush meanwhile (the
+        # last one at shutdown, a caller's own) would store them again.
+        self._flushing = asyncio.Lock()
         self.event_retention = event_retention
         self.queues = tuple(queues)
         self.spool = spool
@@ -100,7 +103,11 @@ class Pollers:
             self.metrics.set_queue_stalled(queue, self._stalls.seconds(queue, depth, now))
 
     async def flush_events(self) -> None:
-        """The hook events answered since the last flush, in batches."""
+        """The hook events answered since the last flush, in batches; one flush at a time."""
+        async with self._flushing:
+            await self._flush_events()
+
+    async def _flush_events(self) -> None:
         while self.events:
             batch = [self.events[i] for i in range(min(EVENT_BATCH, len(self.events)))]
             await self.dlq.record_events(batch)
