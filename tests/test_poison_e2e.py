@@ -230,7 +230,9 @@ def test_poison_tasks_dead_lettered_while_others_run(env: Env) -> None:
     kill_tag, oom_tag, ok_tag = (f"{p}-{uuid.uuid4().hex[:6]}" for p in ("kill", "oom", "ok"))
     kill_id = env.send("poison.kill", kill_tag)
     oom_id = env.send("poison.oom", oom_tag)
-    assert env.held_by_broker(kill_id)  # queued, or running unacknowledged (acks_late)
+    # Queued, or running unacknowledged (acks_late); for a moment in between it is in
+    # neither list (popped by the worker, not yet in `unacked`).
+    wait_for(lambda: env.held_by_broker(kill_id), 5, "the broker holding the poison message")
     sent = 0
     deadline = time.monotonic() + 40
     while time.monotonic() < deadline:

@@ -418,23 +418,6 @@ class _Replay:
             self.replica.apply(event, outcome, at)
 
 
-def replay(
-    history: History,
-    policy: Policy,
-    model: Model,
-    observer: Observer,
-    recovered: Recovered,
-    *,
-    learn: bool,
-    seed: int = 0,
-    horizon: float = HORIZON,
-) -> Pass:
-    """One pass; `learn` (the baseline) fills `recovered`, a later pass reads it."""
-    return _Replay(
-        history, policy, model, observer, recovered, learn=learn, seed=seed, horizon=horizon
-    ).run()
-
-
 ModelFactory = Callable[[History, Observer], Model]
 
 
@@ -462,12 +445,13 @@ def simulate(
     observer = Observer(baseline)
     world = model(history, observer)
     recovered = Recovered()
-    base = replay(
+    # The baseline pass (learn) fills `recovered`; the candidate's pass reads it.
+    base = _Replay(
         history, baseline, world, observer, recovered, learn=True, seed=seed, horizon=horizon
-    )
-    cand = replay(
+    ).run()
+    cand = _Replay(
         history, candidate, world, observer, recovered, learn=False, seed=seed, horizon=horizon
-    )
+    ).run()
     return Simulation(history, observer, recorded_results(history, observer), base, cand)
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import random
 from collections import deque
 from collections.abc import Callable
+from typing import TypeVar
 
 import msgspec
 
@@ -47,6 +48,8 @@ from ..store.spool import SpoolWriteFailed
 from .breakers import Breakers
 from .errors import InvalidInput
 from .policies import Policies
+
+V = TypeVar("V", poison.StartVerdict, poison.LostVerdict)
 
 EMPTY_EFFECTS = Effects()
 ANSWER_TTL = 3600.0  # how long a report's answer is kept for a client that sends it again
@@ -199,10 +202,9 @@ class Hooks:
 
     async def _start_run(self, event: StartEvent, now: float) -> StartAnswer:
         settings = self.policies.current.poison
-        verdicts: list[poison.StartVerdict] = []
-
-        def update(runs: poison.Runs | None) -> poison.Runs:
-            verdict = poison.on_start(
+        verdict = await self._step_runs(
+            event.task_id,
+            lambda runs: poison.on_start(
                 runs,
                 event.host,
                 event.redelivery,
@@ -210,12 +212,8 @@ class Hooks:
                 event.dlq_id,
                 attempt=event.attempt,
                 process=event.process,
-            )
-            verdicts.append(verdict)  # the last one applied (a CAS may re-apply it)
-            return verdict.runs
-
-        await self.state.update_runs(event.task_id, update, settings.window)
-        verdict = verdicts[-1]
+            ),
+        )
         self.metrics.record_lost_runs(event.task_name, verdict.lost_now)
         if not verdict.poison:
             return StartAnswer(True)
@@ -254,22 +252,18 @@ class Hooks:
         hands the message out again (reject_on_worker_lost); past max_lost_runs it is
         dead-lettered here and its next start refused."""
         settings = self.policies.current.poison
-        verdicts: list[poison.LostVerdict] = []
-
-        def update(runs: poison.Runs | None) -> poison.Runs:
-            verdict = poison.on_lost(
+        verdict = await self._step_runs(
+            event.task_id,
+            lambda runs: poison.on_lost(
                 runs,
                 event.host,
                 event.exception.message or None,
                 attempt=event.attempt,
                 process=event.process,
-            )
-            verdicts.append(verdict)  # the last one applied (a CAS may re-apply it)
-            return verdict.runs
-
-        await self.state.update_runs(event.task_id, update, settings.window)
-        runs = verdicts[-1].runs
-        self.metrics.record_lost_runs(event.task_name, verdicts[-1].lost_now)
+            ),
+        )
+        runs = verdict.runs
+        self.metrics.record_lost_runs(event.task_name, verdict.lost_now)
         decision = self._poison_decision(event, runs, now)
         if runs.dlq_id is None and runs.lost >= settings.max_lost_runs:
             dlq_id = await self._dead_letter(event, decision, now, actor, runs=runs)
@@ -283,6 +277,18 @@ class Hooks:
         elif runs.dlq_id is not None:
             decision = msgspec.structs.replace(decision, action="dead_letter", dlq_id=runs.dlq_id)
         return decision
+
+    async def _step_runs(self, task_id: str, step: Callable[[poison.Runs | None], V]) -> V:
+        """Apply a step of the core's run tracking to the task's runs in the state store;
+        the verdict of the last application (a CAS may re-apply it)."""
+        verdicts: list[V] = []
+
+        def update(runs: poison.Runs | None) -> poison.Runs:
+            verdicts.append(step(runs))
+            return verdicts[-1].runs
+
+        await self.state.update_runs(task_id, update, self.policies.current.poison.window)
+        return verdicts[-1]
 
     def _poison_decision(self, event: FailureEvent, runs: poison.Runs, now: float) -> Decision:
         """The failure's classification, queue and priority as the core gives them; the

@@ -138,23 +138,7 @@ class RedisStore:
                 if update(decode_runs(raw)) is None:
                     await self.redis.delete(name)
                     return None
-            await self._ready()
-            for _ in range(CAS_ATTEMPTS):
-                async with self.redis.pipeline(transaction=True) as pipe:
-                    try:
-                        await pipe.watch(name)
-                        raw = await pipe.get(name)
-                        result = update(decode_runs(raw) if raw else None)
-                        pipe.multi()
-                        if result is None:
-                            pipe.delete(name)
-                        else:
-                            pipe.set(name, encode_runs(result), px=_ms(ttl))
-                        await pipe.execute()
-                        return result
-                    except WatchError:
-                        continue
-        raise StoreUnavailable("redis", f"{CAS_ATTEMPTS} conflicting writes in a row on {name}")
+        return await self._cas(name, update, decode_runs, encode_runs, ttl)
 
     async def _cas(
         self,
@@ -173,7 +157,10 @@ class RedisStore:
                         raw = await pipe.get(name)
                         result = update(decode(raw) if raw else None)
                         pipe.multi()
-                        pipe.set(name, encode(result), px=_ms(ttl))
+                        if result is None:  # the update says: nothing left to keep
+                            pipe.delete(name)
+                        else:
+                            pipe.set(name, encode(result), px=_ms(ttl))
                         await pipe.execute()
                         return result
                     except WatchError:
