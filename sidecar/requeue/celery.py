@@ -1,11 +1,19 @@
-"""Requeue through Celery's own client API: `send_task` by name to the chosen queue and
-priority, with the DLQ record's id in the message headers so the worker's success hook can
-resolve it. Celery is an optional extra (`pip install task-sidecar[celery]`).
+"""Requeue to Celery: a task message by name to the chosen queue and priority, with the
+DLQ record's id in the message headers so the worker's success hook can resolve it.
+Celery is an optional extra (`pip install task-sidecar[celery]`).
 
 A bulk retry's chunk is published in one kombu publish batch where the transport has them
 (Redis, kombu >= 5.7: one pipeline, one round trip for the chunk instead of one per
 message). A batch that fails to flush fails every send in it; some of its messages may
-have left, and the records go back to pending: a requeue is at least once."""
+have left, and the records go back to pending: a requeue is at least once.
+
+A chunk's messages are made by Celery's own `create_task_message` (the message protocol
+stays Celery's) but published without `send_task`'s per-message work, which cost more than
+the message itself: routing each name, declaring the queue again (kombu copies and binds
+the queue on every publish) and a `saferepr` of the arguments. Each queue of the chunk is
+declared once; the arguments' repr is cut at Celery's own limit. The sidecar's Celery app
+is its own (no routes, no signal handlers of the user's), so nothing those steps do is
+lost."""
 
 from __future__ import annotations
 
@@ -35,31 +43,13 @@ class CeleryTarget:
         # Publishing blocks; one thread keeps the producer pool out of the event loop.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="celery-requeue")
 
-    def _send(self, record: DlqRecord, queue: str, priority: int, producer: Any = None) -> None:
-        try:
-            self.app.send_task(
-                record.task_name,
-                args=record.args,
-                kwargs=record.kwargs,
-                queue=queue or None,  # "": the task's default queue (Celery's routing)
-                priority=self.message_priority(priority),
-                headers={DLQ_HEADER: record.id},
-                # The run keeps the task's id: its hooks may only touch the record of
-                # their own task id, and operators follow one id through the retry.
-                task_id=record.task_id,
-                retries=record.attempts,
-                producer=producer,
-                **workflow_options(record.workflow),
-            )
-        except Exception as exc:  # kombu raises many types; all mean "not handed over"
-            raise RequeueError(f"celery: {type(exc).__name__}: {exc}") from exc
-
     def message_priority(self, priority: int) -> int:
         return message_priority(priority, self.broker_url)
 
     async def requeue(self, record: DlqRecord, queue: str, priority: int) -> None:
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._executor, self._send, record, queue, priority)
+        (error,) = await self.requeue_many([(record, queue, priority)])
+        if error is not None:
+            raise error
 
     async def requeue_many(self, sends: Sequence[Send]) -> list[RequeueError | None]:
         loop = asyncio.get_running_loop()
@@ -70,14 +60,15 @@ class CeleryTarget:
         try:
             with self.app.producer_or_acquire() as producer:
                 batch = getattr(producer, "batch", None)
+                declared: set[str] = set()
                 # No flush before the end: a flush failing halfway would leave messages
                 # of sends already answered as sent unsent.
                 with batch(max_size=2**31 - 1) if batch else contextlib.nullcontext():
                     for record, queue, priority in sends:
                         try:
-                            self._send(record, queue, priority, producer)
-                        except RequeueError as exc:
-                            errors.append(exc)
+                            self._publish(producer, declared, record, queue, priority)
+                        except Exception as exc:  # this message only: the others go on
+                            errors.append(RequeueError(f"celery: {type(exc).__name__}: {exc}"))
                         else:
                             errors.append(None)
         except Exception as exc:  # the flush, or the broker connection
@@ -85,22 +76,59 @@ class CeleryTarget:
             return [failed] * len(sends)
         return errors
 
+    def _publish(
+        self, producer: Any, declared: set[str], record: DlqRecord, queue: str, priority: int
+    ) -> None:
+        """One message: the task by name on the chosen queue and priority, keeping its task
+        id (its hooks may only touch the record of their own task id, and operators follow
+        one id through the retry), with the DLQ record's id in a header and the workflow
+        it was part of (the rest of the chain, its callbacks and errbacks, and the ids
+        tying it to its parent, root and group, as the integration's `workflow_of`
+        reported them)."""
+        amqp = self.app.amqp
+        target = amqp.queues[queue] if queue else amqp.default_queue
+        if target.name not in declared:
+            producer.maybe_declare(target)
+            declared.add(target.name)
+        workflow = record.workflow or {}
+        headers, properties, body, _ = amqp.create_task_message(
+            record.task_id,
+            record.task_name,
+            record.args,
+            record.kwargs,
+            retries=record.attempts,
+            chain=workflow.get("chain"),
+            callbacks=workflow.get("callbacks"),
+            errbacks=workflow.get("errbacks"),
+            group_id=workflow.get("group_id"),
+            root_id=workflow.get("root_id"),
+            parent_id=workflow.get("parent_id"),
+            ignore_result=None,  # as send_task: the task's own setting decides
+            reply_to=self.app.thread_oid,  # as send_task (for an rpc:// result backend)
+            argsrepr=_short_repr(record.args, amqp.argsrepr_maxsize),
+            kwargsrepr=_short_repr(record.kwargs, amqp.kwargsrepr_maxsize),
+        )
+        headers[DLQ_HEADER] = record.id
+        producer.publish(
+            body,
+            exchange="",  # the default exchange routes by queue name, as send_task does
+            routing_key=target.name,
+            serializer=self.app.conf.task_serializer,
+            retry=False,  # a failed chunk goes back to pending; the next bulk retry resends
+            declare=None,
+            delivery_mode=target.exchange.delivery_mode or 2,
+            headers=headers,
+            priority=self.message_priority(priority),
+            **properties,
+        )
+
     async def close(self) -> None:
         self._executor.shutdown(wait=True)
         self.app.close()
 
 
-def workflow_options(workflow: dict[str, Any] | None) -> dict[str, Any]:
-    """send_task options that let a retried link go on with its workflow: the rest of the
-    chain, its callbacks and errbacks, and the ids tying it to its parent, root and group
-    (as the integration's `workflow_of` reported them)."""
-    workflow = workflow or {}
-    options = {
-        "chain": workflow.get("chain"),
-        "link": workflow.get("callbacks"),
-        "link_error": workflow.get("errbacks"),
-        "parent_id": workflow.get("parent_id"),
-        "root_id": workflow.get("root_id"),
-        "group_id": workflow.get("group_id"),
-    }
-    return {name: value for name, value in options.items() if value}
+def _short_repr(value: Any, limit: int) -> str:
+    """The arguments' repr for Celery's `argsrepr` header (shown by monitors), cut at
+    Celery's limit. DLQ arguments are bounded by the hook's body limit."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
