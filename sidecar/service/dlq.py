@@ -325,8 +325,11 @@ class DeadLetters:
     ) -> None:
         started = time.monotonic()
         # Paced jobs take one record when it is due; others a chunk at a time. Either way
-        # a record is `retrying` only just before its send, so a stop strands none.
+        # a record is `retrying` only just before its send, so a stop strands none. The
+        # next chunk is taken while the one before is handed over: the store's thread and
+        # the target's work at once.
         chunk = 1 if job.rate_per_second else CHUNK
+        handing: asyncio.Task[None] | None = None
         try:
             async for batch in self._records(ids, where):
                 for start in range(0, len(batch), chunk):
@@ -342,17 +345,31 @@ class DeadLetters:
                         if self._stopping.is_set():
                             job.stopped = True
                             return
-                    await self._send_chunk(job, batch[start : start + chunk], priority)
+                    records = batch[start : start + chunk]
+                    moved = await self._take([r.id for r in records])
+                    job.skipped += len(records) - len(moved)
+                    previous, handing = handing, None
+                    if previous is not None:
+                        await previous
+                    handing = asyncio.create_task(self._hand_over(job, moved, priority))
         except Exception as exc:  # a store outage: the job stops, saying why
             job.errors.append(f"stopped: {type(exc).__name__}: {exc}")
             log.exception("bulk retry %s stopped", job.id)
         finally:
+            if handing is not None:
+                try:  # what is taken is sent (or put back), stop or not
+                    await handing
+                except Exception as exc:
+                    job.errors.append(f"stopped: {type(exc).__name__}: {exc}")
+                    log.exception("bulk retry %s stopped", job.id)
             job.finished_at = self.clock()
             self.metrics.record_dlq_action("bulk_retry")
 
-    async def _send_chunk(self, job: BulkJob, records: list[DlqRecord], priority: str | None):
-        moved = await self._take([r.id for r in records])
-        job.skipped += len(records) - len(moved)
+    async def _hand_over(self, job: BulkJob, moved: list[DlqRecord], priority: str | None):
+        """Send records taken for a bulk retry; the ones the target refused go back to
+        pending, saying why."""
+        if not moved:
+            return
         routes = [self.route(record, priority, None) for record in moved]
         errors = await self.target.requeue_many(
             [(r, route.queue, route.priority_value) for r, route in zip(moved, routes, strict=True)]
@@ -365,23 +382,22 @@ class DeadLetters:
             else:
                 failed[str(error)].append(record.id)
                 job.errors.append(f"{record.id}: {error}")
-        for error, ids in failed.items():  # back to pending, saying why
+        for error, ids in failed.items():
             log.warning("requeue of %d records failed: %s", len(ids), error)
             await self.store.transition(ids, "pending", ("retrying",), self.clock(), error=error)
         job.requeued += len(sent)
         job.failed += len(moved) - len(sent)
         await self.store.end_lease(sent)
-        if moved:
-            await self.store.audit(
-                AuditEntry(
-                    at=self.clock(),
-                    actor=job.actor,
-                    action="bulk_retry",
-                    record_ids=[r.id for r in moved],
-                    from_status="pending",
-                    details={"job": job.id, "priority": priority},
-                )
+        await self.store.audit(
+            AuditEntry(
+                at=self.clock(),
+                actor=job.actor,
+                action="bulk_retry",
+                record_ids=[r.id for r in moved],
+                from_status="pending",
+                details={"job": job.id, "priority": priority},
             )
+        )
 
     async def stop_jobs(self, timeout: float) -> None:
         """Shutdown: bulk retries stop before their next record and are waited for at
