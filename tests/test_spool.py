@@ -158,3 +158,13 @@ class TestSpool:
             await spool.close()
 
         run(scenario())
+
+
+def test_the_spool_offers_every_operation_of_the_dlq_port():
+    """The spool stands where the store would: a port method it lacks would fail only
+    when first called (a bulk retry that cannot list its records)."""
+    from sidecar.store.ports import DlqStore
+
+    operations = {name for name in vars(DlqStore) if not name.startswith("_")} - {"name"}
+    assert operations, "the port lists its operations"
+    assert {name for name in operations if not callable(getattr(SpoolingDlq, name, None))} == set()

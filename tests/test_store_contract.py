@@ -166,6 +166,13 @@ async def collect(records: AsyncIterator[DlqRecord]) -> list[DlqRecord]:
     return [record async for record in records]
 
 
+async def id_batches(store: Any, where: DlqFilter, batch: int) -> list[str]:
+    """`store.ids`, flattened, after checking that no batch is over `batch`."""
+    batches = [ids async for ids in store.ids(where, batch=batch)]
+    assert all(0 < len(b) <= batch for b in batches)
+    return [i for b in batches for i in b]
+
+
 def ids(records: list[DlqRecord]) -> list[str]:
     return [record.id for record in records]
 
@@ -418,6 +425,7 @@ class TestDlqListing:
         assert ids(run(all_pages(store, where, limit=7))) == expected
         assert run(store.count(where)) == len(expected)
         assert ids(run(collect(store.iterate(where, batch=5)))) == expected[::-1]
+        assert run(id_batches(store, where, batch=5)) == expected[::-1]
 
     def test_a_page_holds_the_newest_records_in_full(self, store, run):
         records = [make_record(created_at=NOW + i) for i in range(10)]
@@ -572,6 +580,7 @@ class TestDlqSearch:
         assert ids(run(all_pages(store, where, limit=2))) == expected
         assert run(store.count(where)) == len(expected)
         assert ids(run(collect(store.iterate(where, batch=2)))) == expected[::-1]
+        assert run(id_batches(store, where, batch=2)) == expected[::-1]
 
     def test_search_follows_deletes_and_status_changes(self, store, run):
         records = search_dataset()

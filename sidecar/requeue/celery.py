@@ -41,6 +41,7 @@ class CeleryTarget:
         self.app.conf.broker_connection_retry_on_startup = False
         self.app.conf.broker_transport_options = {"max_retries": 1}
         # Publishing blocks; one thread keeps the producer pool out of the event loop.
+        self._serializer = self.app.conf.task_serializer  # read once: conf lookups cost
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="celery-requeue")
 
     def message_priority(self, priority: int) -> int:
@@ -113,7 +114,7 @@ class CeleryTarget:
             body,
             exchange="",  # the default exchange routes by queue name, as send_task does
             routing_key=target.name,
-            serializer=self.app.conf.task_serializer,
+            serializer=self._serializer,
             retry=False,  # a failed chunk goes back to pending; the next bulk retry resends
             declare=None,
             delivery_mode=target.exchange.delivery_mode or 2,

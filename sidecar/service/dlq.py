@@ -320,6 +320,16 @@ class DeadLetters:
         if batch:
             yield batch
 
+    async def _ids(self, ids: list[str] | None, where: DlqFilter) -> AsyncIterator[list[str]]:
+        """As `_records`, the ids only: a bulk retry moves records by id, and its store
+        transition returns them whole."""
+        if ids is not None:
+            async for batch in self._records(ids, None):
+                yield [r.id for r in batch]
+            return
+        async for batch in self.store.ids(where, batch=BATCH):
+            yield batch
+
     async def _run_bulk(
         self, job: BulkJob, ids: list[str] | None, where: DlqFilter | None, priority: str | None
     ) -> None:
@@ -331,7 +341,7 @@ class DeadLetters:
         chunk = 1 if job.rate_per_second else CHUNK
         handing: asyncio.Task[None] | None = None
         try:
-            async for batch in self._records(ids, where):
+            async for batch in self._ids(ids, where or DlqFilter()):
                 for start in range(0, len(batch), chunk):
                     if self._stopping.is_set():
                         job.stopped = True
@@ -345,9 +355,9 @@ class DeadLetters:
                         if self._stopping.is_set():
                             job.stopped = True
                             return
-                    records = batch[start : start + chunk]
-                    moved = await self._take([r.id for r in records])
-                    job.skipped += len(records) - len(moved)
+                    taking = batch[start : start + chunk]
+                    moved = await self._take(taking)
+                    job.skipped += len(taking) - len(moved)
                     previous, handing = handing, None
                     if previous is not None:
                         await previous

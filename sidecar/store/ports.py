@@ -105,6 +105,9 @@ class DlqStore(Protocol):
         """As `iterate`, a batch of rows at a time, with only the CSV export's columns
         (`sidecar.service.export.CSV_COLUMNS`; times as unix seconds)."""
 
+    def ids(self, where: DlqFilter, batch: int = 500) -> AsyncIterator[list[str]]:
+        """As `iterate`, the ids only, a batch at a time (what bulk actions move by id)."""
+
     async def transition(
         self,
         ids: Sequence[str],

@@ -418,6 +418,7 @@ class SpoolingDlq:
     count = _forwarded("count")
     iterate = _forwarded("iterate")
     export_rows = _forwarded("export_rows")
+    ids = _forwarded("ids")
     transition = _forwarded("transition")
     end_lease = _forwarded("end_lease")
     lapsed_leases = _forwarded("lapsed_leases")

@@ -138,6 +138,10 @@ class SqlStore:
     def export_rows(self, where: DlqFilter, batch: int = 500) -> AsyncIterator[list[Row]]:
         return self._batches("dlq_export", where, batch)
 
+    async def ids(self, where: DlqFilter, batch: int = 500) -> AsyncIterator[list[str]]:
+        async for rows in self._batches("dlq_ids", where, batch):
+            yield [row["id"] for row in rows]
+
     async def _batches(
         self,
         query_name: str,

@@ -115,6 +115,15 @@ WHERE {where}
 ORDER BY dlq_records.created_at, dlq_records.id
 LIMIT %(limit)s;
 
+-- name: dlq_ids
+-- The ids only, oldest first, a batch per call after the last (dlq_after): what a bulk
+-- action moves by id, with nothing decoded that it would throw away.
+SELECT id, extract(epoch FROM created_at)::float8 AS created_at
+FROM dlq_records
+WHERE {where}
+ORDER BY dlq_records.created_at, dlq_records.id
+LIMIT %(limit)s;
+
 -- name: dlq_count
 SELECT count(*) AS count FROM dlq_records WHERE {where};
 

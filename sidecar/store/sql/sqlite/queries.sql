@@ -86,6 +86,13 @@ WHERE {where}
 ORDER BY created_at, id
 LIMIT :limit;
 
+-- name: dlq_ids
+SELECT id, created_at
+FROM dlq_records
+WHERE {where}
+ORDER BY created_at, id
+LIMIT :limit;
+
 -- name: dlq_count
 SELECT count(*) AS count FROM dlq_records WHERE {where};
 
