@@ -26,8 +26,8 @@ from .errors import Ambiguous, Conflict, NotFound
 from .policies import Policies
 
 log = logging.getLogger("task_sidecar.dlq")
-BATCH = 500  # records read from the store at a time
-CHUNK = 500  # records taken (pending → retrying) at a time, just before they are sent
+BATCH = 1000  # records read from the store at a time
+CHUNK = 1000  # records taken (pending → retrying) at a time, just before they are sent
 
 
 @dataclass(frozen=True)
