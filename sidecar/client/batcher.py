@@ -158,17 +158,23 @@ class Batcher:
             log.warning("sidecar client dropped %d buffered events (%d in all)", new, self.dropped)
 
     def flush(self, timeout: float) -> bool:
-        """Wait until the buffer is sent (True) or `timeout` passes (False)."""
+        """Wait until the buffer and the outbox are sent (True) or `timeout` passes (False)."""
         deadline = time.monotonic() + timeout
         with self._cond:
             self._cond.notify()
-        while self.pending():
+        while self.pending() or self._scanning():
             if time.monotonic() >= deadline:
                 return False
             with self._cond:
                 self._cond.notify()
             time.sleep(0.01)
         return True
+
+    def _scanning(self) -> bool:
+        """The thread has yet to look for outbox files left by workers that are gone."""
+        thread = self._thread
+        alive = thread is not None and thread.is_alive()
+        return self.outbox is not None and not self.outbox.scanned and alive
 
     def close(self, timeout: float) -> None:
         self.flush(timeout)
@@ -177,6 +183,6 @@ class Batcher:
             self._cond.notify_all()
         if self._thread is not None:
             self._thread.join(timeout=max(0.0, timeout))
-        if self.outbox is not None and not (self._thread and self._thread.is_alive()):
+        if self.outbox is not None:
             self.outbox.close()  # what is left stays on disk, for the next process
         self._report_drops()

@@ -28,6 +28,7 @@ Files, locks, crashes:
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import json
@@ -64,13 +65,16 @@ def default_directory() -> Path | None:
 
 
 class Entry:
-    """One line of an outbox file, as the batcher sends it."""
+    """One line of an outbox file: where it is (the line stays on disk, not in memory),
+    and its event once `take` has read it."""
 
-    __slots__ = ("event", "file")
+    __slots__ = ("event", "file", "offset", "size")
 
-    def __init__(self, file: _File, event: dict[str, Any]) -> None:
+    def __init__(self, file: _File, offset: int, size: int) -> None:
         self.file = file
-        self.event = event
+        self.offset = offset
+        self.size = size
+        self.event: dict[str, Any] | None = None
 
 
 class _File:
@@ -91,6 +95,7 @@ class Outbox:
         self.max_bytes = max_bytes
         self._disabled = False  # the directory cannot be written: memory only
         self._full = False  # for logging once per episode
+        self._closed = False
         self._forked()
         after_fork_in_child(self, Outbox._forked_in_child)
 
@@ -106,10 +111,8 @@ class Outbox:
     def _forked_in_child(self) -> None:
         """The parent's files stay the parent's: close our copies (keeping its locks)."""
         for file in self._files:
-            try:
+            with contextlib.suppress(OSError):
                 os.close(file.fd)
-            except OSError:
-                pass
         self._forked()
 
     # --- the worker's side ---------------------------------------------------------------
@@ -119,12 +122,17 @@ class Outbox:
         memory). Never raises."""
         if self._disabled:
             return False
-        line = json.dumps(event, default=repr, separators=(",", ":")).encode() + b"\n"
+        try:
+            line = json.dumps(event, default=repr, separators=(",", ":")).encode() + b"\n"
+        except Exception:  # defensive: the protocol made it JSON already
+            log.exception("sidecar client: a dead letter that is not JSON stays in memory")
+            return False
         with self._lock:
             try:
                 file = self._own or self._open_own()
                 if file.size + self._others + self._adopted_bytes() + len(line) > self.max_bytes:
                     raise OSError(errno.ENOSPC, f"outbox is full ({self.max_bytes} bytes)")
+                offset = file.size
                 _write_whole(file, line)
             except OSError as exc:
                 if self._own is None:  # cannot even open a file: no outbox in this process
@@ -150,7 +158,7 @@ class Outbox:
                 self._full = False
                 log.warning("sidecar client: writing dead letters to %s again", file.path)
             file.lines += 1
-            self._queue.append(Entry(file, event))
+            self._queue.append(Entry(file, offset, len(line)))
             return True
 
     def _open_own(self) -> _File:
@@ -158,7 +166,7 @@ class Outbox:
         while True:
             path = self.directory / f"{PREFIX}{os.getpid()}-{secrets.token_hex(4)}{SUFFIX}"
             try:
-                fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL, 0o600)
+                fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_EXCL, 0o600)
             except FileExistsError:
                 continue
             try:  # a scanner may have locked it (as an orphan) before us: take another
@@ -176,17 +184,34 @@ class Outbox:
 
     # --- the batcher's side --------------------------------------------------------------
 
+    @property
+    def scanned(self) -> bool:
+        """Whether this process has looked for files left by workers that are gone."""
+        return self._scanned_at is not None
+
     def waiting(self) -> int:
         """Lines not yet acknowledged by the sidecar (adopted ones included)."""
         with self._lock:
             return len(self._queue) + self._inflight
 
     def take(self, limit: int) -> list[Entry]:
-        """Up to `limit` lines to send, oldest first; they are in flight until `settle`."""
+        """Up to `limit` lines to send, oldest first, read back from their files; they
+        are in flight until `settle`. A line that does not read as JSON is skipped."""
         with self._lock:
             batch, self._queue = self._queue[:limit], self._queue[limit:]
-            self._inflight += len(batch)
-            return batch
+            readable = []
+            for entry in batch:
+                try:
+                    entry.event = json.loads(os.pread(entry.file.fd, entry.size, entry.offset))
+                except (OSError, ValueError) as exc:
+                    log.error(
+                        "sidecar client: skipping an outbox line of %s: %s", entry.file.path, exc
+                    )
+                    entry.file.done += 1
+                    continue
+                readable.append(entry)
+            self._inflight += len(readable)
+            return readable
 
     def settle(self, entries: list[Entry], done: Iterable[bool]) -> None:
         """After a send: acknowledged lines are done, the others wait for the next send
@@ -194,11 +219,13 @@ class Outbox:
         with self._lock:
             again = []
             for entry, ok in zip(entries, done, strict=True):
+                if entry.file.fd < 0:  # released by close(): the line stays on disk
+                    continue
                 if ok:
                     entry.file.done += 1
                 else:
                     again.append(entry)
-            self._inflight -= len(entries)
+            self._inflight = max(0, self._inflight - len(entries))
             self._queue[:0] = again
             for file in [f for f in self._files if f.done == f.lines]:
                 self._finished(file)
@@ -225,22 +252,23 @@ class Outbox:
         """Adopt the files of writers that are gone (at most once per `every` seconds);
         the number of lines adopted."""
         now = time.monotonic()
-        if self._disabled or (self._scanned_at is not None and now - self._scanned_at < every):
+        if self._closed or (self._scanned_at is not None and now - self._scanned_at < every):
             return 0
-        self._scanned_at = now
-        try:
-            names = [n for n in os.listdir(self.directory) if n.startswith(PREFIX)]
+        try:  # (not into a directory this process cannot write: it could not adopt)
+            names = [] if self._disabled else os.listdir(self.directory)
         except OSError:
-            return 0  # no directory yet: nothing left by anyone
+            names = []  # no directory yet: nothing left by anyone
         with self._lock:
             held = {f.path.name for f in self._files}
         adopted: list[Entry] = []
         others = 0
         for name in sorted(names, key=self._age):  # the oldest first
-            if not name.endswith(SUFFIX) or name in held:
+            if not (name.startswith(PREFIX) and name.endswith(SUFFIX)) or name in held:
                 continue
             try:
                 found = self._adopt(self.directory / name)
+            except FileNotFoundError:  # sent and removed by another process meanwhile
+                continue
             except OSError as exc:
                 log.warning("sidecar client: cannot read outbox file %s: %s", name, exc)
                 continue
@@ -249,13 +277,18 @@ class Outbox:
                 continue
             file, entries = found
             with self._lock:
+                if self._closed:  # closed meanwhile: leave it to the next process
+                    os.close(file.fd)
+                    break
                 self._files.append(file)
                 if not entries:  # an empty file: nothing to send
                     self._finished(file)
             adopted += entries
         with self._lock:
             self._others = others
-            self._queue[:0] = adopted  # ahead of the process's own lines
+            if not self._closed:
+                self._queue[:0] = adopted  # ahead of the process's own lines
+            self._scanned_at = now
         if adopted:
             log.warning(
                 "sidecar client: %d dead letters left in %s by workers that stopped: "
@@ -290,26 +323,24 @@ class Outbox:
             os.close(fd)
             raise
         file = _File(path, fd, own=False)
-        whole = data.rfind(b"\n") + 1  # a torn last line: its failure() never answered
-        entries = []
-        for raw in data[:whole].splitlines():
-            try:
-                event = json.loads(raw)
-            except ValueError:
-                log.error("sidecar client: skipping an outbox line that is not JSON in %s", path)
-                continue
-            entries.append(Entry(file, event))
-        file.size, file.lines = whole, len(entries)
+        entries, offset = [], 0
+        for raw in data.splitlines(keepends=True):
+            if raw.endswith(b"\n"):  # not a torn last line: its failure() never answered
+                entries.append(Entry(file, offset, len(raw)))
+            offset += len(raw)
+        file.size, file.lines = offset, len(entries)
         return file, entries
 
     def close(self) -> None:
         """Release every file: an empty own file is removed, lines left stay for another
         process (or this one's next start)."""
         with self._lock:
+            self._closed = True  # adopts nothing more (a dead letter still gets a file)
             for file in self._files:
                 if file.own and file.done == file.lines:
                     file.path.unlink(missing_ok=True)
                 os.close(file.fd)
+                file.fd = -1
             self._files, self._own, self._queue, self._inflight = [], None, [], 0
 
 
