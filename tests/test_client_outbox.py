@@ -312,3 +312,16 @@ def test_the_celery_integration_passes_the_option_through(tmp_path: Path) -> Non
         assert client.outbox_dir == tmp_path / "o"
     finally:
         client.close(timeout=0.1)
+
+
+def test_a_batch_item_the_sidecar_could_not_store_is_not_done() -> None:
+    """Per item: an answer or a refusal for good (4xx: it would be refused again) is done;
+    a 5xx item (its store was down) is sent again."""
+    from sidecar.client import LocalDecider
+    from sidecar.client.protocol import Protocol
+
+    protocol = Protocol(LocalDecider(), lambda event: None)
+    exchange = protocol.batch([{}, {}, {}])
+    answer = {"results": [{"action": "dead_letter"}, {"error": {"status": 503}}, {"error": {}}]}
+    assert exchange.read(answer) == [True, False, True]
+    assert exchange.read({"results": [{}]}) is None  # not one answer per event
