@@ -30,10 +30,11 @@ settings.register_profile("sidecar", deadline=None)
 settings.load_profile("sidecar")
 
 
-@pytest.fixture(scope="session", autouse=True)
-def session_outbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """The outbox of clients made by session- and module-scoped fixtures (workers)."""
-    path = tmp_path_factory.getbasetemp() / "outbox-session"
+@pytest.fixture(scope="module", autouse=True)
+def module_outbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The outbox of clients made by module-scoped fixtures (workers): one per module, so
+    what one module's workers leave is not delivered to another module's sidecar."""
+    path = tmp_path_factory.getbasetemp() / f"outbox-{uuid.uuid4().hex[:12]}"
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("TASK_SIDECAR_CLIENT_OUTBOX", str(path))
         yield path

@@ -125,7 +125,7 @@ class Outbox:
         try:
             line = json.dumps(event, default=repr, separators=(",", ":")).encode() + b"\n"
         except Exception:  # defensive: the protocol made it JSON already
-            log.exception("sidecar client: a dead letter that is not JSON stays in memory")
+            log.exception("sidecar outbox: a dead letter that is not JSON stays in memory")
             return False
         with self._lock:
             try:
@@ -138,7 +138,7 @@ class Outbox:
                 if self._own is None:  # cannot even open a file: no outbox in this process
                     self._disabled = True
                     log.warning(
-                        "sidecar client: cannot write the outbox %s (%s): dead letters "
+                        "sidecar outbox: cannot write the outbox %s (%s): dead letters "
                         "decided locally are kept in memory only (set %s or outbox_dir=)",
                         self.directory,
                         exc.strerror or exc,
@@ -147,7 +147,7 @@ class Outbox:
                 elif not self._full:
                     self._full = True
                     log.error(
-                        "sidecar client: cannot write a dead letter to the outbox %s (%s): "
+                        "sidecar outbox: cannot write a dead letter to the outbox %s (%s): "
                         "it is kept in memory only, and lost if this worker stops before "
                         "the sidecar answers",
                         self._own.path,
@@ -156,7 +156,7 @@ class Outbox:
                 return False
             if self._full:
                 self._full = False
-                log.warning("sidecar client: writing dead letters to %s again", file.path)
+                log.warning("sidecar outbox: writing dead letters to %s again", file.path)
             file.lines += 1
             self._queue.append(Entry(file, offset, len(line)))
             return True
@@ -205,7 +205,7 @@ class Outbox:
                     entry.event = json.loads(os.pread(entry.file.fd, entry.size, entry.offset))
                 except (OSError, ValueError) as exc:
                     log.error(
-                        "sidecar client: skipping an outbox line of %s: %s", entry.file.path, exc
+                        "sidecar outbox: skipping an outbox line of %s: %s", entry.file.path, exc
                     )
                     entry.file.done += 1
                     continue
@@ -242,7 +242,7 @@ class Outbox:
             file.path.unlink(missing_ok=True)
             _fsync_directory(self.directory)
         except OSError as exc:  # it is sent: a copy left behind is only sent again
-            log.warning("sidecar client: cannot clear outbox file %s: %s", file.path, exc)
+            log.warning("sidecar outbox: cannot clear outbox file %s: %s", file.path, exc)
             if file.own:
                 return
         self._files.remove(file)
@@ -270,7 +270,7 @@ class Outbox:
             except FileNotFoundError:  # sent and removed by another process meanwhile
                 continue
             except OSError as exc:
-                log.warning("sidecar client: cannot read outbox file %s: %s", name, exc)
+                log.warning("sidecar outbox: cannot read outbox file %s: %s", name, exc)
                 continue
             if isinstance(found, int):  # a living writer's: counted against max_bytes
                 others += found
@@ -291,7 +291,7 @@ class Outbox:
             self._scanned_at = now
         if adopted:
             log.warning(
-                "sidecar client: %d dead letters left in %s by workers that stopped: "
+                "sidecar outbox: %d dead letters left in %s by workers that stopped: "
                 "sending them to the sidecar",
                 len(adopted),
                 self.directory,
