@@ -75,7 +75,7 @@ def lines(directory: Path) -> dict[str, list[dict[str, Any]]]:
     }
 
 
-def run_python(code: str, env: dict[str, str], timeout: float = 60) -> subprocess.Popen[str]:
+def run_python(code: str, env: dict[str, str]) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(code)],
         env={**os.environ, **env, "PYTHONPATH": str(ROOT)},
@@ -95,7 +95,7 @@ DECIDE_THEN_HANG = """
         exc = {"type": "ValueError", "message": "Invalid data"}
         answer = client.failure(f"{task}-{i}", task, exc, attempt=3)
         assert (answer["source"], answer["action"]) == ("default", "dead_letter"), answer
-    print("decided", flush=True)
+    open(os.environ["READY"], "w").close()
     time.sleep(600)  # killed here
 """
 
@@ -120,12 +120,12 @@ def test_dead_letters_of_a_killed_worker_reach_the_dlq_once(
     A copy of the file delivered again (a crash after the sidecar acknowledged it, before
     it was removed) adds nothing: the sidecar stores each report id once."""
     outbox, task, n = tmp_path / "outbox", f"outbox.kill.{uuid.uuid4().hex[:8]}", 40
-    worker = run_python(
-        DECIDE_THEN_HANG, {"URL": dead_url(), "OUTBOX": str(outbox), "TASK": task, "N": str(n)}
-    )
+    ready = tmp_path / "ready"
+    env = {"URL": dead_url(), "OUTBOX": str(outbox), "TASK": task, "N": str(n)}
+    worker = run_python(DECIDE_THEN_HANG, {**env, "READY": str(ready)})
     try:
-        assert worker.stdout is not None
-        assert worker.stdout.readline() == "decided\n", worker.stderr and worker.stderr.read()
+        wait_for(lambda: ready.exists() or worker.poll() is not None, 60, "the dead letters")
+        assert worker.poll() is None, worker.communicate()
     finally:
         worker.send_signal(signal.SIGKILL)
         worker.communicate(timeout=10)  # reaped, its pipes closed
@@ -224,9 +224,14 @@ def test_a_forked_child_writes_its_own_file(tmp_path: Path) -> None:
                 code = 0 if answer["action"] == "dead_letter" else 2
             finally:
                 os._exit(code)
-        (status,) = wait_for(
-            lambda: (r := os.waitpid(pid, os.WNOHANG))[0] and (r[1],), 20, "the child"
-        )
+        try:  # (status,) once the child is reaped
+            (status,) = wait_for(
+                lambda: (r := os.waitpid(pid, os.WNOHANG))[0] and (r[1],), 20, "the child"
+            )
+        except AssertionError:  # hung (on a lock its parent's thread held at the fork)
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise
         assert os.waitstatus_to_exitcode(status) == 0
         files = lines(outbox)
         assert {
