@@ -319,14 +319,20 @@ def test_the_celery_integration_passes_the_option_through(tmp_path: Path) -> Non
         client.close(timeout=0.1)
 
 
-def test_a_batch_item_the_sidecar_could_not_store_is_not_done() -> None:
+def test_a_batch_item_the_sidecar_could_not_store_is_not_done(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """Per item: an answer or a refusal for good (4xx: it would be refused again) is done;
-    a 5xx item (its store was down) is sent again."""
+    a 5xx item (its store was down) is sent again. A dead letter refused is an error."""
     from sidecar.client import LocalDecider
     from sidecar.client.protocol import Protocol
 
+    caplog.set_level(logging.WARNING, "sidecar.client")
     protocol = Protocol(LocalDecider(), lambda event: None)
-    exchange = protocol.batch([{}, {}, {}])
+    failure = {"type": "failure", "task_id": "t-3", "task_name": "x", "report_id": "r-3"}
+    exchange = protocol.batch([{}, {}, failure])
     answer = {"results": [{"action": "dead_letter"}, {"error": {"status": 503}}, {"error": {}}]}
     assert exchange.read(answer) == [True, False, True]
+    (error,) = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert "x[t-3] (report r-3)" in error.getMessage()
     assert exchange.read({"results": [{}]}) is None  # not one answer per event

@@ -356,6 +356,16 @@ class Protocol:
                     len(events),
                     refused[0],
                 )
+            for event, error in zip(events, errors, strict=True):
+                if error is not None and _status(error) < 500 and event.get("type") == "failure":
+                    log.error(
+                        "sidecar refused the dead letter %s[%s] (report %s): it is not in "
+                        "the DLQ: %s",
+                        event.get("task_name"),
+                        event.get("task_id"),
+                        event.get("report_id"),
+                        error,
+                    )
             return [e is None or _status(e) < 500 for e in errors]
 
         return Exchange("/v1/hooks/batch", events, read, _none)
