@@ -253,6 +253,30 @@ def test_a_forked_child_writes_its_own_file(tmp_path: Path) -> None:
         client.close(timeout=0.1)
 
 
+def test_a_torn_last_line_is_left_out(sidecar: SidecarProcess, tmp_path: Path) -> None:
+    """A writer killed in the middle of a line never answered that failure(): the whole
+    lines before it are delivered, the torn one is not, and the file goes."""
+    outbox, task = tmp_path / "outbox", f"outbox.torn.{uuid.uuid4().hex[:8]}"
+    maker = SidecarClient(dead_url(), outbox_dir=None)
+    events = [
+        {"type": "failure", **maker.failure_event(f"{task}-{i}", task, INVALID, attempt=3)}
+        for i in range(3)
+    ]
+    maker.close(timeout=0.1)
+    data = b"".join(json.dumps(e).encode() + b"\n" for e in events)
+    outbox.mkdir()
+    (outbox / "outbox-1-dead.jsonl").write_bytes(data[: -len(json.dumps(events[-1])) // 2])
+    client = SidecarClient(
+        f"http://127.0.0.1:{sidecar.port}", TOKEN, outbox_dir=outbox, flush_interval=0.02
+    )
+    try:
+        assert client.flush(10)
+    finally:
+        client.close()
+    assert sorted(dlq_task_ids(sidecar, task)) == [f"{task}-0", f"{task}-1"]
+    assert list(outbox.iterdir()) == []
+
+
 @pytest.mark.parametrize("kind", ["sync", "async"])
 def test_an_unwritable_outbox_falls_back_to_memory(
     kind: str, tmp_path: Path, caplog: pytest.LogCaptureFixture

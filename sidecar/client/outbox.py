@@ -107,6 +107,7 @@ class Outbox:
         self._inflight = 0
         self._others = 0  # bytes in other processes' files, at the last scan
         self._scanned_at: float | None = None
+        self._unreadable: set[str] = set()
 
     def _forked_in_child(self) -> None:
         """The parent's files stay the parent's: close our copies (keeping its locks)."""
@@ -270,7 +271,9 @@ class Outbox:
             except FileNotFoundError:  # sent and removed by another process meanwhile
                 continue
             except OSError as exc:
-                log.warning("sidecar outbox: cannot read outbox file %s: %s", name, exc)
+                if name not in self._unreadable:  # once per file, not every scan
+                    self._unreadable.add(name)
+                    log.warning("sidecar outbox: cannot read outbox file %s: %s", name, exc)
                 continue
             if isinstance(found, int):  # a living writer's: counted against max_bytes
                 others += found
@@ -314,20 +317,19 @@ class Outbox:
                 return os.fstat(fd).st_size
             finally:
                 os.close(fd)
+        file = _File(path, fd, own=False)
+        entries, offset = [], 0
         try:
             if os.fstat(fd).st_nlink == 0:  # removed by its adopter while we waited
                 raise FileNotFoundError(errno.ENOENT, "already sent", str(path))
             with os.fdopen(os.dup(fd), "rb") as stream:
-                data = stream.read()
+                for raw in stream:  # where each line is; the lines stay on disk
+                    if raw.endswith(b"\n"):  # not a torn last line (never answered)
+                        entries.append(Entry(file, offset, len(raw)))
+                    offset += len(raw)
         except BaseException:
             os.close(fd)
             raise
-        file = _File(path, fd, own=False)
-        entries, offset = [], 0
-        for raw in data.splitlines(keepends=True):
-            if raw.endswith(b"\n"):  # not a torn last line: its failure() never answered
-                entries.append(Entry(file, offset, len(raw)))
-            offset += len(raw)
         file.size, file.lines = offset, len(entries)
         return file, entries
 
