@@ -8,7 +8,8 @@ For the first quarter of the run each worker reports a retryable failure a secon
 calm, the baseline); then every worker reports dead letters back to back (the storm).
 Every call is timed from the worker's side, whoever answered it: the sidecar, or the
 client's local fallback when the sidecar timed out or shed the request (503 +
-Retry-After). Dead letters decided locally are delivered later from the client's outbox.
+Retry-After). Dead letters decided locally are written to the client's outbox (fsync'd,
+under the run's temporary directory) and delivered from it later.
 
 Prints per phase the p50/p99/max time to an answer and the share the sidecar answered;
 the storm's p99 as a ratio to the calm's; requests shed; the sidecar's RSS; and whether
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing
+import os
 import re
 import statistics
 import sys
@@ -131,6 +133,8 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp, start_postgres(Path(tmp)) as postgres:
         workdir = Path(tmp)
+        # The workers' outboxes (dead letters decided locally, fsync'd): thrown away too.
+        os.environ["TASK_SIDECAR_CLIENT_OUTBOX"] = str(workdir / "outbox")
         with SidecarProcess(workdir, TOKEN, postgres_dsn=postgres.dsn, log_level="WARNING") as sc:
             url = f"http://127.0.0.1:{sc.port}"
             pid, peak, samples = sc.process.pid, [rss(sc.process.pid)], threading.Event()

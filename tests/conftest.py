@@ -30,6 +30,28 @@ settings.register_profile("sidecar", deadline=None)
 settings.load_profile("sidecar")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def module_outbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The outbox of clients made by module-scoped fixtures (workers): one per module, so
+    what one module's workers leave is not delivered to another module's sidecar."""
+    path = tmp_path_factory.getbasetemp() / f"outbox-{uuid.uuid4().hex[:12]}"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TASK_SIDECAR_CLIENT_OUTBOX", str(path))
+        yield path
+
+
+@pytest.fixture(autouse=True)
+def client_outbox(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Path:
+    """Each test's clients (and the workers it starts) keep their dead-letter outbox in a
+    directory of its own (made on first use), not in the user's ~/.local/state, and
+    never adopt another test's files."""
+    path = tmp_path_factory.getbasetemp() / f"outbox-{uuid.uuid4().hex[:12]}"
+    monkeypatch.setenv("TASK_SIDECAR_CLIENT_OUTBOX", str(path))
+    return path
+
+
 @pytest.fixture(scope="session")
 def policy() -> Policy:
     """The default policy shipped in the repository."""

@@ -15,16 +15,20 @@ is safer than losing it). No method raises into the task. After a failed call th
 does not try the sidecar again for `retry_interval` seconds, so an outage costs each task
 nothing; the outage is logged once when it begins and once when it ends.
 
-Success events (and dead letters decided locally, which the sidecar has not stored) go
-into a bounded buffer that a background thread sends to `/v1/hooks/batch`. When the
-buffer is full the oldest events are dropped; `stats()["dropped"]` counts them and a
-warning reports the count. Every report carries a `report_id` made once, so a report
-sent again (after a timeout, in a batch) is the same report to the sidecar.
+Success events go into a bounded buffer that a background thread sends to
+`/v1/hooks/batch`. When the buffer is full the oldest events are dropped;
+`stats()["dropped"]` counts them and a warning reports the count. Dead letters decided
+locally, which the sidecar has not stored, are written (fsync'd) to a per-process file in
+the outbox directory (`outbox_dir`, by default $TASK_SIDECAR_CLIENT_OUTBOX or
+~/.local/state/task-sidecar/outbox) before `failure()` answers, and sent by the same
+thread; a later process delivers what a killed one left (outbox.py). Every report carries
+a `report_id` made once, so a report sent again (after a timeout, in a batch, from the
+outbox) is the same report to the sidecar.
 
 The package: `protocol` (what each hook sends, how an answer is read, when to fall back;
 no I/O), `fallback` (the local decision), `exceptions` (serialisation), `keys`
-(idempotency keys, report ids), `transport` (http.client and aiohttp), `batcher`, and
-`clients` (SidecarClient, AsyncSidecarClient).
+(idempotency keys, report ids), `transport` (http.client and aiohttp), `batcher`,
+`outbox` (dead letters on disk), and `clients` (SidecarClient, AsyncSidecarClient).
 """
 
 from .clients import DEFAULT_TIMEOUT, AsyncSidecarClient, SidecarClient

@@ -3,7 +3,8 @@ transport carry it, and settles it with the protocol: the sync and the async cli
 differ only in how the bytes travel.
 
 What they share (options, the protocol, the batch buffer with its one background thread
-over http.client, successes, flush and stats) is `ClientBase`.
+over http.client, the durable outbox of dead letters decided locally, successes, flush and
+stats) is `ClientBase`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from .batcher import Batcher
 from .exceptions import TRACEBACK_LIMIT
 from .fallback import LocalDecider
 from .keys import Owner, Scope, Ttl
+from .outbox import DEFAULT_MAX_BYTES, Outbox, default_directory
 from .protocol import Exchange, Protocol, Reply, reason
 from .state import Health
 from .transport import AiohttpTransport, HTTPTransport
@@ -24,6 +26,14 @@ from .transport import AiohttpTransport, HTTPTransport
 log = logging.getLogger("sidecar.client")
 DEFAULT_TIMEOUT = 0.25
 T = TypeVar("T")
+
+
+class _Default:
+    def __repr__(self) -> str:
+        return "<$TASK_SIDECAR_CLIENT_OUTBOX or ~/.local/state/task-sidecar/outbox>"
+
+
+DEFAULT_OUTBOX: Any = _Default()
 
 
 class ClientBase:
@@ -43,7 +53,13 @@ class ClientBase:
         fallback_max_delay: float = 300.0,
         traceback_limit: int = TRACEBACK_LIMIT,
         start_cache: float = 1.0,
+        outbox_dir: str | Path | None = DEFAULT_OUTBOX,
+        outbox_max_bytes: int = DEFAULT_MAX_BYTES,
     ) -> None:
+        """`outbox_dir`: where dead letters decided locally are kept until the sidecar has
+        them (outbox.py); by default $TASK_SIDECAR_CLIENT_OUTBOX, else
+        $XDG_STATE_HOME/task-sidecar/outbox or ~/.local/state/task-sidecar/outbox; None:
+        in memory only."""
         self.url = url.rstrip("/")
         self.token = token
         self.timeout = timeout
@@ -56,13 +72,14 @@ class ClientBase:
             capacity=buffer_size,
             batch_size=batch_size,
             interval=flush_interval,
+            outbox=_outbox(outbox_dir, outbox_max_bytes),
         )
         self.local = LocalDecider(
             policies, fallback_max_retries, fallback_initial_delay, fallback_max_delay
         )
         self.protocol = Protocol(
             self.local,
-            self._batcher.add,
+            self._batcher.add_durable,
             retry_interval=retry_interval,
             start_cache=start_cache,
             traceback_limit=traceback_limit,
@@ -72,10 +89,16 @@ class ClientBase:
     def health(self) -> Health:
         return self.protocol.health
 
-    def _send_batch(self, events: list[dict[str, Any]]) -> bool:
+    @property
+    def outbox_dir(self) -> Path | None:
+        """Where dead letters decided locally are kept (None: in memory only)."""
+        outbox = self._batcher.outbox
+        return outbox.directory if outbox is not None else None
+
+    def _send_batch(self, events: list[dict[str, Any]]) -> list[bool] | None:
         exchange = self.protocol.batch(events)
         if not self.protocol.should_send(exchange):
-            return False  # during an outage: keep them, and count no fallback
+            return None  # during an outage: keep them, and count no fallback
         return self.protocol.settle(exchange, self._batch_transport.post(exchange))
 
     def failure_event(
@@ -106,6 +129,9 @@ class ClientBase:
             log.debug("sidecar client: end event not buffered", exc_info=True)
 
     def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until every buffered event and outbox entry is sent (True) or `timeout`
+        passes (False)."""
+        self._batcher.start()
         return self._batcher.flush(timeout)
 
     def stats(self) -> dict[str, Any]:
@@ -114,6 +140,7 @@ class ClientBase:
             "sent": self._batcher.sent,
             "dropped": self._batcher.dropped,
             "pending": self._batcher.pending(),
+            "outbox": self._batcher.durable(),
             "fallbacks": health.fallbacks,
             "outages": health.outages,
             "down": health.down_since is not None,
@@ -143,6 +170,7 @@ class SidecarClient(ClientBase):
         """The decision for a failed run: the sidecar's (`source` absent), else a local one
         (`source`: "local" from the policies file, "default" without it). `fields`:
         attempt, queue, args, kwargs, context, dlq_id, workflow, report_id."""
+        self._batcher.start()
         return self._run(self.protocol.failure(task_id, task_name, exc, **fields))
 
     def start(
@@ -216,6 +244,7 @@ class AsyncSidecarClient(ClientBase):
     async def failure(
         self, task_id: str, task_name: str, exc: BaseException | Mapping[str, Any], **fields: Any
     ) -> dict[str, Any]:
+        self._batcher.start()
         return await self._run(self.protocol.failure(task_id, task_name, exc, **fields))
 
     async def start(
@@ -264,6 +293,12 @@ class AsyncSidecarClient(ClientBase):
         await asyncio.get_running_loop().run_in_executor(None, self._batcher.close, timeout)
         self._batch_transport.close_all()
         await self._transport.close()
+
+
+def _outbox(directory: str | Path | None, max_bytes: int) -> Outbox | None:
+    if directory is DEFAULT_OUTBOX:
+        directory = default_directory()
+    return Outbox(directory, max_bytes) if directory is not None else None
 
 
 def unexpected(exc: Exception) -> Reply:

@@ -96,7 +96,8 @@ def reason(exc: BaseException) -> str:
 
 class Protocol:
     """Builds each hook's exchange and settles it; owns the outage state and the start
-    allowances. `outbox` takes events the sidecar must still get (the batch buffer)."""
+    allowances. `outbox` takes events the sidecar must still get: dead letters decided
+    locally (Batcher.add_durable: the durable outbox, else the batch buffer)."""
 
     def __init__(
         self,
@@ -337,15 +338,17 @@ class Protocol:
         body = _key_body(key, scope, owner=owner)
         return Exchange("/v1/idempotency/release", body, _any_object, _false)
 
-    def batch(self, events: list[dict[str, Any]]) -> Exchange[bool]:
-        """True when the sidecar took the batch; events it refused one by one (a 400 item)
-        are logged, not re-sent: they would be refused again."""
+    def batch(self, events: list[dict[str, Any]]) -> Exchange[list[bool] | None]:
+        """For each event, whether the sidecar is done with it (None: it took none). An
+        event it refused on its own (a 400 item) is done, and logged: it would be refused
+        again; one it could not store just then (a 5xx item) is not."""
 
-        def read(answer: Any) -> bool | None:
+        def read(answer: Any) -> list[bool] | None:
             results = answer.get("results") if isinstance(answer, dict) else None
-            if not isinstance(results, list):
+            if not isinstance(results, list) or len(results) != len(events):
                 return None
-            refused = [r["error"] for r in results if isinstance(r, dict) and "error" in r]
+            errors = [r["error"] if isinstance(r, dict) and "error" in r else None for r in results]
+            refused = [e for e in errors if e is not None and _status(e) < 500]
             if refused:
                 log.warning(
                     "sidecar refused %d of %d batched events, first: %s",
@@ -353,9 +356,19 @@ class Protocol:
                     len(events),
                     refused[0],
                 )
-            return True
+            for event, error in zip(events, errors, strict=True):
+                if error is not None and _status(error) < 500 and event.get("type") == "failure":
+                    log.error(
+                        "sidecar refused the dead letter %s[%s] (report %s): it is not in "
+                        "the DLQ: %s",
+                        event.get("task_name"),
+                        event.get("task_id"),
+                        event.get("report_id"),
+                        error,
+                    )
+            return [e is None or _status(e) < 500 for e in errors]
 
-        return Exchange("/v1/hooks/batch", events, read, _false)
+        return Exchange("/v1/hooks/batch", events, read, _none)
 
     # --- settling --------------------------------------------------------------------------
 
@@ -420,6 +433,15 @@ def _any_object(answer: Any) -> bool | None:
 
 def _false() -> bool:
     return False
+
+
+def _none() -> None:
+    return None
+
+
+def _status(error: Any) -> int:
+    status = error.get("status") if isinstance(error, dict) else None
+    return status if isinstance(status, int) else 400
 
 
 def _unusable(*_: Any) -> None:

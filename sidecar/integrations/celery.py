@@ -566,7 +566,9 @@ def install(
 ) -> Any:
     """Make SidecarTask the default base of the app's tasks and give it a client.
     `url`, `token` and `policies` default to TASK_SIDECAR_URL, TASK_SIDECAR_TOKEN and
-    TASK_SIDECAR_POLICIES. Call it before the tasks are defined. Returns the client."""
+    TASK_SIDECAR_POLICIES; `client_options` go to SidecarClient (`outbox_dir` defaults to
+    TASK_SIDECAR_CLIENT_OUTBOX there). Call it before the tasks are defined. Returns the
+    client."""
     from ..client import SidecarClient
 
     if client is None:

@@ -14,8 +14,10 @@ sidecar's webhook requeue target for RQ:
 
 The client is configured by `install()` or, in a worker started from the command line,
 from TASK_SIDECAR_URL, TASK_SIDECAR_TOKEN, TASK_SIDECAR_POLICIES and
-TASK_SIDECAR_CLIENT_TIMEOUT. The sidecar never blocks or fails a job: the client falls
-back to a local decision when it does not answer.
+TASK_SIDECAR_CLIENT_TIMEOUT (and TASK_SIDECAR_CLIENT_OUTBOX, which the client reads). The
+sidecar never blocks or fails a job: the client falls back to a local decision when it
+does not answer, and keeps a dead letter it decides in its outbox on disk until the
+sidecar has it.
 """
 
 from __future__ import annotations
