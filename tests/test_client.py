@@ -510,7 +510,7 @@ class TestReportIds:
         (original,) = proxy.bodies(FAILURE)
         ((resent,),) = proxy.bodies(BATCH)
         assert resent["report_id"] == original["report_id"]
-        assert resent == {"type": "failure", **original}
+        assert resent == {"type": "failure", **original, "worker_gave_up": True}
         assert {f.status for f in proxy.forwarded} == {200}
 
     def test_refused_batch_resends_successes_with_the_same_report_ids(

@@ -360,3 +360,26 @@ def test_a_batch_item_the_sidecar_could_not_store_is_not_done(
     (error,) = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert "x[t-3] (report r-3)" in error.getMessage()
     assert exchange.read({"results": [{}]}) is None  # not one answer per event
+
+
+def test_a_dead_letter_the_sidecar_would_retry_is_still_kept(
+    sidecar: SidecarProcess, tmp_path: Path
+) -> None:
+    """The fallback gives up sooner than the sidecar's policy (3 retries of a deadlock
+    against 5). The report it delivers later says the worker gave up, so the sidecar keeps
+    the record instead of answering `retry` to a worker that has moved on."""
+    outbox, task = tmp_path / "outbox", f"outbox.gave-up.{uuid.uuid4().hex[:8]}"
+    deadlock = {"type": "DeadlockDetected", "module": "psycopg.errors", "message": "deadlock"}
+    away = SidecarClient(dead_url(), TOKEN, outbox_dir=outbox)
+    answer = away.failure(f"{task}-1", task, deadlock, attempt=3)
+    assert (answer["source"], answer["action"]) == ("default", "dead_letter"), answer
+    away.close(0)
+
+    back = SidecarClient(f"http://127.0.0.1:{sidecar.port}", TOKEN, outbox_dir=outbox)
+    try:
+        asked = back.failure(f"{task}-2", task, deadlock, attempt=3)
+        assert ("source" not in asked, asked["action"]) == (True, "retry"), asked
+        assert back.flush(30)
+    finally:
+        back.close()
+    assert dlq_task_ids(sidecar, task) == [f"{task}-1"]

@@ -123,6 +123,16 @@ class TestRetry:
     def test_max_retries(self, policy, attempt, action):
         assert run(policy, event(attempt=attempt)).decision.action == action
 
+    def test_a_failure_the_worker_gave_up_on_is_not_retried(self, policy):
+        """The client's fallback dead-lettered it while the sidecar was away (attempt 3:
+        its default limit), then sent the report: retries remain by the policy, but no
+        retry can follow, so the sidecar keeps it rather than answering `retry` to nobody."""
+        ev = msgspec.structs.replace(event(attempt=3), worker_gave_up=True)
+        d = run(policy, ev).decision
+        assert (d.action, d.delay_seconds) == ("dead_letter", 0.0)
+        assert "the worker gave up" in d.rationale
+        assert run(policy, event(attempt=3)).decision.action == "retry"
+
     def test_same_seed_same_delay(self, policy):
         assert run(policy, event(), seed=3).decision == run(policy, event(), seed=3).decision
 

@@ -156,6 +156,22 @@ class TestFailureHook:
             "dlq_id": None,
         }
 
+    async def test_a_report_answered_too_late_is_kept_when_the_worker_gave_up(self, client):
+        """The worker timed out on the first copy (the sidecar answered `retry`, but nobody
+        heard it), dead-lettered the task locally and re-sends the report saying so: the
+        sidecar keeps the task rather than repeating an answer that went nowhere."""
+        event = {**failure_event(task_id="late-1"), "report_id": "late-1:r"}
+        first = await post(client, "/v1/hooks/failure", event)
+        assert first["action"] == "retry"
+        assert await post(client, "/v1/hooks/failure", event) == first  # a plain resend
+        kept = await post(client, "/v1/hooks/failure", {**event, "worker_gave_up": True})
+        assert kept["action"] == "dead_letter"
+        assert kept["rationale"].endswith("the worker gave up (answered too late): kept")
+        record = await client.server.app[SERVICES].stores.dlq.get(kept["dlq_id"])
+        assert (record.task_id, record.failure_type) == ("late-1", "TRANSIENT_DATABASE")
+        again = await post(client, "/v1/hooks/failure", {**event, "worker_gave_up": True})
+        assert again == kept  # applied once: one record
+
     async def test_dry_runs_change_no_state(self, client):
         for _ in range(15):
             answer = await post(client, "/v1/decide", failure_event(), token=VIEWER)

@@ -216,8 +216,9 @@ class Protocol:
     def _decide_locally(self, event: dict[str, Any]) -> dict[str, Any]:
         answer = self.local.decide(event)
         if answer["action"] == "dead_letter":
-            # The sidecar has not stored it: deliver the same report when it answers again.
-            self.outbox({"type": "failure", **event})
+            # The sidecar has not stored it: deliver the same report when it answers again,
+            # saying the worker gave up (the sidecar's policy may allow more retries).
+            self.outbox({"type": "failure", **event, "worker_gave_up": True})
         return answer
 
     def start(

@@ -121,11 +121,16 @@ def decide(
     level = assigned.level
 
     deferrals: list[str] = []
-    if attempt >= max_retries:
+    if attempt >= max_retries or event.worker_gave_up:
         action = "dead_letter" if retry.when_exhausted is Exhausted.DEAD_LETTER else "discard"
-        why.append(
-            f"no retry: {attempt} of {max_retries} retries made" if max_retries else "not retried"
-        )
+        if attempt < max_retries:
+            why.append("no retry: the worker gave up (its fallback decided while we were away)")
+        else:
+            why.append(
+                f"no retry: {attempt} of {max_retries} retries made"
+                if max_retries
+                else "not retried"
+            )
         if learned.retry_delta:  # say what changed the limit, not only the limit
             why.append(
                 f"limit {retry.max_retries} → {max_retries} by adaptive learning ({learned.note})"

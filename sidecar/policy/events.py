@@ -102,6 +102,9 @@ class FailureEvent(msgspec.Struct, frozen=True):
     # A lost run's process (WorkerLostError): the same `process` its start named, so the
     # report and the redelivered start of the next run count that run once.
     process: ShortText | None = None
+    # The worker has already given up on it: its client, with the sidecar away, decided a
+    # dead letter locally and sends the report afterwards. No retry can follow.
+    worker_gave_up: bool = False
 
 
 class SuccessEvent(msgspec.Struct, frozen=True):

@@ -87,13 +87,35 @@ class Hooks:
         if event.report_id:
             known = await self.state.answer_for(f"failure:{event.report_id}")
             if known is not None:
-                return _decision.decode(known)
+                answer = _decision.decode(known)
+                if not (event.worker_gave_up and answer.action == "retry"):
+                    return answer
+                decision = await self._kept_after_all(event, answer, actor)
+                await self.state.remember_answer(
+                    f"failure:{event.report_id}", _encode(decision), ANSWER_TTL
+                )
+                return decision
         decision = await self._failure(event, actor)
         if event.report_id:
             await self.state.remember_answer(
                 f"failure:{event.report_id}", _encode(decision), ANSWER_TTL
             )
         return decision
+
+    async def _kept_after_all(
+        self, event: FailureEvent, answered: Decision, actor: str
+    ) -> Decision:
+        """The first copy of this report was answered `retry`, too late for the worker:
+        it had timed out, decided a dead letter locally and now says so. The failure was
+        counted then; what is left is to keep the task."""
+        decision = msgspec.structs.replace(
+            answered,
+            action="dead_letter",
+            delay_seconds=0.0,
+            rationale=f"{answered.rationale} | the worker gave up (answered too late): kept",
+        )
+        dlq_id = await self._dead_letter(event, decision, self.clock(), actor)
+        return msgspec.structs.replace(decision, dlq_id=dlq_id)
 
     async def _failure(self, event: FailureEvent, actor: str) -> Decision:
         policy, now = self.policies.current, self.clock()
