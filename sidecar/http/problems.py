@@ -80,6 +80,8 @@ BODY_TIMEOUT = 5.0  # seconds a client may take to send its body
 async def read(request: web.Request, kind: type[T]) -> T:
     """The request body decoded into `kind` (400 naming the bad field; 413 when too big;
     408 when it does not arrive in time: a slow upload must not hold a slot for long)."""
+    if request.content.is_eof():  # all of it arrived already (most bodies): no wait
+        return decode(await request.read(), kind)
     try:
         async with asyncio.timeout(BODY_TIMEOUT):
             body = await request.read()
