@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 import urllib.parse
 import uuid
 from collections.abc import Iterator
@@ -383,3 +384,43 @@ def test_a_dead_letter_the_sidecar_would_retry_is_still_kept(
     finally:
         back.close()
     assert dlq_task_ids(sidecar, task) == [f"{task}-1"]
+
+
+async def test_the_async_client_writes_the_outbox_off_its_event_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A local dead letter waits for its fsync before it is answered; the other tasks on
+    the worker's loop must not wait with it (a slow disk during an outage, when every
+    failure falls back at once). The fsync is held until the loop has shown it runs."""
+    import asyncio
+    import threading
+
+    from sidecar.client import AsyncSidecarClient
+    from sidecar.client import outbox as outbox_module
+
+    held, ran_meanwhile = threading.Event(), threading.Event()
+    released: list[bool] = []
+    real_fsync = os.fsync
+
+    def slow_fsync(fd: int) -> None:
+        held.set()
+        released.append(ran_meanwhile.wait(5))  # by the loop's other task, or gives up
+        real_fsync(fd)
+
+    monkeypatch.setattr(outbox_module.os, "fsync", slow_fsync)
+    client = AsyncSidecarClient(dead_url(), TOKEN, outbox_dir=tmp_path / "outbox")
+    try:
+        failing = asyncio.create_task(client.failure("t-1", "x.y", INVALID, attempt=3))
+        deadline = time.monotonic() + 10
+        while not held.is_set():  # polling with a deadline: the fsync starts soon
+            assert time.monotonic() < deadline
+            assert not failing.done()
+            await asyncio.sleep(0.01)
+        ran_meanwhile.set()  # this line runs only while the loop is free
+        answer = await failing
+        assert answer["action"] == "dead_letter"
+        assert client.stats()["outbox"] == 1
+        assert released
+        assert all(released)  # the loop ran while the disk was slow
+    finally:
+        await client.close(0)

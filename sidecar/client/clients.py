@@ -9,6 +9,7 @@ stats) is `ClientBase`.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -19,7 +20,7 @@ from .exceptions import TRACEBACK_LIMIT
 from .fallback import LocalDecider
 from .keys import Owner, Scope, Ttl
 from .outbox import DEFAULT_MAX_BYTES, Outbox, default_directory
-from .protocol import Exchange, Protocol, Reply, reason
+from .protocol import FALL_BACK, Exchange, Protocol, Reply, reason
 from .state import Health
 from .transport import AiohttpTransport, HTTPTransport
 
@@ -239,7 +240,12 @@ class AsyncSidecarClient(ClientBase):
                 reply = await self._transport.post(exchange)
             except Exception as exc:  # pragma: no cover - the transport catches what it knows
                 reply = unexpected(exc)
-        return self.protocol.settle(exchange, reply)
+        result = self.protocol.answer(exchange, reply)
+        if result is not FALL_BACK:
+            return result
+        # In a thread: a dead letter decided locally is fsync'd to the outbox before it is
+        # answered, and the other tasks on this loop must not wait for the disk meanwhile.
+        return await asyncio.get_running_loop().run_in_executor(None, exchange.fallback)
 
     async def failure(
         self, task_id: str, task_name: str, exc: BaseException | Mapping[str, Any], **fields: Any
@@ -288,8 +294,6 @@ class AsyncSidecarClient(ClientBase):
         return await self._run(self.protocol.release(key, scope, owner))
 
     async def close(self, timeout: float = 2.0) -> None:
-        import asyncio
-
         await asyncio.get_running_loop().run_in_executor(None, self._batcher.close, timeout)
         self._batch_transport.close_all()
         await self._transport.close()

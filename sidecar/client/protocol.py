@@ -19,6 +19,7 @@ all, so an outage costs each task nothing.
 from __future__ import annotations
 
 import collections
+import enum
 import errno as errno_module
 import json
 import logging
@@ -378,11 +379,18 @@ class Protocol:
 
     def settle(self, exchange: Exchange[T], reply: Reply | None) -> T:
         """The result of an exchange from what the transport got (None: not sent)."""
+        result = self.answer(exchange, reply)
+        return exchange.fallback() if result is FALL_BACK else result
+
+    def answer(self, exchange: Exchange[T], reply: Reply | None) -> T | FallBack:
+        """`settle` without the fallback: the result the reply gives, else FALL_BACK
+        (the async client runs the fallback off its event loop: a local dead letter waits
+        for the disk)."""
         if reply is None:
             if exchange.known is not None:
                 return exchange.known
             self.health.skipped()
-            return exchange.fallback()
+            return FALL_BACK
         problem = reply.error
         if problem is None and reply.status not in (200, 202):
             problem = f"HTTP {reply.status}"
@@ -398,7 +406,14 @@ class Protocol:
                     return result
                 problem = "unexpected answer"
         self.health.failed(problem)
-        return exchange.fallback()
+        return FALL_BACK
+
+
+class FallBack(enum.Enum):
+    FALL_BACK = "fall back"
+
+
+FALL_BACK = FallBack.FALL_BACK
 
 
 def jsonable(value: Any) -> Any:
