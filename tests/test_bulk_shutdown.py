@@ -82,13 +82,17 @@ def start_bulk(tmp_path, dsn: str, receiver: Receiver, task: str) -> SidecarProc
         shutdown_grace="3s",
         requeue_lease="2s",
     ).wait_ready()
-    for i in range(RECORDS):
-        status, _ = call(process.port, "POST", "/v1/hooks/failure", dead_letter(task, f"t{i}"))
-        assert status == 200
-    body = {"filter": {"task_name": task}, "rate_per_second": RATE}
-    status, job = call(process.port, "POST", "/v1/dlq/bulk-retry", body, OPERATOR)
-    assert status == 202, job
-    wait_for(lambda: len(receiver.received) >= 10, 15, "the bulk retry under way")
+    try:
+        for i in range(RECORDS):
+            status, _ = call(process.port, "POST", "/v1/hooks/failure", dead_letter(task, f"t{i}"))
+            assert status == 200
+        body = {"filter": {"task_name": task}, "rate_per_second": RATE}
+        status, job = call(process.port, "POST", "/v1/dlq/bulk-retry", body, OPERATOR)
+        assert status == 202, job
+        wait_for(lambda: len(receiver.received) >= 10, 15, "the bulk retry under way")
+    except BaseException:  # a failed start must not leave the sidecar running
+        process.__exit__()
+        raise
     return process
 
 
