@@ -388,13 +388,13 @@ class DeadLetters:
         for record, error in zip(moved, errors, strict=True):
             if error is None:
                 sent.append(record.id)
-                self.metrics.record_dlq_action("retry")
             else:
                 failed[str(error)].append(record.id)
                 job.errors.append(f"{record.id}: {error}")
         for error, ids in failed.items():
             log.warning("requeue of %d records failed: %s", len(ids), error)
             await self.store.transition(ids, "pending", ("retrying",), self.clock(), error=error)
+        self.metrics.record_dlq_action("retry", len(sent))
         job.requeued += len(sent)
         job.failed += len(moved) - len(sent)
         await self.store.end_lease(sent)
