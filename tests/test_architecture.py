@@ -15,6 +15,7 @@ FORBIDDEN = {
     "policy": ("sidecar.",),  # the pure core imports nothing of ours but itself
     "records.py": ("sidecar.",),
     "errors.py": ("sidecar.",),
+    "durable.py": ("sidecar.",),
     "store": ("sidecar.service", "sidecar.http", "sidecar.cli", "sidecar.metrics"),
     "service": ("sidecar.http", "sidecar.cli"),
     "http": ("sidecar.store", "sidecar.cli"),

@@ -41,6 +41,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from ..durable import append_line, fsync_directory
 from .transport import after_fork_in_child
 
 log = logging.getLogger("sidecar.client")
@@ -134,7 +135,8 @@ class Outbox:
                 if file.size + self._others + self._adopted_bytes() + len(line) > self.max_bytes:
                     raise OSError(errno.ENOSPC, f"outbox is full ({self.max_bytes} bytes)")
                 offset = file.size
-                _write_whole(file, line)
+                append_line(file.fd, line, file.size)
+                file.size += len(line)
             except OSError as exc:
                 if self._own is None:  # cannot even open a file: no outbox in this process
                     self._disabled = True
@@ -175,7 +177,7 @@ class Outbox:
             except BlockingIOError:
                 os.close(fd)
                 continue
-            _fsync_directory(self.directory)
+            fsync_directory(self.directory)
             self._own = _File(path, fd, own=True)
             self._files.append(self._own)
             return self._own
@@ -241,7 +243,7 @@ class Outbox:
                 file.size = file.lines = file.done = 0
                 return
             file.path.unlink(missing_ok=True)
-            _fsync_directory(self.directory)
+            fsync_directory(self.directory)
         except OSError as exc:  # it is sent: a copy left behind is only sent again
             log.warning("sidecar outbox: cannot clear outbox file %s: %s", file.path, exc)
             if file.own:
@@ -344,24 +346,3 @@ class Outbox:
                 os.close(file.fd)
                 file.fd = -1
             self._files, self._own, self._queue, self._inflight = [], None, [], 0
-
-
-def _write_whole(file: _File, line: bytes) -> None:
-    """Append one whole line and fsync it, or leave the file as it was."""
-    try:
-        view = memoryview(line)
-        while view:
-            view = view[os.write(file.fd, view) :]
-        os.fsync(file.fd)
-    except OSError:
-        os.ftruncate(file.fd, file.size)  # a partial line would spoil the next one
-        raise
-    file.size += len(line)
-
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -41,6 +41,7 @@ from typing import Any
 
 import msgspec
 
+from ..durable import append_line, fsync_directory
 from ..records import (
     AuditEntry,
     DlqRecord,
@@ -263,17 +264,8 @@ class SpoolingDlq:
         if self._fd is None:
             self.directory.mkdir(parents=True, exist_ok=True)
             self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-            _fsync_directory(self.directory)
-        try:
-            view = memoryview(line)
-            while view:
-                view = view[os.write(self._fd, view) :]
-            os.fsync(self._fd)
-        except OSError:
-            # A partial line (ENOSPC half-way) would corrupt the next one: cut it off.
-            # Shrinking a file needs no space.
-            os.ftruncate(self._fd, self._size)
-            raise
+            fsync_directory(self.directory)
+        append_line(self._fd, line, self._size)
         self._size += len(line)
 
     # --- replay ------------------------------------------------------------------------
@@ -435,11 +427,3 @@ class SpoolingDlq:
         if fd is not None:
             os.close(fd)
         await self.inner.close()
-
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
