@@ -662,6 +662,14 @@ def test_sidecar_templates_make_a_valid_worker_pod_scraped_by_its_pod_monitor(
     worker_env = {e["name"]: e["value"] for e in worker["env"]}
     assert worker_env["TASK_SIDECAR_URL"] == f"http://127.0.0.1:{ports['sidecar-http']}"
     assert "TASK_SIDECAR_URL" in (ROOT / "sidecar" / "integrations" / "celery.py").read_text()
+    # The worker's client keeps its dead letters on a volume of the pod (its root file
+    # system is read-only), where the client looks for its outbox.
+    (mount,) = worker["volumeMounts"]
+    assert worker_env["TASK_SIDECAR_CLIENT_OUTBOX"] == mount["mountPath"]
+    assert worker["securityContext"]["readOnlyRootFilesystem"] is True
+    from sidecar.client.outbox import ENV
+
+    assert ENV == "TASK_SIDECAR_CLIENT_OUTBOX"
 
     # The PodMonitor scrapes a port of this pod that listens on every address.
     (monitor,) = of_kind(docs, "PodMonitor")
@@ -680,6 +688,7 @@ def test_sidecar_templates_make_a_valid_worker_pod_scraped_by_its_pod_monitor(
     # Everything the container refers to exists: its volumes, the ConfigMap, the Secret.
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert {m["name"] for m in sidecar["volumeMounts"]} <= set(volumes)
+    assert "emptyDir" in volumes[mount["name"]]
     names = {(d["kind"], d["metadata"]["name"]) for d in docs}
     for volume in volumes.values():
         if "configMap" in volume:

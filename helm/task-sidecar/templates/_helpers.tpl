@@ -298,12 +298,29 @@ nothing for the PostgreSQL StatefulSet, whose volumeClaimTemplates make it).
     sizeLimit: {{ . }}
     {{- end }}
 {{- end }}
+{{- if not $standalone }}
+- name: {{ .Values.sidecar.volumePrefix }}outbox
+  emptyDir:
+    sizeLimit: {{ .Values.sidecar.workerOutbox.sizeLimit }}
+{{- end }}
 {{- end }}
 
-{{/* Environment for the worker container next to the sidecar: where it answers. */}}
+{{/*
+Environment for the worker container next to the sidecar: where it answers, and where its
+client keeps the dead letters it decides while the sidecar is away (the volume that
+task-sidecar.workerVolumeMounts mounts).
+*/}}
 {{- define "task-sidecar.workerEnv" -}}
 - name: TASK_SIDECAR_URL
   value: {{ printf "http://127.0.0.1:%d" (int .Values.settings.port) | quote }}
+- name: TASK_SIDECAR_CLIENT_OUTBOX
+  value: {{ .Values.sidecar.workerOutbox.mountPath | quote }}
+{{- end }}
+
+{{/* The worker container's mount of its outbox (an emptyDir in task-sidecar.volumes). */}}
+{{- define "task-sidecar.workerVolumeMounts" -}}
+- name: {{ .Values.sidecar.volumePrefix }}outbox
+  mountPath: {{ .Values.sidecar.workerOutbox.mountPath }}
 {{- end }}
 
 {{/*
