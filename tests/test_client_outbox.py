@@ -424,3 +424,33 @@ async def test_the_async_client_writes_the_outbox_off_its_event_loop(
         assert all(released)  # the loop ran while the disk was slow
     finally:
         await client.close(0)
+
+
+def test_a_file_never_all_acknowledged_at_once_is_retired_not_grown(tmp_path: Path) -> None:
+    """With the sidecar coming and going, some lines of the file are acknowledged and some
+    not, again and again: past `retire_bytes` the writer starts a new file, and the old one
+    goes once its last line is acknowledged. Nothing is lost on the way."""
+    from sidecar.client.outbox import Outbox
+
+    outbox = Outbox(tmp_path, retire_bytes=2_000)
+    delivered: list[int] = []
+    try:
+        for round_ in range(20):
+            for i in range(5):
+                assert outbox.append({"type": "failure", "n": round_ * 5 + i, "pad": "x" * 100})
+            taken = outbox.take(1000)
+            done = [j % 2 == 0 for j in range(len(taken))]  # half of them get through
+            delivered += [e.event["n"] for e, ok in zip(taken, done, strict=True) if ok]
+            outbox.settle(taken, done)
+            sizes = [p.stat().st_size for p in tmp_path.glob("outbox-*.jsonl")]
+            assert max(sizes) < 2_000 + 5 * 200  # retired near the limit, never far past it
+        while outbox.waiting():  # the sidecar is back: everything gets through
+            taken = outbox.take(1000)
+            delivered += [e.event["n"] for e in taken]
+            outbox.settle(taken, [True] * len(taken))
+        assert sorted(delivered) == list(range(100))
+        (own,) = tmp_path.glob("outbox-*.jsonl")  # the retired ones are gone
+        assert own.stat().st_size == 0
+    finally:
+        outbox.close()
+    assert list(tmp_path.glob("outbox-*.jsonl")) == []

@@ -15,7 +15,9 @@ Files, locks, crashes:
   prefork) closes the descriptors it inherited (closing does not release the parent's
   lock; `LOCK_UN` would) and opens a file of its own on its first dead letter.
 - Once every line of its file is acknowledged, the writer truncates it; on `close()` an
-  empty file is removed, one with lines left is kept for another process.
+  empty file is removed, one with lines left is kept for another process. An own file
+  past `retire_bytes` with lines acknowledged is retired for a new one and removed once
+  its last line is acknowledged, so a sidecar that comes and goes cannot make it grow.
 - The batcher's thread adopts the files of processes that are gone: a file it can lock
   (non-blocking) has no living writer. Adopted lines are sent in order and the file is
   removed once all of them are acknowledged. It looks when it starts and every
@@ -49,6 +51,10 @@ log = logging.getLogger("sidecar.client")
 ENV = "TASK_SIDECAR_CLIENT_OUTBOX"
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
 RESCAN_SECONDS = 30.0
+# An own file this big that holds acknowledged lines is retired for a new one (and removed
+# once its last line is acknowledged): with the sidecar coming and going, a file whose
+# lines are never all acknowledged at once would otherwise only grow.
+RETIRE_BYTES = 1024 * 1024
 PREFIX, SUFFIX = "outbox-", ".jsonl"
 
 
@@ -91,9 +97,15 @@ class _File:
 
 
 class Outbox:
-    def __init__(self, directory: str | Path, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+    def __init__(
+        self,
+        directory: str | Path,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        retire_bytes: int = RETIRE_BYTES,
+    ) -> None:
         self.directory = Path(directory)
         self.max_bytes = max_bytes
+        self.retire_bytes = retire_bytes
         self._disabled = False  # the directory cannot be written: memory only
         self._full = False  # for logging once per episode
         self._closed = False
@@ -132,6 +144,9 @@ class Outbox:
         with self._lock:
             try:
                 file = self._own or self._open_own()
+                if file.done and file.size >= self.retire_bytes:
+                    file.own, self._own = False, None  # removed once all of it is sent
+                    file = self._open_own()
                 if file.size + self._others + self._adopted_bytes() + len(line) > self.max_bytes:
                     raise OSError(errno.ENOSPC, f"outbox is full ({self.max_bytes} bytes)")
                 offset = file.size
