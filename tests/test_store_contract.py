@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import random
 import time
 import uuid
@@ -977,6 +978,51 @@ class TestFailureTrends:
     def test_an_unusable_since_is_a_value_error(self, store, run):
         with pytest.raises(ValueError, match="not a usable unix time"):
             run(store.trends(since=-1e300))
+
+
+class TestEventHistory:
+    """record_events() keeps each event's body and decision as sent, a batch at a time;
+    events() gives back those with a body, oldest first."""
+
+    def test_a_batch_comes_back_as_it_was_written(self, store, run):
+        awkward = {
+            "task_id": "t-1",
+            "task_name": "billing.charge",
+            "exception": {"message": 'a \x00 NUL, "quotes", \\ back\tslash, détecté «»'},
+            "args": [1.5, None, True, {"k": []}],
+        }
+        events = [
+            HookEvent(
+                at=NOW + 0.000001,
+                kind="failure",
+                task_name="billing.charge",
+                event=msgspec.Raw(msgspec.json.encode(awkward)),
+                failure_type="TRANSIENT_DATABASE",
+                decision=msgspec.Raw(b'{"action":"retry","delay_seconds":12.5}'),
+            ),
+            HookEvent(
+                at=NOW + 1,
+                kind="success",
+                task_name="billing.charge",
+                event=msgspec.Raw(b'{"task_id":"t-1","attempt":1}'),
+            ),
+            HookEvent(at=NOW + 2, kind="start", task_name="billing.charge", event=None),
+        ]
+        run(store.record_events(events))
+
+        async def read() -> list[dict[str, Any]]:
+            return [row async for rows in store.events(NOW - 1, NOW + 10) for row in rows]
+
+        rows = run(read())
+        assert [r["kind"] for r in rows] == ["failure", "success"]  # no body: not exported
+        assert json.loads(rows[0]["event"]) == awkward
+        assert json.loads(rows[0]["decision"]) == {"action": "retry", "delay_seconds": 12.5}
+        assert json.loads(rows[1]["event"]) == {"task_id": "t-1", "attempt": 1}
+        assert rows[1]["decision"] is None
+        assert float(rows[0]["at"]) == pytest.approx(NOW + 0.000001, abs=1e-6)
+        assert run(store.trends(since=NOW - 3600)) == [
+            TrendBucket(NOW - NOW % 3600, "TRANSIENT_DATABASE", 1)
+        ]
 
 
 class TestPurge:
