@@ -11,7 +11,8 @@ A chunk's messages are made by Celery's own `create_task_message` (the message p
 stays Celery's) but published without `send_task`'s per-message work, which cost more than
 the message itself: routing each name, declaring the queue again (kombu copies and binds
 the queue on every publish) and a `saferepr` of the arguments. Each queue of the chunk is
-declared once; the arguments' repr is cut at Celery's own limit. The sidecar's Celery app
+declared once; the arguments' repr is cut at Celery's own limit; the body is encoded by
+msgspec (the same JSON; the arguments came from JSON). The sidecar's Celery app
 is its own (no routes, no signal handlers of the user's), so nothing those steps do is
 lost."""
 
@@ -23,9 +24,13 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import msgspec
+
 from ..integrations.kombu import DLQ_HEADER, message_priority
 from ..records import DlqRecord
 from . import RequeueError, Send
+
+_encode = msgspec.json.Encoder().encode
 
 
 class CeleryTarget:
@@ -41,7 +46,6 @@ class CeleryTarget:
         self.app.conf.broker_connection_retry_on_startup = False
         self.app.conf.broker_transport_options = {"max_retries": 1}
         # Publishing blocks; one thread keeps the producer pool out of the event loop.
-        self._serializer = self.app.conf.task_serializer  # read once: conf lookups cost
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="celery-requeue")
 
     def message_priority(self, priority: int) -> int:
@@ -111,10 +115,11 @@ class CeleryTarget:
         )
         headers[DLQ_HEADER] = record.id
         producer.publish(
-            body,
+            _encode(body),  # Celery's JSON, encoded by msgspec: kombu's encoder costs more
             exchange="",  # the default exchange routes by queue name, as send_task does
             routing_key=target.name,
-            serializer=self._serializer,
+            content_type="application/json",
+            content_encoding="utf-8",
             retry=False,  # a failed chunk goes back to pending; the next bulk retry resends
             declare=None,
             delivery_mode=target.exchange.delivery_mode or 2,
